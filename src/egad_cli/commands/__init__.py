@@ -1,0 +1,1 @@
+"""Subcommands; each module has its own @hydra.main `main`."""

@@ -1,0 +1,28 @@
+"""What every subcommand shares: clean user-error reporting and model/data set-up."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from egad_cli.errors import UserError
+from egad_cli.ui.console import err_console
+
+
+def run_task(fn: Callable, *args):
+    """Run a subcommand body; a UserError becomes one clear message and exit status 2."""
+    from egad_cli.engine.loop import Interrupted
+
+    try:
+        return fn(*args)
+    except UserError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+    except Interrupted as exc:
+        err_console.print(f"[yellow]{exc}[/]")
+        sys.exit(130)
+
+
+def cache_dir(raw: str) -> Path:
+    return Path(raw).expanduser()

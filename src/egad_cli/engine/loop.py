@@ -1,0 +1,147 @@
+"""The one training loop every command shares. A unit supplies: plan (no-grad pass over the
+step's micro-batches: teacher, policies, global denominators) -> loss per micro-batch -> end_step."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from egad_cli.config.schema import TrainerConfig
+from egad_cli.data.packing import Packed
+from egad_cli.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from egad_cli.engine.metrics import MetricsWriter, read_metrics
+from egad_cli.engine.optim import build_optimizer
+from egad_cli.engine.runtime import Runtime, rng_state, seed_everything, set_rng_state
+from egad_cli.engine.sampler import BlockSampler
+from egad_cli.errors import UserError
+from egad_cli.ui.progress import TrainProgress
+
+
+class Unit(Protocol):
+    def named_trainable(self) -> list[tuple[str, nn.Parameter, float]]: ...  # (name, param, lr multiplier)
+    def modules(self) -> dict[str, nn.Module]: ...  # checkpointed modules
+    def plan(self, micro_batches: list[dict], progress: float) -> Any: ...
+    def loss(self, plan: Any, index: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def end_step(self, step: int, logs: dict[str, float]) -> dict[str, float]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+class Interrupted(Exception):
+    """Ctrl-C: a checkpoint was written; the message says how to resume."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    last_logs: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_dir: Path, total_steps: int,
+          progress: bool = True, console=None) -> TrainResult:
+    seed_everything(cfg.seed)
+    optimizer, scheduler = build_optimizer(unit.named_trainable(), cfg, total_steps)
+    sampler = BlockSampler(len(data), cfg.batch_size, cfg.seed, runtime.rank, runtime.world_size)
+    ckpt_root = run_dir / "checkpoints"
+    start, history = 0, []
+    if cfg.resume:
+        ckpt = resolve_resume(cfg.resume)
+        start = _restore(ckpt, unit, optimizer, scheduler)
+        history = _history(ckpt.parent.parent / "metrics.jsonl", start)
+        if console is not None and runtime.is_main:
+            console.print(f"resumed from step {start} ({ckpt})")
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", runtime.is_main, history=history)
+
+    def checkpoint(step: int) -> Path | None:
+        if not runtime.is_main:
+            return None
+        state = {"step": step, "modules": {k: m.state_dict() for k, m in unit.modules().items()},
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng_state(), "unit": unit.state_dict()}
+        return save_checkpoint(ckpt_root, step, state, cfg.keep_ckpts)
+
+    result = TrainResult(steps=start)
+    bar = TrainProgress(total_steps, start, enabled=progress and runtime.is_main, console=console)
+    params = [p for _, p, _ in unit.named_trainable() if p.requires_grad]
+    t_start, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
+    step = start
+    try:
+        with bar:
+            for step in range(start, total_steps):
+                micro = [sampler.batch(data, step * cfg.grad_accum + i, runtime.device) for i in range(cfg.grad_accum)]
+                with torch.no_grad(), runtime.autocast():
+                    plan = unit.plan(micro, step / total_steps)
+                optimizer.zero_grad(set_to_none=True)
+                logs: dict[str, float] = {}
+                for i in range(cfg.grad_accum):
+                    with runtime.autocast():
+                        loss, parts = unit.loss(plan, i)
+                    loss.backward()
+                    for k, v in parts.items():  # parts are already globally normalised: sums are step values
+                        logs[k] = logs.get(k, 0.0) + v
+                if not math.isfinite(logs["loss"]):
+                    raise NonFiniteLoss(f"non-finite loss at step {step + 1} ({_fmt(logs)}); lower trainer.lr, "
+                                        f"raise temperature.t_min, or use trainer.precision=fp32. "
+                                        f"Checkpoints so far are in {ckpt_root}")
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                optimizer.step()
+                scheduler.step()
+                logs.update(unit.end_step(step + 1, logs))
+                tokens = sum(int(mb["ids"].numel()) for mb in micro) * runtime.world_size
+                window_tokens += tokens
+                result.tokens += tokens
+                done = step + 1
+                result.steps, result.last_logs = done, logs
+                if done % cfg.log_every == 0 or done == total_steps:
+                    now = time.perf_counter()
+                    row = {"step": done, **logs, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                           "tokens_per_s": window_tokens / max(now - window_start, 1e-9)}
+                    metrics.write(row)
+                    bar.update(done, row)
+                    window_tokens, window_start = 0, now
+                else:
+                    bar.update(done, None)
+                if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < total_steps:
+                    checkpoint(done)
+        checkpoint(total_steps)
+    except KeyboardInterrupt:
+        path = checkpoint(result.steps)
+        raise Interrupted(f"interrupted at step {result.steps}; checkpoint {path}. Resume with "
+                          f"trainer.resume={run_dir}") from None
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _restore(path: Path, unit: Unit, optimizer, scheduler) -> int:
+    state = load_checkpoint(path)
+    modules = unit.modules()
+    for name, module in modules.items():
+        if name not in state["modules"]:
+            raise UserError(f"trainer.resume: checkpoint {path} has no {name!r} state (a different method?)")
+        module.load_state_dict(state["modules"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    unit.load_state_dict(state["unit"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def _history(path: Path, upto: int) -> list[dict]:
+    """The metrics rows of the run we resume from, up to its checkpoint: the new run continues that curve."""
+    return [r for r in read_metrics(path) if r.get("step", 0) <= upto] if path.is_file() else []
+
+
+def _fmt(logs: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in logs.items())

@@ -1,0 +1,38 @@
+"""AdamW with decoupled weight decay (none on norms/biases) and a warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from egad_cli.config.schema import TrainerConfig
+
+
+def param_groups(named_params: list[tuple[str, torch.nn.Parameter, float]], weight_decay: float) -> list[dict]:
+    """named_params: (name, param, lr multiplier). 1-D tensors (norms, biases) get no weight decay."""
+    groups: dict[tuple[float, float], list] = {}
+    for name, param, lr_mult in named_params:
+        if not param.requires_grad:
+            continue
+        decay = 0.0 if param.ndim < 2 else weight_decay
+        groups.setdefault((decay, lr_mult), []).append(param)
+    return [{"params": ps, "weight_decay": wd, "lr_mult": m} for (wd, m), ps in groups.items()]
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine down to min_ratio at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(named_params, cfg: TrainerConfig, total_steps: int):
+    groups = param_groups(named_params, cfg.weight_decay)
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_mult"]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: warmup_cosine(step, total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    return opt, sched

@@ -1,0 +1,31 @@
+"""Deterministic batches: micro-batch j is a pure function of (seed, j), so resuming needs no iterator state."""
+
+from __future__ import annotations
+
+import torch
+
+from egad_cli.data.packing import Packed
+
+
+class BlockSampler:
+    """An endless stream of block indices, reshuffled each epoch from the seed; ranks take interleaved slices."""
+
+    def __init__(self, n_blocks: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.n, self.batch_size, self.seed = n_blocks, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=gen)}  # keep one epoch in memory
+        return self._perms[epoch]
+
+    def indices(self, micro_step: int) -> torch.Tensor:
+        start = (micro_step * self.world_size + self.rank) * self.batch_size
+        positions = torch.arange(start, start + self.batch_size)
+        return torch.cat([self._perm(int(p) // self.n)[int(p) % self.n].view(1) for p in positions])
+
+    def batch(self, data: Packed, micro_step: int, device: torch.device) -> dict[str, torch.Tensor]:
+        idx = self.indices(micro_step)
+        return {"ids": data.ids[idx].to(device), "mask": data.mask[idx].to(device)}

@@ -1,0 +1,5 @@
+"""Errors meant for the user: printed as one clear message, without a traceback."""
+
+
+class UserError(Exception):
+    """Bad input the user can fix; the message names the key or file and how to fix it."""

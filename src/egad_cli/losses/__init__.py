@@ -1,0 +1,34 @@
+"""Losses: per-token divergences, the chunked (memory-efficient) distillation loss, feature loss."""
+
+from .chunked import chunked_distill_loss, chunked_token_stats
+from .divergences import (
+    DIVERGENCES,
+    entropy,
+    forward_kl,
+    get_divergence,
+    hellinger,
+    jsd,
+    reverse_kl,
+    skew_fkl,
+    skew_rkl,
+    tvd,
+)
+from .feature import FEATURE_KINDS, FeatureProjectors, default_layer_map
+
+__all__ = [
+    "DIVERGENCES",
+    "FEATURE_KINDS",
+    "FeatureProjectors",
+    "chunked_distill_loss",
+    "chunked_token_stats",
+    "default_layer_map",
+    "entropy",
+    "forward_kl",
+    "get_divergence",
+    "hellinger",
+    "jsd",
+    "reverse_kl",
+    "skew_fkl",
+    "skew_rkl",
+    "tvd",
+]

@@ -1,0 +1,348 @@
+"""Memory-efficient distillation loss and token statistics, computed in token chunks (DESIGN §7).
+
+The naive path materialises fp32 logits ``[N, V]`` for teacher and student (plus their
+log-softmaxes and the autograd buffers of the student's): at N = 16k tokens and V = 128k that is
+tens of GB. Here the loss is computed from the *final hidden states* and the *lm_head weights*,
+``chunk_size`` tokens at a time, so at most a few ``[chunk_size, V]`` fp32 tensors exist at once.
+
+Gradient strategy (the "your call" of the design): a custom ``autograd.Function`` that computes the
+gradients of each chunk **during the forward pass** and only scales them in backward — the scheme
+of Liger-Kernel's fused-linear distillation losses — rather than ``torch.utils.checkpoint`` per
+chunk. Why:
+
+* checkpointing recomputes *both* lm_head matmuls in backward, and the teacher one is the biggest
+  (teacher width ≥ student width): 6 vocabulary-sized matmuls per token instead of 4 here
+  (teacher fwd, student fwd, grad w.r.t. hidden, grad w.r.t. head);
+* non-reentrant checkpointing keeps each chunk's inputs alive; ours keeps only the gradient
+  buffers, which are the size of ``s_hidden`` rows and ``s_head`` (what ``.grad`` needs anyway);
+* the teacher tensors are never saved for backward, so inference tensors (made under
+  ``torch.inference_mode()``) can be passed directly.
+
+Costs of the choice: the forward does the backward's work even if ``.backward()`` is never
+called (so a call without grad mode, or without any input requiring grad, takes a value-only path),
+double backward is not supported, and because the two outputs (divergence and CE) may be weighted
+differently by the caller, each has its own gradient buffers when ``labels`` is given.
+
+Precision: each chunk's logits are computed by a matmul in the promoted dtype of (hidden, head) —
+bf16 inputs use bf16 tensor cores with fp32 accumulation, fp32 inputs give exactly the naive fp32
+reference — and are then upcast to fp32 before temperature, log_softmax and the divergence.
+Autocast is disabled inside, so the dtypes the caller passes decide the matmul precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .divergences import Divergence, entropy, get_divergence
+from .divergences import hellinger as hellinger_distance  # the stats function has a `hellinger` flag
+
+__all__ = ["chunked_distill_loss", "chunked_token_stats"]
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class _Grads:
+    """Per-output gradient buffers filled chunk by chunk in the forward pass (fp32)."""
+
+    h: Tensor  # [A, Ds] gradient w.r.t. the A active rows of s_hidden
+    w: Tensor  # [V, Ds] gradient w.r.t. s_head
+
+
+def _matmul_dtype(h: Tensor, w: Tensor) -> torch.dtype:
+    return torch.promote_types(h.dtype, w.dtype)
+
+
+def _check_inputs(
+    s_hidden: Tensor,
+    s_head: Tensor,
+    t_hidden: Tensor,
+    t_head: Tensor,
+    tau: Tensor,
+    coef: Tensor,
+    labels: Tensor | None,
+    ce_coef: Tensor | None,
+    chunk_size: int,
+) -> None:
+    """Fail early with the offending shapes (a silent broadcast here would be a wrong loss)."""
+    problems = []
+    if s_hidden.dim() != 2 or t_hidden.dim() != 2:
+        problems.append(f"hidden states must be [N, D], got {tuple(s_hidden.shape)}, {tuple(t_hidden.shape)}")
+    elif s_hidden.shape[0] != t_hidden.shape[0]:
+        problems.append(f"student/teacher token counts differ: {s_hidden.shape[0]} vs {t_hidden.shape[0]}")
+    if s_head.dim() != 2 or t_head.dim() != 2 or s_head.shape[0] != t_head.shape[0]:
+        problems.append(
+            f"heads must be [V, D] with the same V, got {tuple(s_head.shape)}, {tuple(t_head.shape)}"
+        )
+    elif (
+        s_hidden.dim() == 2
+        and t_hidden.dim() == 2
+        and (s_head.shape[1] != s_hidden.shape[-1] or t_head.shape[1] != t_hidden.shape[-1])
+    ):
+        problems.append(
+            f"head width does not match hidden width: student {tuple(s_head.shape)} vs "
+            f"{tuple(s_hidden.shape)}, teacher {tuple(t_head.shape)} vs {tuple(t_hidden.shape)}"
+        )
+    n = s_hidden.shape[0]
+    named = {"tau": tau, "coef": coef, "labels": labels, "ce_coef": ce_coef}
+    for name, t in named.items():
+        if t is not None and tuple(t.shape) != (n,):
+            problems.append(f"{name} must be [N] = [{n}], got {tuple(t.shape)}")
+    if (labels is None) != (ce_coef is None):
+        problems.append("labels and ce_coef must be given together")
+    if chunk_size < 1:
+        problems.append(f"chunk_size must be >= 1, got {chunk_size}")
+    if problems:
+        raise ValueError("chunked_distill_loss: " + "; ".join(problems))
+
+
+def _chunk_loop(
+    s_hidden: Tensor,
+    s_head: Tensor,
+    t_hidden: Tensor,
+    t_head: Tensor,
+    tau: Tensor,
+    coef: Tensor,
+    labels: Tensor | None,
+    ce_coef: Tensor | None,
+    fn: Divergence,
+    beta: float,
+    alpha: float,
+    chunk_size: int,
+    with_grads: bool,
+) -> tuple[Tensor, Tensor, Tensor, _Grads | None, _Grads | None]:
+    """Sum the weighted per-token losses over chunks of the active rows.
+
+    Returns (div_sum, ce_sum, rows, div_grads, ce_grads); the grads are None unless with_grads.
+    Must be called with grad mode off: gradients are taken locally, chunk by chunk, w.r.t. the
+    chunk's student logits only, then pushed through the lm_head matmul by hand.
+    """
+    device = s_hidden.device
+    v, ds = s_head.shape
+    use_ce = labels is not None
+
+    # Skip tokens that contribute nothing (padding, prompt, tokens gated off by a curriculum):
+    # gathering the active rows first avoids their lm_head matmuls entirely.
+    active = coef != 0  # [N] bool
+    if use_ce:
+        active = active | (ce_coef != 0)
+    rows = active.nonzero().squeeze(1)  # [A] int64 (one host sync per call)
+    n_active = rows.numel()
+
+    s_dt, t_dt = _matmul_dtype(s_hidden, s_head), _matmul_dtype(t_hidden, t_head)
+    w_s = s_head.to(s_dt)  # [V, Ds] (no copy when already s_dt)
+    w_t = t_head.to(t_dt)  # [V, Dt]
+
+    div_sum = torch.zeros((), dtype=torch.float32, device=device)
+    ce_sum = torch.zeros((), dtype=torch.float32, device=device)
+    div_grads = ce_grads = None
+    if with_grads:
+        div_grads = _Grads(
+            h=torch.zeros(n_active, ds, dtype=torch.float32, device=device),
+            w=torch.zeros(v, ds, dtype=torch.float32, device=device),
+        )
+        if use_ce:
+            ce_grads = _Grads(h=torch.zeros_like(div_grads.h), w=torch.zeros_like(div_grads.w))
+
+    for start in range(0, n_active, chunk_size):
+        r = rows[start : start + chunk_size]  # [C]
+        h_s = s_hidden.index_select(0, r).to(s_dt)  # [C, Ds]
+        h_t = t_hidden.index_select(0, r).to(t_dt)  # [C, Dt]
+        tau_c = tau.index_select(0, r).float().unsqueeze(1)  # [C, 1]
+        coef_c = coef.index_select(0, r).float()  # [C]
+
+        t_logits = (h_t @ w_t.T).float()  # [C, V]
+        s_logits = (h_s @ w_s.T).float().requires_grad_(with_grads)  # [C, V], local autograd leaf
+        with torch.set_grad_enabled(with_grads):
+            t_logp = torch.log_softmax(t_logits / tau_c, dim=-1)  # [C, V]
+            s_logp = torch.log_softmax(s_logits / tau_c, dim=-1)  # [C, V]
+            d = fn(t_logp, s_logp, beta=beta, alpha=alpha)  # [C]
+            # where, not a bare product: a CE-only row (coef 0) must not turn an inf into nan.
+            div_c = torch.where(coef_c != 0, coef_c * tau_c.squeeze(1).square() * d, 0.0).sum()
+            if use_ce:
+                lab_c = labels.index_select(0, r)  # [C]
+                cc_c = ce_coef.index_select(0, r).float()  # [C]
+                ce_tok = F.cross_entropy(s_logits, lab_c, reduction="none", ignore_index=IGNORE_INDEX)
+                ce_c = torch.where(cc_c != 0, cc_c * ce_tok, 0.0).sum()
+        div_sum += div_c.detach()
+        if use_ce:
+            ce_sum += ce_c.detach()
+
+        if with_grads:
+            # d loss / d logits: [C, V] fp32, then through logits = h_s @ w_s.T by hand:
+            #   dh = g @ w_s  [C, Ds],  dW = g.T @ h_s  [V, Ds].
+            pairs = [(div_c, div_grads)] + ([(ce_c, ce_grads)] if use_ce else [])
+            for loss_c, grads in pairs:
+                (g,) = torch.autograd.grad(loss_c, s_logits)
+                g = g.to(s_dt)  # [C, V]
+                grads.h[start : start + r.numel()] = g @ w_s
+                if s_dt == torch.float32:
+                    grads.w.addmm_(g.T, h_s)  # in place, no [V, Ds] temporary
+                else:
+                    grads.w += g.T @ h_s
+    return div_sum, ce_sum, rows, div_grads, ce_grads
+
+
+class _ChunkedDistillFn(torch.autograd.Function):
+    """(s_hidden, s_head, teacher..., weights) -> (div_sum, ce_sum), gradients precomputed in forward."""
+
+    @staticmethod
+    def forward(ctx, s_hidden, s_head, *rest):
+        # rest = (t_hidden, t_head, tau, coef, labels, ce_coef, fn, beta, alpha, chunk_size)
+        with torch.autocast(device_type=s_hidden.device.type, enabled=False):
+            div_sum, ce_sum, rows, div_grads, ce_grads = _chunk_loop(s_hidden, s_head, *rest, with_grads=True)
+        # Intermediates (not inputs/outputs) are stored on ctx directly; nothing of the teacher is.
+        ctx.rows, ctx.div_grads, ctx.ce_grads = rows, div_grads, ce_grads
+        ctx.h_shape, ctx.h_dtype, ctx.w_dtype = s_hidden.shape, s_hidden.dtype, s_head.dtype
+        ctx.n_rest = len(rest)
+        return div_sum, ce_sum
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_div: Tensor, g_ce: Tensor):
+        grad_h = grad_w = None
+        ce = ctx.ce_grads
+        if ctx.needs_input_grad[0]:
+            gh = ctx.div_grads.h * g_div  # [A, Ds]
+            if ce is not None:
+                gh = torch.addcmul(gh, ce.h, g_ce)
+            grad_h = torch.zeros(ctx.h_shape, dtype=ctx.h_dtype, device=gh.device)  # [N, Ds]
+            grad_h.index_copy_(0, ctx.rows, gh.to(ctx.h_dtype))
+        if ctx.needs_input_grad[1]:
+            gw = ctx.div_grads.w * g_div  # [V, Ds]
+            if ce is not None:
+                gw = torch.addcmul(gw, ce.w, g_ce)
+            grad_w = gw.to(ctx.w_dtype)
+        return (grad_h, grad_w) + (None,) * ctx.n_rest
+
+
+def chunked_distill_loss(
+    s_hidden: Tensor,
+    s_head: Tensor,
+    t_hidden: Tensor,
+    t_head: Tensor,
+    tau: Tensor,
+    coef: Tensor,
+    *,
+    divergence: str,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    labels: Tensor | None = None,
+    ce_coef: Tensor | None = None,
+    chunk_size: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """Weighted, per-token-temperature distillation loss without full-vocabulary logits.
+
+    Args:
+        s_hidden: [N, Ds] student final (post-norm) hidden states; any float dtype.
+        s_head:   [V, Ds] student lm_head weight, sliced to the shared vocabulary V.
+        t_hidden: [N, Dt] teacher final hidden states; may be an inference tensor.
+        t_head:   [V, Dt] teacher lm_head weight (sliced); never receives a gradient.
+        tau:      [N] per-token temperature (> 0), treated as a constant.
+        coef:     [N] per-token coefficient (the curriculum / routing weight, 0 on masked tokens),
+                  treated as a constant.
+        divergence: a name of ``DIVERGENCES``; beta/alpha are passed to it.
+        labels:   [N] int64 next-token ids for the CE term, -100 = ignore.
+        ce_coef:  [N] per-token CE coefficient (0 where ignored); required with labels.
+        chunk_size: tokens per chunk; peak extra memory is a few [chunk_size, V] fp32 tensors.
+
+    Returns:
+        (div_sum, ce_sum), scalar fp32: div_sum = Σ_i coef_i · τ_i² · D(p_i^τ ‖ q_i^τ) and
+        ce_sum = Σ_i ce_coef_i · CE_i at T = 1 (a zero tensor if labels is None). Both are
+        differentiable w.r.t. s_hidden and s_head. Sums, not means: the caller divides by the
+        global Σw of the optimizer step (DESIGN §3). Tokens whose coef and ce_coef are both 0
+        are skipped; if all are, both sums are exactly 0 with zero gradients.
+    """
+    fn = get_divergence(divergence)
+    _check_inputs(s_hidden, s_head, t_hidden, t_head, tau, coef, labels, ce_coef, chunk_size)
+    ce_coef = None if ce_coef is None else ce_coef.detach()
+    args = (s_hidden, s_head, t_hidden, t_head, tau.detach(), coef.detach(), labels, ce_coef)
+    args += (fn, beta, alpha, chunk_size)
+
+    needs_grad = torch.is_grad_enabled() and (s_hidden.requires_grad or s_head.requires_grad)
+    if needs_grad:
+        return _ChunkedDistillFn.apply(*args)
+    # Value only (evaluation, or a frozen student): skip the gradient work of the forward pass.
+    with torch.no_grad(), torch.autocast(device_type=s_hidden.device.type, enabled=False):
+        div_sum, ce_sum, *_ = _chunk_loop(*args, with_grads=False)
+    return div_sum, ce_sum
+
+
+@torch.no_grad()
+def chunked_token_stats(
+    t_hidden: Tensor,
+    t_head: Tensor,
+    s_hidden: Tensor | None = None,
+    s_head: Tensor | None = None,
+    *,
+    teacher_entropy_temps: tuple[float, ...] = (1.0,),
+    student_entropy_temps: tuple[float, ...] = (),
+    hellinger: bool = False,
+    teacher_nll_labels: Tensor | None = None,
+    chunk_size: int = 1024,
+) -> dict[str, Tensor]:
+    """Per-token statistics the policies need (entropies, Hellinger), chunked like the loss.
+
+    Args:
+        t_hidden: [N, Dt], t_head: [V, Dt] teacher final hidden states / sliced lm_head.
+        s_hidden: [N, Ds], s_head: [V, Ds] student ones; needed for student entropies / hellinger.
+        teacher_entropy_temps / student_entropy_temps: temperatures T at which to compute
+            H(softmax(logits / T)) (EGAD uses T = 1 for the teacher; EA-KD T' = 2 for both).
+        hellinger: Hellinger distance between teacher and student at T = 1 (AdaKD difficulty).
+        teacher_nll_labels: [N] int64 ids, -100 = ignore; adds "teacher_nll" (0 where ignored).
+
+    Returns:
+        dict of [N] fp32 tensors: f"teacher_entropy@{T:g}", f"student_entropy@{T:g}",
+        "hellinger", "teacher_nll" (only the requested ones). No gradients.
+    """
+    need_student = bool(student_entropy_temps) or hellinger
+    if need_student and (s_hidden is None or s_head is None):
+        raise ValueError("student_entropy_temps / hellinger need s_hidden and s_head")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    for temp in (*teacher_entropy_temps, *student_entropy_temps):
+        if temp <= 0:
+            raise ValueError(f"entropy temperatures must be > 0, got {temp}")
+
+    n, device = t_hidden.shape[0], t_hidden.device
+    out: dict[str, Tensor] = {}
+    for temp in teacher_entropy_temps:
+        out[f"teacher_entropy@{temp:g}"] = torch.empty(n, dtype=torch.float32, device=device)
+    for temp in student_entropy_temps:
+        out[f"student_entropy@{temp:g}"] = torch.empty(n, dtype=torch.float32, device=device)
+    if hellinger:
+        out["hellinger"] = torch.empty(n, dtype=torch.float32, device=device)
+    if teacher_nll_labels is not None:
+        out["teacher_nll"] = torch.empty(n, dtype=torch.float32, device=device)
+
+    t_dt = _matmul_dtype(t_hidden, t_head)
+    w_t = t_head.to(t_dt)  # [V, Dt]
+    if need_student:
+        s_dt = _matmul_dtype(s_hidden, s_head)
+        w_s = s_head.to(s_dt)  # [V, Ds]
+
+    with torch.autocast(device_type=device.type, enabled=False):
+        for start in range(0, n, chunk_size):
+            sl = slice(start, min(start + chunk_size, n))
+            t_logits = (t_hidden[sl].to(t_dt) @ w_t.T).float()  # [C, V]
+            for temp in teacher_entropy_temps:
+                out[f"teacher_entropy@{temp:g}"][sl] = entropy(torch.log_softmax(t_logits / temp, dim=-1))
+            if teacher_nll_labels is not None:
+                lab = teacher_nll_labels[sl]  # [C]
+                out["teacher_nll"][sl] = F.cross_entropy(
+                    t_logits, lab, reduction="none", ignore_index=IGNORE_INDEX
+                )
+            if need_student:
+                s_logits = (s_hidden[sl].to(s_dt) @ w_s.T).float()  # [C, V]
+                for temp in student_entropy_temps:
+                    out[f"student_entropy@{temp:g}"][sl] = entropy(torch.log_softmax(s_logits / temp, dim=-1))
+                if hellinger:
+                    out["hellinger"][sl] = hellinger_distance(
+                        torch.log_softmax(t_logits, dim=-1), torch.log_softmax(s_logits, dim=-1)
+                    )
+    return out

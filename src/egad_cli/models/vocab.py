@@ -1,0 +1,32 @@
+"""Teacher and student must share the tokenizer; padded embedding rows are sliced away."""
+
+from __future__ import annotations
+
+from egad_cli.errors import UserError
+
+
+def tokenizer_fingerprint(tokenizer) -> dict[str, int]:
+    return dict(tokenizer.get_vocab())
+
+
+def check_shared_vocab(teacher, student, t_tok, s_tok, *, student_key: str = "student") -> int:
+    """Return V, the real shared vocabulary size both models' logits are sliced to.
+
+    A padded vocabulary (same tokenizer, embedding rows rounded up) is fine; different
+    tokenizers are refused, since per-token distributions over different vocabularies
+    cannot be compared.
+    """
+    t_vocab, s_vocab = tokenizer_fingerprint(t_tok), tokenizer_fingerprint(s_tok)
+    if t_vocab != s_vocab:
+        differing = len(set(t_vocab.items()) ^ set(s_vocab.items()))
+        raise UserError(
+            f"{student_key}: the student's tokenizer differs from the teacher's ({len(s_vocab)} vs {len(t_vocab)} "
+            f"tokens, {differing} entries differ). Logit distillation needs one shared vocabulary: use "
+            f"student=tiny/small/from_teacher (built on the teacher's tokenizer) or a student trained with it.")
+    vocab = len(t_tok)
+    for name, model in (("teacher", teacher), (student_key, student)):
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < vocab:
+            raise UserError(f"{name}: lm_head has {rows} rows but the tokenizer has {vocab} tokens; "
+                            f"the checkpoint and its tokenizer do not match.")
+    return vocab

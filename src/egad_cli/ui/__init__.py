@@ -1,0 +1,1 @@
+"""Terminal output: the rich console, progress bars, tables and histograms."""

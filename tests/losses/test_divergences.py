@@ -1,0 +1,199 @@
+"""Divergences: values against hand-written formulas, and the identities of DESIGN §3."""
+
+import math
+
+import pytest
+import torch
+
+from egad_cli.losses.divergences import (
+    DIVERGENCES,
+    entropy,
+    forward_kl,
+    get_divergence,
+    hellinger,
+    jsd,
+    reverse_kl,
+    skew_fkl,
+    skew_rkl,
+    tvd,
+)
+
+NAMES = sorted(DIVERGENCES)
+
+
+def _logps(n=6, v=9, seed=0, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    t = (scale * torch.randn(n, v, generator=g, dtype=torch.float64)).log_softmax(-1)
+    s = (scale * torch.randn(n, v, generator=g, dtype=torch.float64)).log_softmax(-1)
+    return t, s
+
+
+# ---- naive references: probabilities and plain logs, written independently of the module
+
+
+def _kl_naive(a, b):
+    return (a * torch.log(a / b)).sum(-1)
+
+
+def _naive(name, p, q, beta, alpha):
+    if name == "forward_kl":
+        return _kl_naive(p, q)
+    if name == "reverse_kl":
+        return _kl_naive(q, p)
+    if name == "jsd":
+        m = beta * p + (1 - beta) * q
+        return beta * _kl_naive(p, m) + (1 - beta) * _kl_naive(q, m)
+    if name == "skew_fkl":
+        return _kl_naive(p, alpha * p + (1 - alpha) * q)
+    if name == "skew_rkl":
+        return _kl_naive(q, alpha * q + (1 - alpha) * p)
+    if name == "tvd":
+        return 0.5 * (p - q).abs().sum(-1)
+    raise AssertionError(name)
+
+
+def test_registry_names_are_exactly_the_design_list():
+    assert set(DIVERGENCES) == {"forward_kl", "reverse_kl", "jsd", "skew_fkl", "skew_rkl", "tvd"}
+
+
+def test_unknown_name_lists_valid_choices():
+    with pytest.raises(ValueError) as e:
+        get_divergence("kl_forward")
+    for name in NAMES:
+        assert name in str(e.value)
+    assert get_divergence("jsd") is jsd
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("beta,alpha", [(0.5, 0.1), (0.2, 0.3), (0.9, 0.6)])
+def test_value_matches_naive_formula(name, beta, alpha):
+    t, s = _logps()
+    got = get_divergence(name)(t, s, beta=beta, alpha=alpha)
+    want = _naive(name, t.exp(), s.exp(), beta, alpha)
+    assert got.shape == (t.shape[0],)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_divergence_of_a_distribution_with_itself_is_zero(name):
+    t, _ = _logps()
+    torch.testing.assert_close(get_divergence(name)(t, t.clone()), torch.zeros(t.shape[0], dtype=t.dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_negative(name):
+    t, s = _logps(n=64, v=17, seed=3, scale=4.0)
+    assert (get_divergence(name)(t, s) >= -1e-12).all()
+
+
+def test_forward_kl_is_reverse_kl_with_roles_swapped():
+    t, s = _logps()
+    torch.testing.assert_close(forward_kl(t, s), reverse_kl(s, t))
+
+
+def test_jsd_limits_recover_the_kls():
+    """JSD_β/β → KL(p‖q) as β → 0 and JSD_β/(1−β) → KL(q‖p) as β → 1; the error is O(ε)."""
+    t, s = _logps()
+    fkl, rkl = forward_kl(t, s), reverse_kl(t, s)
+    for eps in (1e-4, 1e-6):
+        torch.testing.assert_close(jsd(t, s, beta=eps) / eps, fkl, rtol=50 * eps, atol=50 * eps)
+        torch.testing.assert_close(jsd(t, s, beta=1 - eps) / eps, rkl, rtol=50 * eps, atol=50 * eps)
+    # the raw value itself vanishes near the endpoints ...
+    assert jsd(t, s, beta=1e-6).abs().max() < 1e-4
+    # ... so the exact endpoints are defined as the KLs (as in TRL)
+    torch.testing.assert_close(jsd(t, s, beta=0.0), fkl)
+    torch.testing.assert_close(jsd(t, s, beta=1.0), rkl)
+
+
+def test_symmetric_jsd_is_symmetric_and_bounded_by_log2():
+    t, s = _logps(scale=5.0)
+    torch.testing.assert_close(jsd(t, s, beta=0.5), jsd(s, t, beta=0.5))
+    assert (jsd(t, s, beta=0.5) <= math.log(2) + 1e-12).all()
+
+
+def test_skew_at_alpha_zero_is_plain_kl():
+    t, s = _logps()
+    torch.testing.assert_close(skew_fkl(t, s, alpha=0.0), forward_kl(t, s))
+    torch.testing.assert_close(skew_rkl(t, s, alpha=0.0), reverse_kl(t, s))
+    torch.testing.assert_close(skew_fkl(t, s, alpha=1.0), torch.zeros(t.shape[0], dtype=t.dtype))
+
+
+def test_out_of_range_parameters_are_refused():
+    t, s = _logps()
+    with pytest.raises(ValueError, match="beta"):
+        jsd(t, s, beta=1.5)
+    with pytest.raises(ValueError, match="alpha"):
+        skew_fkl(t, s, alpha=-0.1)
+
+
+def test_tvd_is_at_most_one():
+    t, s = _logps(n=64, seed=5, scale=20.0)  # nearly disjoint one-hot-ish distributions
+    d = tvd(t, s)
+    assert (d <= 1 + 1e-12).all() and d.max() > 0.9
+
+
+def test_entropy_matches_naive_and_bounds():
+    t, _ = _logps()
+    p = t.exp()
+    torch.testing.assert_close(entropy(t), -(p * p.log()).sum(-1))
+    uniform = torch.full((2, 9), -math.log(9), dtype=torch.float64)
+    torch.testing.assert_close(entropy(uniform), torch.full((2,), math.log(9), dtype=torch.float64))
+
+
+def test_hellinger_matches_naive_in_unit_interval_and_zero_on_identity():
+    t, s = _logps(n=32, scale=6.0)
+    want = torch.sqrt(1 - (t.exp() * s.exp()).sqrt().sum(-1))
+    got = hellinger(t, s)
+    torch.testing.assert_close(got, want)
+    assert ((got >= 0) & (got <= 1)).all()
+    assert hellinger(t, t.clone()).abs().max() < 1e-6  # sqrt of a rounding error
+    # disjoint supports: distance exactly 1
+    a = torch.tensor([[0.0, -math.inf]], dtype=torch.float64)
+    b = torch.tensor([[-math.inf, 0.0]], dtype=torch.float64)
+    assert hellinger(a, b).item() == 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shared_masked_vocabulary_is_finite_and_ignored(name):
+    """Entries with p = q = 0 (-inf log-probs, e.g. masked vocab) change nothing, grads stay finite."""
+    t, s = _logps()
+    t_m = torch.cat([t, torch.full((t.shape[0], 3), -math.inf, dtype=t.dtype)], dim=1).requires_grad_(True)
+    s_m = torch.cat([s, torch.full((s.shape[0], 3), -math.inf, dtype=s.dtype)], dim=1).requires_grad_(True)
+    got = get_divergence(name)(t_m, s_m)
+    torch.testing.assert_close(got, get_divergence(name)(t, s))
+    got.sum().backward()
+    assert torch.isfinite(t_m.grad).all() and torch.isfinite(s_m.grad).all()
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "jsd", "skew_fkl", "skew_rkl", "tvd"])
+def test_teacher_zero_mass_entries_are_finite(name):
+    """p(v) = 0 < q(v): every divergence but reverse KL (which is then +inf, correctly) stays finite."""
+    g = torch.Generator().manual_seed(1)
+    t_logits = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    t_logits[:, :2] = -math.inf
+    t = t_logits.log_softmax(-1)
+    s = torch.randn(4, 8, generator=g, dtype=torch.float64).log_softmax(-1).requires_grad_(True)
+    d = get_divergence(name)(t, s)
+    assert torch.isfinite(d).all()
+    torch.testing.assert_close(d, _naive_masked(name, t.exp(), s.detach().exp()))
+    d.sum().backward()
+    assert torch.isfinite(s.grad).all()
+    assert torch.isinf(reverse_kl(t, s.detach())).all()
+
+
+def _naive_masked(name, p, q, beta=0.5, alpha=0.1):
+    """Naive formulas with the 0 · log 0 = 0 convention made explicit."""
+
+    def kl(a, b):
+        return torch.where(a > 0, a * torch.log(a / b), torch.zeros_like(a)).sum(-1)
+
+    if name == "forward_kl":
+        return kl(p, q)
+    if name == "jsd":
+        m = beta * p + (1 - beta) * q
+        return beta * kl(p, m) + (1 - beta) * kl(q, m)
+    if name == "skew_fkl":
+        return kl(p, alpha * p + (1 - alpha) * q)
+    if name == "skew_rkl":
+        return kl(q, alpha * q + (1 - alpha) * p)
+    return 0.5 * (p - q).abs().sum(-1)
