@@ -17,6 +17,7 @@ from egad_cli.engine.checkpoint import resolve_resume
 from egad_cli.engine.distill_unit import DistillUnit
 from egad_cli.engine.heldout import heldout_kl
 from egad_cli.engine.loop import train
+from egad_cli.engine.metrics import tensorboard_available
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.models import build_student, check_shared_vocab, load_teacher, preflight_model_source
 from egad_cli.models.hub import resolve_model_ref
@@ -34,12 +35,15 @@ def preflight(cfg: DistillConfig) -> Runtime:
     source_files(cfg.dataset)
     if cfg.trainer.resume:
         resolve_resume(cfg.trainer.resume)
+    if cfg.logging.tensorboard:
+        tensorboard_available()
     return runtime
 
 
 def load_models(cfg: DistillConfig, runtime: Runtime):
     """(teacher frozen on the device, student, shared tokenizer, shared vocabulary size)."""
-    teacher, t_tok = load_teacher(cfg.teacher, cache_dir(cfg.cache_dir), runtime.teacher_dtype, console)
+    dtype = runtime.teacher_dtype if cfg.teacher.dtype == "auto" else getattr(torch, cfg.teacher.dtype)
+    teacher, t_tok = load_teacher(cfg.teacher, cache_dir(cfg.cache_dir), dtype, console)
     teacher = teacher.to(runtime.device).requires_grad_(False)
     student, s_tok = build_student(cfg.student, teacher, t_tok)
     vocab = check_shared_vocab(teacher, student, t_tok, s_tok)
@@ -66,9 +70,10 @@ def run_distill(raw: DictConfig) -> float:
     splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
     steps = total_steps(cfg, runtime)
     n_params = sum(p.numel() for p in student.parameters())
-    console.print(f"teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params · student "
-                  f"{n_params / 1e6:.2f}M · vocab {vocab} · {len(splits.train)} train / {len(splits.val)} held-out "
-                  f"blocks of {cfg.dataset.block_size} · {steps} steps on {runtime.device}")
+    if runtime.is_main:
+        console.print(f"teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params · student "
+                      f"{n_params / 1e6:.2f}M · vocab {vocab} · {len(splits.train)} train / {len(splits.val)} held-out "
+                      f"blocks of {cfg.dataset.block_size} · {steps} steps on {runtime.device}")
 
     def kl() -> float:
         return heldout_kl(teacher, student, vocab, splits.val, runtime, cfg.eval.batch_size, cfg.eval.max_tokens,
@@ -76,7 +81,8 @@ def run_distill(raw: DictConfig) -> float:
 
     kl_before = kl() if cfg.eval.before else None
     unit = DistillUnit(teacher, student, vocab, cfg, runtime, steps)
-    result = train(unit, splits.train, cfg.trainer, runtime, run_dir, steps, cfg.logging.progress, console)
+    result = train(unit, splits.train, cfg.trainer, runtime, run_dir, steps, cfg.logging.progress, console,
+                   tensorboard=cfg.logging.tensorboard)
     kl_after = kl()
     summary = {"method": cfg.method.name, "steps": result.steps, "train_seconds": round(result.seconds, 2),
                "tokens": result.tokens, "kl_before": kl_before, "kl_after": kl_after,

@@ -100,7 +100,12 @@ class DistillUnit:
         if self.dual:
             self.layer_map = default_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers,
                                                cfg.branch.n_pairs)
-            projectors = FeatureProjectors(student.config.hidden_size, teacher.config.hidden_size, self.layer_map)
+            # Seeded, independent of the global RNG (whose state here depends on what ran before): a run
+            # is reproducible from its config, the projectors' initialisation included.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.trainer.seed)
+                projectors = FeatureProjectors(student.config.hidden_size, teacher.config.hidden_size,
+                                               self.layer_map)
         self.train_modules = TrainModules(student, projectors).to(runtime.device)
         self.model = self.train_modules  # what runs forward (DDP-wrapped under strategy=ddp)
         if runtime.world_size > 1:

@@ -50,7 +50,7 @@ class TrainResult:
 
 
 def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_dir: Path, total_steps: int,
-          progress: bool = True, console=None) -> TrainResult:
+          progress: bool = True, console=None, tensorboard: bool = False) -> TrainResult:
     seed_everything(cfg.seed)
     optimizer, scheduler = build_optimizer(unit.named_trainable(), cfg, total_steps)
     sampler = BlockSampler(len(data), cfg.batch_size, cfg.seed, runtime.rank, runtime.world_size)
@@ -62,7 +62,7 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
         history = _history(ckpt.parent.parent / "metrics.jsonl", start)
         if console is not None and runtime.is_main:
             console.print(f"resumed from step {start} ({ckpt})")
-    metrics = MetricsWriter(run_dir / "metrics.jsonl", runtime.is_main, history=history)
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", runtime.is_main, history=history, tensorboard=tensorboard)
 
     def checkpoint(step: int) -> Path | None:
         if not runtime.is_main:
@@ -73,7 +73,7 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
         return save_checkpoint(ckpt_root, step, state, cfg.keep_ckpts)
 
     result = TrainResult(steps=start)
-    bar = TrainProgress(total_steps, start, enabled=progress and runtime.is_main, console=console)
+    bar = TrainProgress(total_steps, start, enabled=progress, console=console if runtime.is_main else None)
     params = [p for _, p, _ in unit.named_trainable() if p.requires_grad]
     t_start, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
     step = start
@@ -88,9 +88,12 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
                 for i in range(cfg.grad_accum):
                     with runtime.autocast():
                         loss, parts = unit.loss(plan, i)
-                    loss.backward()
+                    # The loss is already divided by global (all-rank) sums, so the right gradient is
+                    # the sum over ranks; DDP averages, hence the factor world_size.
+                    (loss * runtime.world_size).backward()
                     for k, v in parts.items():  # parts are already globally normalised: sums are step values
                         logs[k] = logs.get(k, 0.0) + v
+                logs = runtime.reduce_logs(logs)
                 if not math.isfinite(logs["loss"]):
                     raise NonFiniteLoss(f"non-finite loss at step {step + 1} ({_fmt(logs)}); lower trainer.lr, "
                                         f"raise temperature.t_min, or use trainer.precision=fp32. "

@@ -6,14 +6,31 @@ import json
 import math
 from pathlib import Path
 
+from egad_cli.errors import UserError
+
+
+def tensorboard_available() -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise UserError("logging.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                        "(or set logging.tensorboard=false; metrics.jsonl is always written)") from None
+
 
 class MetricsWriter:
-    def __init__(self, path: Path, enabled: bool = True, history: list[dict] | None = None):
-        """history: rows of the run this one resumes (up to its checkpoint); they start the file."""
+    def __init__(self, path: Path, enabled: bool = True, history: list[dict] | None = None,
+                 tensorboard: bool = False):
+        """history: rows of the run this one resumes (up to its checkpoint); they start the file.
+        tensorboard: also write TensorBoard events next to metrics.jsonl (in tb/)."""
         self.path = path
         self.enabled = enabled
+        self.tb = None
         if enabled:
             path.write_text("".join(json.dumps(r) + "\n" for r in history or []))
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tb"))
 
     def write(self, row: dict) -> None:
         if not self.enabled:
@@ -21,6 +38,11 @@ class MetricsWriter:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
+        if self.tb is not None:
+            for key, value in clean.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, clean["step"])
+            self.tb.flush()
 
 
 def read_metrics(path: Path) -> list[dict]:

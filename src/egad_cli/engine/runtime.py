@@ -39,6 +39,17 @@ class Runtime:
         return tensor
 
 
+    def reduce_logs(self, logs: dict[str, float]) -> dict[str, float]:
+        """Step metrics over all ranks: loss terms are partial sums (global denominators), so they
+        add up; per-token means (tau_mean, …) are averaged."""
+        if self.world_size == 1:
+            return logs
+        keys = sorted(logs)
+        values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return {k: float(v) if k.startswith("loss") else float(v) / self.world_size for k, v in zip(keys, values)}
+
+
 def resolve_runtime(cfg: TrainerConfig) -> Runtime:
     """Pick device and precision from trainer.device / trainer.precision; fail early on impossible asks."""
     rank, world = 0, 1

@@ -7,6 +7,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 class TrainProgress:
     def __init__(self, total: int, start: int, enabled: bool = True, console=None):
+        """console=None: silent (non-zero ranks). enabled=False: plain log lines instead of a bar."""
+        enabled = enabled and console is not None
         self.total, self.enabled, self.console = total, enabled, console
         self.progress = Progress(
             TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
