@@ -79,8 +79,11 @@ def build_splits(cfg: DatasetConfig, tokenizer, cache_dir: Path | None = None) -
     train_docs = [d for d in docs if split_of(d.key, cfg.val_fraction) == "train"]
     val_docs = [d for d in docs if split_of(d.key, cfg.val_fraction) == "val"]
     where = f"dataset={cfg.name}"
-    if not docs:
-        raise UserError(f"{where}: the corpus has no documents; check dataset.paths / dataset.hf_name")
+    if not any(d.text.strip() or d.prompt.strip() for d in docs):  # no documents, or only empty ones
+        files = [str(p) for p in source_files(cfg)]
+        listed = f" (read {len(files)} file(s): {', '.join(files[:5])}{', …' if len(files) > 5 else ''})" \
+            if files else ""
+        raise UserError(f"{where}: the corpus has no text{listed}; check dataset.paths / dataset.hf_name")
     if not train_docs or not val_docs:
         raise UserError(f"{where}: {len(docs)} document(s) give an empty {'train' if not train_docs else 'validation'} "
                         f"split at dataset.val_fraction={cfg.val_fraction}; add documents or change val_fraction")

@@ -1,0 +1,194 @@
+"""Bad inputs through argv: one clear error naming the key or file, exit status 2, and (where the problem is
+knowable up front) nothing expensive done: no model loaded, nothing written to the run dir."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+from conftest import egad, text_dataset_args
+
+import egad_cli.commands.distill as distill_cmd
+
+
+def squash(text: str) -> str:
+    """rich wraps long lines at the console width: compare with all whitespace removed."""
+    return re.sub(r"\s+", "", text)
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Records calls to the distill command's model loading (the first expensive step)."""
+    calls = []
+    original = distill_cmd.load_models
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(distill_cmd, "load_models", spy)
+    return calls
+
+
+def run_bad(capsys, run_dir: Path, *argv: str) -> tuple[int, str]:
+    code = egad("distill", f"hydra.run.dir={run_dir}", *argv)
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
+
+
+def assert_cheap_failure(run_dir: Path, loads: list) -> None:
+    assert loads == [], "the error must come before any model is loaded"
+    assert not (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_teacher_hf_without_path(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "teacher=hf")
+    assert code == 2
+    assert "teacher.path" in err and "error" in err
+    assert "Traceback" not in err
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_teacher_path_that_does_not_exist(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "teacher=hf", "teacher.path=/nonexistent")
+    assert code == 2
+    assert "teacher.path" in err and "/nonexistent" in err
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_gguf_teacher_file_that_does_not_exist(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "teacher=gguf", f"teacher.path={tmp_path}/missing.gguf")
+    assert code == 2
+    assert "teacher.path" in err and "missing.gguf" in squash(err)
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_student_path_that_does_not_exist(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "student=hf", "student.path=/nonexistent/student")
+    assert code == 2
+    assert "student.path" in err and "/nonexistent/student" in squash(err)
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_unknown_group_choice_lists_the_options(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "teacher=nope")
+    assert code not in (0, None)  # Hydra's own composition error (it exits with status 1)
+    assert "teacher/nope" in err
+    for option in ("smollm2", "llama", "qwen", "hf", "gguf", "random"):
+        assert option in err
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_negative_lr_names_the_key(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "trainer.lr=-1e-3")
+    assert code == 2
+    assert "trainer.lr" in err and "-0.001" in err
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_every_bad_value_is_listed_in_one_error(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "trainer.lr=-1", "trainer.grad_accum=0",
+                        "loss.name=kl", "temperature.t_min=3", "branch.q=2", "method.kd_weight=-1")
+    assert code == 2
+    for key in ("trainer.lr", "trainer.grad_accum", "loss.name", "temperature.t_min", "branch.q", "method.kd_weight"):
+        assert key in err, key
+    assert err.count("error:") == 1  # one error, listing them all
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_glob_matching_no_file(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "dataset=text",
+                        f"dataset.paths=['{tmp_path}/corpus/*.txt']")
+    assert code == 2
+    assert "dataset.paths" in err and f"{tmp_path}/corpus/*.txt" in squash(err)
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_corpus_of_empty_files(capsys, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "empty.txt").write_text("")
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "dataset=text", f"dataset.paths=['{corpus}/*.txt']")
+    assert code == 2
+    assert "no text" in err and "empty.txt" in squash(err)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_corpus_too_small_for_one_block(capsys, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"{i}.txt").write_text("x = 1\n")
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "dataset=text", f"dataset.paths=['{corpus}/*.txt']",
+                        "dataset.val_fraction=0.5")
+    assert code == 2
+    assert "dataset.block_size" in err or "dataset.val_fraction" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_jsonl_with_missing_fields(capsys, tmp_path):
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"prompt": "2+2=", "response": "4"}) + "\n" +
+                    json.dumps({"prompt": "3+3=", "answer": "6"}) + "\n")
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "dataset=jsonl", f"dataset.paths=['{data}']")
+    assert code == 2
+    flat = squash(err)
+    assert f"{data}:2" in flat  # the file and the line
+    assert "'response'" in err and "dataset.response_field" in flat
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_jsonl_with_a_line_that_is_not_json(capsys, tmp_path):
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n{not json\n")
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "dataset=jsonl", f"dataset.paths=['{data}']")
+    assert code == 2
+    assert f"{data}:2" in squash(err)
+
+
+def test_resume_from_a_path_without_checkpoints(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", f"trainer.resume={tmp_path}/nothing-here")
+    assert code == 2
+    assert "trainer.resume" in err and "nothing-here" in squash(err)
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_hub_teacher_offline_fails_fast_naming_teacher_path(capsys, tmp_path, loads, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    code, err = run_bad(capsys, tmp_path / "run", "teacher=llama", "student=tiny")
+    elapsed = time.perf_counter() - start
+    assert code == 2
+    assert "teacher.path" in err and "meta-llama/Llama-3.2-1B" in err
+    assert elapsed < 5.0, f"offline failure took {elapsed:.1f}s"
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def _save_tiny_student(path: Path, extra_tokens: list[str], vocab_rows: int | None = None) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from egad_cli.models.tokenizers import byte_tokenizer
+
+    tok = byte_tokenizer()
+    if extra_tokens:
+        tok.add_tokens(extra_tokens)
+    config = LlamaConfig(vocab_size=vocab_rows or len(tok), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                         max_position_embeddings=512, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_student_with_another_tokenizer_is_refused(capsys, tmp_path, corpus_dir):
+    student = _save_tiny_student(tmp_path / "student", ["<|extra_0|>", "<|extra_1|>"])
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", *text_dataset_args(corpus_dir),
+                        "student=hf", f"student.path={student}")
+    assert code == 2
+    assert "tokenizer" in err and "student" in err
+    assert "259 vs 257" in err  # the student's and the teacher's token counts
+    assert not (tmp_path / "run" / "checkpoints").exists()
