@@ -113,6 +113,7 @@ class DistillUnit:
         # Which statistics the step needs: the student pass in `plan` only runs when a policy reads it.
         self.needs_student_stats = m.weighting in ("eakd", "adakd") or cfg.temperature.name == "idts"
         self.needs_teacher = m.kd_weight > 0 or self.dual
+        self.use_ce = m.ce_weight > 0  # without it the chunked loss skips the CE term and its gradient buffers
 
     # -- the loop's interface ---------------------------------------------------------------
 
@@ -179,7 +180,8 @@ class DistillUnit:
         loss_logit, loss_ce = chunked_distill_loss(
             s_hidden, self.head(self.student), t_hidden, t_head, mp.tau, mp.coef,
             divergence=self.cfg.loss.name, beta=self.cfg.loss.beta, alpha=self.cfg.loss.alpha,
-            labels=mp.targets, ce_coef=mp.ce_coef, chunk_size=self.cfg.loss.chunk_size)
+            labels=mp.targets if self.use_ce else None, ce_coef=mp.ce_coef if self.use_ce else None,
+            chunk_size=self.cfg.loss.chunk_size)
         loss_feature = torch.zeros((), device=s_hidden.device)
         if self.dual and mp.hard_idx.numel() > 0:
             s_states = [flat(out.hidden_states[ls])[mp.hard_idx] for ls, _ in self.layer_map]  # [M, Ds] each
