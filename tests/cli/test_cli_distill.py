@@ -179,7 +179,7 @@ def test_multirun_makes_one_job_dir_per_value(tmp_path, corpus_dir):
     assert len(jobs) == 2, [p.name for p in sweep.iterdir()]
     # each job dir sits directly under the sweep dir, named by its overrides (paths left out: they hold '/')
     assert [j.name.split("_", 1)[0] for j in jobs] == ["0", "1"]
-    assert all("trainer.lr=" in j.name and "dataset.paths" not in j.name for j in jobs)
+    assert all("trainer.lr:" in j.name and "dataset.paths" not in j.name for j in jobs)
     lrs = []
     for job in jobs:
         assert (job / "summary.json").is_file() and (job / "metrics.jsonl").is_file()

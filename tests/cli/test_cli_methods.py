@@ -39,7 +39,7 @@ def sweep(tmp_path_factory, corpus_dir):
 def test_every_method_has_its_own_job_dir(sweep):
     assert sorted(sweep) == sorted(METHODS)
     for method, job in sweep.items():
-        assert job.name.endswith(f"method={method}")
+        assert job.name.endswith(f"method:{method}")
         summary = json.loads((job / "summary.json").read_text())
         assert summary["method"] == method and summary["steps"] == 4
         assert math.isfinite(summary["kl_after"])

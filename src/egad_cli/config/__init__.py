@@ -8,6 +8,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from egad_cli.config.schema import DistillConfig, Problems
+from egad_cli.config.commands import register_command_schemas, validate_command  # noqa: F401
 from egad_cli.errors import UserError
 
 __all__ = ["ConfigError", "DistillConfig", "conf_dir", "register_schemas", "validate"]

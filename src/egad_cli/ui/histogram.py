@@ -10,7 +10,8 @@ terminal of that width and can be captured in tests.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from itertools import pairwise
 
 from rich.text import Text
 
@@ -29,7 +30,7 @@ def bar(fraction: float, width: int) -> str:
 
 
 def _decimals(edges: Sequence[float]) -> int:
-    step = min((b - a for a, b in zip(edges, edges[1:])), default=1.0)
+    step = min((b - a for a, b in pairwise(edges)), default=1.0)
     return 2 if step >= 0.01 or step == 0 else min(6, 1 - math.floor(math.log10(step)))
 
 
@@ -45,8 +46,9 @@ def marker_bins(edges: Sequence[float], markers: Mapping[str, float]) -> dict[in
     return out
 
 
-def render_histogram(edges: Sequence[float], counts: Sequence[int], *, width: int = 80, log_scale: bool = False,
-                     markers: Mapping[str, float] | None = None, style: str = "cyan") -> Text:
+def render_histogram(edges: Sequence[float], counts: Sequence[int], *, width: int = 80,
+                     log_scale: bool = False, markers: Mapping[str, float] | None = None,
+                     style: str = "cyan") -> Text:
     """Rows 'lo – hi │bar│ count pct [◂ markers]' fitting `width` cells.
 
     edges: n + 1 bin edges; counts: n counts. log_scale: bar length ∝ log(1 + count).

@@ -1,0 +1,178 @@
+"""Typed schemas of the analysis commands: egad eval, egad inspect-entropy, egad report.
+
+They reuse the group schemas of ``schema.py`` (teacher, student, dataset, …) so the same YAML
+files in conf/ compose into every command, and they validate the same way: ``problems()``
+collects every range/choice error and ``validate_command`` reports them all at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from egad_cli.config.schema import (
+    BranchConfig,
+    CurriculumConfig,
+    DatasetConfig,
+    EvalConfig,
+    LossConfig,
+    MethodConfig,
+    Problems,
+    StudentConfig,
+    TeacherConfig,
+    TemperatureConfig,
+)
+
+SPLITS = ("train", "val")
+DEVICES_HELP = "valid: auto, cpu, cuda, cuda:N"
+
+
+def _device_problems(device: str, precision: str, out: Problems) -> None:
+    out.check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device",
+              f"got {device!r}; {DEVICES_HELP}")
+    out.choice(precision, "precision", ("auto", "fp32", "bf16"))
+
+
+@dataclass
+class EvalCommandConfig:
+    """egad eval: a student against its teacher on held-out data.
+
+    With ``run_dir`` the teacher and dataset come from that distill run's config.yaml (your
+    overrides on the command line still win) and the student from ``run_dir/student``.
+    Without it, the teacher/dataset groups are used as composed and the student is
+    ``student.path`` (group ``hf``) or any other student preset.
+    """
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  #: token budget, batch size, prompts, max_new_tokens
+    run_dir: Optional[str] = None  #: a distill run dir (has config.yaml and student/)
+    split: str = "val"  #: val (held-out, the default) | train
+    ece_bins: int = 15  #: equal-width confidence bins of the expected calibration error
+    n_buckets: int = 10  #: teacher-entropy quantile buckets of the breakdown (10 = deciles)
+    chunk_size: int = 1024  #: tokens per chunk when computing vocabulary-sized logits
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N
+    precision: str = "auto"  #: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    progress: bool = True  #: show progress bars
+    out_dir: Optional[str] = None  #: where eval.json goes (default: run_dir, else this command's output dir)
+    cache_dir: str = "~/.cache/egad"  #: dequantised teachers and tokenised corpora
+    output_dir: str = "."  #: this command's Hydra output dir (set by Hydra)
+
+    def problems(self) -> Problems:
+        out = Problems()
+        self.teacher.problems(out)
+        if self.run_dir is None and self.student.init == "hf" and not self.student.path:
+            out.append("student.path: nothing to evaluate: set run_dir=<a distill run dir> or "
+                       "student.path=<a transformers model dir sharing the teacher's tokenizer>")
+        else:
+            self.student.problems(out)
+        self.dataset.problems(out)
+        self.eval.problems(out)
+        out.choice(self.split, "split", SPLITS)
+        out.check(self.ece_bins >= 1, "ece_bins", "must be >= 1")
+        out.check(self.n_buckets >= 1, "n_buckets", "must be >= 1")
+        out.check(self.chunk_size > 0, "chunk_size", "must be positive")
+        _device_problems(self.device, self.precision, out)
+        return out
+
+
+@dataclass
+class InspectEntropyConfig:
+    """egad inspect-entropy: one teacher pass; entropy histogram, quantiles, thresholds, tokens, positions.
+
+    The method/loss/curriculum/temperature/branch groups are composed exactly as for
+    ``egad distill``, so the thresholds shown are the ones that distill run would apply.
+    """
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: Optional[StudentConfig] = None  #: optional: also show the student's entropy and the gap
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+    branch: BranchConfig = field(default_factory=BranchConfig)
+    run_dir: Optional[str] = None  #: a distill run dir: its teacher, dataset, method groups and student/
+    split: str = "train"  #: train (what distillation sees, the default) | val
+    max_tokens: int = 4096  #: token budget of the pass (0 = the whole split), in blocks spread over the split
+    batch_size: int = 4  #: sequences per forward pass
+    bins: int = 24  #: histogram bins
+    log_scale: bool = False  #: log-scale histogram bars (and PNG y axis)
+    top_tokens: int = 10  #: how many highest / lowest mean-entropy tokens to list
+    min_count: int = 3  #: a token must occur this often to be ranked by its mean entropy
+    context_tokens: int = 12  #: tokens of context shown before each listed token
+    position_buckets: int = 8  #: buckets of the by-position profile
+    save: bool = False  #: write entropy.json, entropy_tokens.csv and entropy_hist.png to out_dir
+    out_dir: Optional[str] = None  #: where to save (setting it implies save=true); default: the output dir
+    chunk_size: int = 1024  #: tokens per chunk when computing vocabulary-sized logits
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N
+    precision: str = "auto"  #: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    progress: bool = True  #: show progress bars
+    cache_dir: str = "~/.cache/egad"  #: dequantised teachers and tokenised corpora
+    output_dir: str = "."  #: this command's Hydra output dir (set by Hydra)
+
+    def problems(self) -> Problems:
+        out = Problems()
+        self.teacher.problems(out)
+        if self.student is not None:
+            self.student.problems(out)
+        for group in (self.dataset, self.method, self.loss, self.curriculum, self.temperature, self.branch):
+            group.problems(out)
+        out.choice(self.split, "split", SPLITS)
+        out.check(self.max_tokens >= 0, "max_tokens", "must be >= 0 (0 = the whole split)")
+        out.check(self.batch_size > 0, "batch_size", "must be positive")
+        out.check(2 <= self.bins <= 200, "bins", "must be in [2, 200]")
+        out.check(self.top_tokens >= 0, "top_tokens", "must be >= 0")
+        out.check(self.min_count >= 1, "min_count", "must be >= 1")
+        out.check(self.context_tokens >= 0, "context_tokens", "must be >= 0")
+        out.check(self.position_buckets >= 1, "position_buckets", "must be >= 1")
+        out.check(self.chunk_size > 0, "chunk_size", "must be positive")
+        _device_problems(self.device, self.precision, out)
+        return out
+
+
+@dataclass
+class ReportConfig:
+    """egad report: every run under a sweep directory in one table."""
+
+    sweep_dir: Optional[str] = None  #: a multirun dir (or any dir of run dirs); default: the newest one
+    sort_by: Optional[str] = "kl_after"  #: a column (metric or override key) to sort by; null keeps job order
+    order: str = "auto"  #: asc | desc | auto (desc for agreement/accuracy/tokens-per-second, else asc)
+    #: metrics in the terminal and Markdown tables (report.csv has every metric)
+    columns: list[str] = field(default_factory=lambda: [
+        "steps", "kl_before", "kl_after", "final.loss", "eval.ppl_student", "eval.kl_forward",
+        "eval.kl_reverse", "eval.top1_agreement", "eval.ece", "eval.kl_forward_top_decile"])
+    export: bool = True  #: write report.csv and report.md
+    out_dir: Optional[str] = None  #: where report.csv / report.md go (default: sweep_dir)
+
+    def problems(self) -> Problems:
+        out = Problems()
+        out.choice(self.order, "order", ("asc", "desc", "auto"))
+        return out
+
+
+def register_command_schemas() -> None:
+    """Register the top-level schemas that conf/eval.yaml, inspect_entropy.yaml and report.yaml list first."""
+    cs = ConfigStore.instance()
+    cs.store(name="eval_schema", node=EvalCommandConfig)
+    cs.store(name="inspect_entropy_schema", node=InspectEntropyConfig)
+    cs.store(name="report_schema", node=ReportConfig)
+
+
+def validate_command(cfg: DictConfig, schema: type):
+    """The composed config as typed dataclasses, or one ConfigError listing every problem."""
+    from egad_cli.config import ConfigError  # the package imports this module
+
+    typed = OmegaConf.to_object(cfg)
+    if not isinstance(typed, schema):
+        raise ConfigError(f"config was not composed against {schema.__name__}")
+    problems: Problems = typed.problems()
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{len(problems)} config problem(s):\n{lines}\nFix them on the command line "
+                          f"(key=value) or in the YAML file, then run again.")
+    return typed

@@ -1,0 +1,111 @@
+"""No-grad passes over packed blocks: per-token teacher (and optional student) values, chunked."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from egad_cli.data.packing import Packed
+from egad_cli.engine.heldout import token_metrics
+from egad_cli.engine.runtime import Runtime
+from egad_cli.errors import UserError
+from egad_cli.losses.divergences import entropy
+from egad_cli.ui.progress import pass_progress
+
+
+def spread_blocks(data: Packed, max_tokens: int) -> Packed:
+    """At most ``max_tokens`` tokens of blocks, evenly spaced over the split (0 = every block).
+
+    Documents are packed one after another, so the first blocks would often come from one or
+    two files; evenly spaced blocks sample the whole split at the same cost.
+    """
+    n = len(data)
+    if n == 0:
+        return data
+    block = data.ids.shape[1]
+    k = n if max_tokens <= 0 else max(1, min(n, max_tokens // block))
+    index = torch.linspace(0, n - 1, k).round().long() if k < n else torch.arange(n)
+    return Packed(ids=data.ids[index], mask=data.mask[index])
+
+
+def _teacher_only(t_logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """The teacher's share of ``token_metrics`` plus its top-1.
+
+    t_logits: [n, V] fp32, targets: [n] -> {name: [n]}.
+    """
+    t_logp = t_logits.log_softmax(-1)
+    t_max, t_pred = t_logp.max(-1)
+    return {"entropy_teacher": entropy(t_logp), "nll_teacher": -t_logp.gather(1, targets[:, None]).squeeze(1),
+            "confidence_teacher": t_max.exp(), "correct_teacher": (t_pred == targets).float()}
+
+
+def _teacher_top1(t_logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """The teacher's top-1 probability exp(max − logsumexp) and whether its top-1 is the label."""
+    t_max, t_pred = t_logits.max(-1)
+    return {"confidence_teacher": (t_max - torch.logsumexp(t_logits, -1)).exp(),
+            "correct_teacher": (t_pred == targets).float()}
+
+
+@torch.no_grad()
+def token_pass(teacher, vocab: int, data: Packed, runtime: Runtime, batch_size: int, chunk_size: int = 1024,
+               student=None, progress: bool = True, console=None, description: str = "teacher pass"
+               ) -> dict[str, Tensor]:
+    """Every valid token's values, concatenated on the CPU: {name: [N]}.
+
+    Always: ``block``, ``position`` (index of the context's last token in its block; the model saw
+    position + 1 tokens), ``target`` (the next-token label), ``entropy_teacher``, ``nll_teacher``,
+    ``confidence_teacher`` and ``correct_teacher`` (the teacher's top-1 probability and whether its
+    top-1 is the label). With a student, also the keys of ``engine.heldout.token_metrics``
+    (``kl_forward``, ``kl_reverse``, ``nll_student``, ``top1_agree``, ``confidence``/``correct`` of
+    the student, ``entropy_student``). Logits are sliced to the shared vocabulary and computed in
+    fp32, ``chunk_size`` tokens at a time, from the final hidden states and the lm_head.
+    """
+    if len(data) == 0:
+        raise UserError("the selected split has no blocks; add text or lower dataset.block_size")
+    n_blocks, block = data.ids.shape
+    positions = torch.arange(block - 1).expand(n_blocks, -1)
+    blocks = torch.arange(n_blocks)[:, None].expand(-1, block - 1)
+    out: dict[str, list[Tensor]] = {}
+    student_was_training = student.training if student is not None else False
+    if student is not None:
+        student.eval()
+    # lm_head rows sliced to the shared vocabulary, fp32 once (a no-op for fp32 weights)
+    t_w = teacher.get_output_embeddings().weight[:vocab].float()
+    s_w = student.get_output_embeddings().weight[:vocab].float() if student is not None else None
+    bar = pass_progress(description, n_blocks, enabled=progress, console=console)
+    with bar:
+        task = bar.add_task(description, total=n_blocks)
+        for start in range(0, n_blocks, batch_size):
+            sl = slice(start, min(n_blocks, start + batch_size))
+            ids = data.ids[sl].to(runtime.device)
+            valid = data.mask[sl, 1:].reshape(-1)
+            cpu_valid, valid = valid, valid.to(runtime.device)
+            targets = ids[:, 1:].reshape(-1)[valid]
+            with runtime.autocast():
+                t_h = teacher.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
+                s_h = student.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, :-1] \
+                    if student is not None else None
+            t_h = t_h.reshape(-1, t_h.shape[-1])[valid]
+            if s_h is not None:
+                s_h = s_h.reshape(-1, s_h.shape[-1])[valid]
+            out.setdefault("block", []).append(blocks[sl].reshape(-1)[cpu_valid])
+            out.setdefault("position", []).append(positions[sl].reshape(-1)[cpu_valid])
+            out.setdefault("target", []).append(targets.cpu())
+            for c in range(0, t_h.shape[0], chunk_size):
+                cs = slice(c, c + chunk_size)
+                t_logits = t_h[cs].float() @ t_w.T  # [n, V] fp32
+                if s_h is None:
+                    metrics = _teacher_only(t_logits, targets[cs])
+                else:
+                    metrics = token_metrics(t_logits, s_h[cs].float() @ s_w.T, targets[cs])
+                    metrics.update(_teacher_top1(t_logits, targets[cs]))
+                for k, v in metrics.items():
+                    out.setdefault(k, []).append(v.float().cpu())
+            bar.update(task, advance=ids.shape[0])
+    if student is not None:
+        student.train(student_was_training)
+    result = {k: torch.cat(v) for k, v in out.items()}
+    if result["target"].numel() == 0:
+        raise UserError("the selected blocks hold no valid (loss) tokens: every token is masked out "
+                        "(for dataset=jsonl, check that the responses are not empty)")
+    return result

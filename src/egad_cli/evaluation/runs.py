@@ -1,0 +1,116 @@
+"""Distill run directories as inputs of the analysis commands.
+
+``<run_dir>/config.yaml`` is the run's fully resolved config and ``<run_dir>/student/`` its
+exported student. ``with_run_dir`` rebuilds a command's config from them: the listed groups
+come from the run, except what the user set on the command line, which always wins.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from egad_cli.engine.checkpoint import list_checkpoints
+from egad_cli.errors import UserError
+
+RUN_CONFIG = "config.yaml"
+STUDENT_DIR = "student"
+
+
+def task_overrides() -> list[str]:
+    """The command-line overrides of the current Hydra job (empty outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def overridden(overrides: list[str]) -> tuple[set[str], set[str]]:
+    """(groups chosen on the command line, dotted keys set on the command line)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups, keys = set(), set()
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.is_delete():
+            continue
+        key = o.key_or_group
+        (keys if "." in key else groups).add(key)
+    return groups, keys
+
+
+def sets_group(overrides: list[str], group: str) -> bool:
+    """Whether the command line chooses `group` or sets one of its keys."""
+    chosen, keys = overridden(overrides)
+    return group in chosen or any(k.startswith(group + ".") for k in keys)
+
+
+def has_student(run_dir: Path) -> bool:
+    return (run_dir / STUDENT_DIR / "config.json").is_file()
+
+
+def expand_run_dir(ref: str) -> Path:
+    """run_dir as a Path; a glob pattern must match exactly one directory.
+
+    Multirun job dirs are named like ``0_method=kd``, and Hydra's override grammar does not take an
+    unquoted '=', so ``run_dir=multirun/…/0_*`` (or ``0_method\\=kd``) is the easy way to name one.
+    """
+    path = Path(ref).expanduser()
+    if path.exists() or not any(ch in ref for ch in "*?["):
+        return path
+    matches = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_dir())
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UserError(f"run_dir: {ref!r} matches no directory")
+    listed = "\n  ".join(str(m) for m in matches[:10])
+    raise UserError(f"run_dir: {ref!r} matches {len(matches)} directories; name one, or evaluate them all "
+                    f"with `egad eval -m run_dir=…,…`:\n  {listed}")
+
+
+def check_run_dir(ref: str, need_student: bool) -> Path:
+    """The run dir as a Path, or a UserError that says what is missing and what to do."""
+    path = expand_run_dir(ref)
+    if not path.is_dir():
+        raise UserError(f"run_dir: {str(path)!r} does not exist; pass the directory of an `egad distill` run "
+                        f"(it holds config.yaml, summary.json and student/).")
+    if not (path / RUN_CONFIG).is_file():
+        hint = (" It looks like a multirun sweep dir: name one of its job dirs, or run `egad report "
+                f"sweep_dir={path}`." if (path / "multirun.yaml").is_file() else "")
+        raise UserError(f"run_dir: {str(path)!r} has no {RUN_CONFIG}; it is not an egad distill run "
+                        f"dir.{hint}")
+    if need_student and not has_student(path):
+        ckpts = list_checkpoints(path / "checkpoints")
+        hint = (f" Its latest checkpoint is {ckpts[-1].name}: finish the run with `egad distill "
+                f"trainer.resume={path} …` (same overrides as the run)." if ckpts else "")
+        raise UserError(f"run_dir: {str(path)!r} has no exported student ({STUDENT_DIR}/ with config.json): "
+                        f"the run did not finish, or it ran with trainer.export=false.{hint} "
+                        f"To evaluate another model, set student.path=<a transformers model dir>.")
+    return path
+
+
+def with_run_dir(raw: DictConfig, run_dir: Path, groups: tuple[str, ...], overrides: list[str],
+                 student: bool = True) -> DictConfig:
+    """The composed config with `groups` taken from the run's config.yaml and the student from
+    run_dir/student (when `student` and the run exported one), except the groups and keys the
+    user set on the command line (``overrides``), which keep their composed values."""
+    run_cfg = OmegaConf.load(run_dir / RUN_CONFIG)
+    chosen, keys = overridden(overrides)
+    patch = OmegaConf.create({})
+    for group in groups:
+        if group in chosen or group not in run_cfg:
+            continue
+        patch[group] = run_cfg[group]
+        for key in keys:
+            if key.startswith(group + "."):
+                OmegaConf.update(patch, key, OmegaConf.select(raw, key), merge=False)
+    if student and not sets_group(overrides, "student") and has_student(run_dir):
+        patch["student"] = {"name": "run", "init": "hf", "path": str(run_dir / STUDENT_DIR), "revision": None}
+    try:
+        return OmegaConf.merge(raw, patch)
+    except OmegaConfBaseException as exc:
+        raise UserError(f"run_dir: {run_dir / RUN_CONFIG} does not fit this version of egad's config schema "
+                        f"({exc}); override the teacher/dataset groups explicitly instead.") from None

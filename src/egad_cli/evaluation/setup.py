@@ -1,0 +1,71 @@
+"""Set-up shared by the analysis commands: cheap checks first, then models and data."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from egad_cli.commands.common import cache_dir
+from egad_cli.config.schema import TrainerConfig
+from egad_cli.data import Packed, build_splits, source_files
+from egad_cli.engine.runtime import Runtime, resolve_runtime
+from egad_cli.errors import UserError
+from egad_cli.models import load_teacher, preflight_model_source
+from egad_cli.models.hub import resolve_model_ref
+from egad_cli.ui.console import console
+
+
+def show_progress(enabled: bool) -> bool:
+    """Progress bars only on a terminal: redirected to a file or a CI log they would be blank lines."""
+    return enabled and console.is_terminal
+
+
+def clean(value):
+    """JSON-safe: non-finite floats become null (json.dumps would write NaN, which is not JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
+def preflight(cfg) -> Runtime:
+    """Device, model sources and data files, before anything expensive (cfg: an analysis command config)."""
+    runtime = resolve_runtime(TrainerConfig(device=cfg.device, precision=cfg.precision))
+    preflight_model_source(cfg.teacher)
+    if cfg.student is not None and cfg.student.init == "hf":
+        resolve_model_ref(cfg.student.path, "student.path", cfg.student.revision)
+    source_files(cfg.dataset)
+    return runtime
+
+
+def load(cfg, runtime: Runtime):
+    """(teacher on the device, student on the device or None, shared tokenizer, shared vocabulary size).
+
+    With a student this is exactly distill's ``load_models`` (same vocabulary checks)."""
+    if cfg.student is not None:
+        from egad_cli.commands.distill import load_models
+
+        return load_models(cfg, runtime)
+    dtype = runtime.teacher_dtype if cfg.teacher.dtype == "auto" else getattr(torch, cfg.teacher.dtype)
+    teacher, tokenizer = load_teacher(cfg.teacher, cache_dir(cfg.cache_dir), dtype, console)
+    teacher = teacher.to(runtime.device).requires_grad_(False)
+    vocab = len(tokenizer)
+    rows = teacher.get_output_embeddings().weight.shape[0]
+    if rows < vocab:
+        raise UserError(f"teacher: lm_head has {rows} rows but the tokenizer has {vocab} tokens; "
+                        f"the checkpoint and its tokenizer do not match.")
+    return teacher, None, tokenizer, vocab
+
+
+def split_of(cfg, tokenizer) -> Packed:
+    """The configured split (cfg.split: train | val) of cfg.dataset, packed (from the cache when possible)."""
+    splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
+    data = splits.val if cfg.split == "val" else splits.train
+    if len(data) == 0:
+        raise UserError(f"dataset={cfg.dataset.name}: the {cfg.split} split is empty; add text or lower "
+                        f"dataset.block_size")
+    return data

@@ -1,0 +1,90 @@
+"""`egad report` over a real two-job multirun directory (made with `egad distill -m` through argv)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import sys
+import time
+
+import pytest
+from conftest import egad, text_dataset_args
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, corpus_dir):
+    """`egad distill -m debug=smoke method=kd,egad` on the tiny corpus: two job dirs under one sweep dir."""
+    root = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", list(sys.argv))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        code = egad("distill", "-m", "debug=smoke", "method=kd,egad", *text_dataset_args(corpus_dir),
+                    "trainer.max_steps=2", "eval.before=false", f"hydra.sweep.dir={root / 'sweep'}",
+                    f"cache_dir={root / 'cache'}")
+    assert code == 0
+    return root / "sweep"
+
+
+def read_csv(path):
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_one_table_with_the_differing_overrides(sweep, capsys):
+    assert egad("report", f"sweep_dir={sweep}") == 0
+    out = capsys.readouterr().out
+    assert "2 runs (2 done)" in out and "sorted by kl_after ↑" in out
+    rows = read_csv(sweep / "report.csv")
+    assert [r["method"] for r in sorted(rows, key=lambda r: r["job"])] == ["kd", "egad"]
+    assert all(r["status"] == "done" for r in rows)
+    kl = [float(r["kl_after"]) for r in rows]
+    assert kl == sorted(kl)                                       # sorted by kl_after, ascending
+    assert "debug" not in rows[0] and "dataset=text" not in rows[0]   # shared overrides are not columns
+    md = (sweep / "report.md").read_text()
+    assert "| job | status | method |" in md and "common overrides:" in md and "debug=smoke" in md
+    assert len([line for line in md.splitlines() if line.startswith("| ") and "done" in line]) == 2
+
+
+def test_sort_order_columns_and_eval_metrics(sweep, tmp_path, capsys):
+    job0 = next(p for p in sweep.iterdir() if p.name.startswith("0_"))
+    assert egad("eval", f"run_dir={sweep}/0_*", f"hydra.run.dir={tmp_path / 'eval'}", "progress=false",
+                "eval.max_new_tokens=0") == 0
+    capsys.readouterr()
+    assert egad("report", f"sweep_dir={sweep}", "sort_by=final.loss", "order=desc", f"out_dir={tmp_path}",
+                "columns=[final.loss,eval.kl_forward]") == 0
+    rows = read_csv(tmp_path / "report.csv")
+    losses = [float(r["final.loss"]) for r in rows]
+    assert losses == sorted(losses, reverse=True)
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["kd"]["eval.kl_forward"] != "" and by_method["egad"]["eval.kl_forward"] == ""
+    md = (tmp_path / "report.md").read_text()
+    assert "final.loss" in md and "eval.kl_forward" in md and "kl_before" not in md
+    (job0 / "eval.json").unlink()
+
+
+def test_failed_runs_are_listed_with_their_status(sweep, tmp_path, capsys):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("report.*"))
+    failed = next(p for p in copy.iterdir() if p.name.startswith("1_"))
+    (failed / "summary.json").unlink()
+    old = time.time() - 3600
+    for path in failed.rglob("*"):
+        os.utime(path, (old, old))                  # untouched for an hour: failed, not still running
+    assert egad("report", f"sweep_dir={copy}", "export=false", "sort_by=null") == 0
+    out = capsys.readouterr().out
+    assert "2 runs (1 done)" in out and "failed" in out
+    assert not (copy / "report.csv").exists()
+    (failed / "metrics.jsonl").touch()              # written a moment ago: still running
+    assert egad("report", f"sweep_dir={copy}", "export=false") == 0
+    assert "running" in capsys.readouterr().out
+
+
+def test_clear_errors(sweep, tmp_path, capsys):
+    assert egad("report", f"sweep_dir={sweep}", "sort_by=nope") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "sort_by: 'nope'" in err and "kl_after" in err and "method" in err
+    assert egad("report", f"sweep_dir={tmp_path}") == 2
+    assert "no egad distill runs" in " ".join(capsys.readouterr().err.split())
+    assert egad("report", f"sweep_dir={tmp_path / 'missing'}") == 2
+    assert egad("report", "order=sideways", f"sweep_dir={sweep}") == 2
