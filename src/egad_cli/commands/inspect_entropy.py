@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from egad_cli.commands.common import run_task
-from egad_cli.config import conf_dir, register_command_schemas, validate_command
+from egad_cli.config import conf_dir, register_command_schemas, validate
 from egad_cli.config.commands import InspectEntropyConfig
 from egad_cli.data import Packed
 from egad_cli.evaluation.entropy import (
@@ -259,7 +259,7 @@ def run_inspect(raw: DictConfig) -> float:
         if not has_student(run_dir):
             console.print(f"[yellow]note:[/] {escape(str(run_dir))} has no exported student; "
                           f"showing the teacher only")
-    cfg: InspectEntropyConfig = validate_command(raw, InspectEntropyConfig)
+    cfg: InspectEntropyConfig = validate(raw, InspectEntropyConfig)
     runtime = preflight(cfg)
     who = f" · student={cfg.student.path or cfg.student.name}" if cfg.student is not None else ""
     console.rule(escape(f"egad inspect-entropy · teacher={cfg.teacher.name}{who} · "

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from egad_cli.commands.common import run_task
-from egad_cli.config import conf_dir, register_command_schemas, validate_command
+from egad_cli.config import conf_dir, register_command_schemas, validate
 from egad_cli.config.commands import ReportConfig
 from egad_cli.errors import UserError
 from egad_cli.evaluation.sweep import (
@@ -84,7 +84,7 @@ def build_table(runs: list[Run], shown_metrics: list[str]
 
 
 def run_report(raw: DictConfig) -> int:
-    cfg: ReportConfig = validate_command(raw, ReportConfig)
+    cfg: ReportConfig = validate(raw, ReportConfig)
     root = resolve_sweep_dir(cfg)
     runs = gather(root)
     check_sort_column(runs, cfg.sort_by)

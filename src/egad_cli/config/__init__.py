@@ -8,7 +8,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from egad_cli.config.schema import DistillConfig, Problems
-from egad_cli.config.commands import register_command_schemas, validate_command  # noqa: F401
+from egad_cli.config.commands import register_command_schemas  # noqa: F401
 from egad_cli.errors import UserError
 
 __all__ = ["ConfigError", "DistillConfig", "conf_dir", "register_schemas", "validate"]
@@ -32,11 +32,12 @@ def register_schemas() -> None:
     ConfigStore.instance().store(name="distill_schema", node=DistillConfig)
 
 
-def validate(cfg: DictConfig) -> DistillConfig:
-    """Turn the composed config into typed dataclasses, or raise one error listing every problem."""
+def validate(cfg: DictConfig, schema: type = DistillConfig):
+    """Turn the composed config into typed dataclasses (`schema`: the command's top-level dataclass),
+    or raise one error listing every problem."""
     typed = OmegaConf.to_object(cfg)
-    if not isinstance(typed, DistillConfig):  # composed without the schema (should not happen)
-        raise ConfigError("config was not composed against distill_schema")
+    if not isinstance(typed, schema):  # composed without the schema (should not happen)
+        raise ConfigError(f"config was not composed against {schema.__name__}")
     problems: Problems = typed.problems()
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)

@@ -2,7 +2,7 @@
 
 They reuse the group schemas of ``schema.py`` (teacher, student, dataset, …) so the same YAML
 files in conf/ compose into every command, and they validate the same way: ``problems()``
-collects every range/choice error and ``validate_command`` reports them all at once.
+collects every range/choice error and ``egad_cli.config.validate`` reports them all at once.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
 
 from egad_cli.config.schema import (
     BranchConfig,
@@ -161,18 +160,3 @@ def register_command_schemas() -> None:
     cs.store(name="eval_schema", node=EvalCommandConfig)
     cs.store(name="inspect_entropy_schema", node=InspectEntropyConfig)
     cs.store(name="report_schema", node=ReportConfig)
-
-
-def validate_command(cfg: DictConfig, schema: type):
-    """The composed config as typed dataclasses, or one ConfigError listing every problem."""
-    from egad_cli.config import ConfigError  # the package imports this module
-
-    typed = OmegaConf.to_object(cfg)
-    if not isinstance(typed, schema):
-        raise ConfigError(f"config was not composed against {schema.__name__}")
-    problems: Problems = typed.problems()
-    if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(f"{len(problems)} config problem(s):\n{lines}\nFix them on the command line "
-                          f"(key=value) or in the YAML file, then run again.")
-    return typed
