@@ -210,3 +210,22 @@ def test_jsonl_prompt_response_run(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and math.isfinite(summary["kl_after"])
     assert summary["tokens"] == 2 * 2 * 32
+
+
+def test_an_occupied_run_dir_is_refused_and_left_untouched(smoke_run, tmp_path, capsys):
+    """Re-using a finished run's dir without resuming it must not overwrite its metrics or checkpoints."""
+    import shutil
+
+    run = tmp_path / "occupied"
+    shutil.copytree(smoke_run["run_dir"], run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and ".hydra" not in p.parts
+              and p.name != "distill.log"}
+    assert _again(smoke_run, run) == 2
+    err = capsys.readouterr().err
+    assert "hydra.run.dir" in err and "already holds a run" in err and "trainer.resume" in err
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and ".hydra" not in p.parts
+             and p.name != "distill.log"}
+    assert after == before
+    # resuming that same run in its own dir is allowed (the latest checkpoint is the last step: nothing to do)
+    assert _again(smoke_run, run, f"trainer.resume={run}") == 0
+    assert losses_by_step(run) == losses_by_step(smoke_run["run_dir"])

@@ -20,10 +20,10 @@ def run_task(fn: Callable, *args):
     try:
         return fn(*args)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)  # no line breaks inside paths
         sys.exit(2)
     except Interrupted as exc:
-        err_console.print(f"[yellow]{exc}[/]")
+        err_console.print(f"[yellow]{exc}[/]", soft_wrap=True)
         sys.exit(130)
 
 

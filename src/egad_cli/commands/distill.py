@@ -19,6 +19,7 @@ from egad_cli.engine.heldout import heldout_kl
 from egad_cli.engine.loop import train
 from egad_cli.engine.metrics import tensorboard_available
 from egad_cli.engine.runtime import Runtime, resolve_runtime
+from egad_cli.errors import UserError
 from egad_cli.models import build_student, check_shared_vocab, load_teacher, preflight_model_source
 from egad_cli.models.hub import resolve_model_ref
 from egad_cli.ui.console import console
@@ -33,11 +34,20 @@ def preflight(cfg: DistillConfig) -> Runtime:
     if cfg.student.init == "hf":
         resolve_model_ref(cfg.student.path, "student.path", cfg.student.revision)
     source_files(cfg.dataset)
-    if cfg.trainer.resume:
-        resolve_resume(cfg.trainer.resume)
+    resumed = resolve_resume(cfg.trainer.resume) if cfg.trainer.resume else None
+    refuse_to_overwrite(Path(cfg.run_dir), resumed)
     if cfg.logging.tensorboard:
         tensorboard_available()
     return runtime
+
+
+def refuse_to_overwrite(run_dir: Path, resumed: Path | None) -> None:
+    """A run dir that already holds a run is only written to when resuming that same run."""
+    existing = [name for name in ("metrics.jsonl", "checkpoints", "summary.json", "student")
+                if (run_dir / name).exists()]
+    if existing and (resumed is None or resumed.resolve().parent.parent != run_dir.resolve()):
+        raise UserError(f"hydra.run.dir: {run_dir} already holds a run ({', '.join(existing)}); nothing was "
+                        f"changed. Pick a new hydra.run.dir, or continue that run with trainer.resume={run_dir}")
 
 
 def load_models(cfg: DistillConfig, runtime: Runtime):
