@@ -2,7 +2,7 @@
 
 Each variant runs in its own subprocess so its peak memory is its own: on CUDA the allocator's
 peak, on CPU the process's peak RSS above its level after the inputs were built.
-Usage: python bench/loss_kernel.py [--tokens 2048] [--vocab 49152] [--device cpu]
+Usage: python bench/loss_kernel.py [--tokens 8192] [--vocab 49152] [--device cpu]
 """
 
 from __future__ import annotations
@@ -66,12 +66,12 @@ def run_one(variant: str, tokens: int, vocab: int, ds: int, dt: int, device: str
 
 def main() -> list[dict]:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--student-dim", type=int, default=128)
     ap.add_argument("--teacher-dim", type=int, default=576)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # internal: run one variant
     args = ap.parse_args()
     if args.variant:
