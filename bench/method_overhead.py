@@ -70,7 +70,7 @@ def main() -> None:
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         base = validate(compose("distill", overrides=[*args.overrides, "run_dir=/tmp/egad-bench"]))
     runtime = resolve_runtime(base.trainer)
-    teacher, student, tokenizer, vocab = load_models(base, runtime)
+    teacher, student, tokenizer, vocab = load_models(base, runtime, seed=base.trainer.seed)
     init = {k: v.clone() for k, v in student.state_dict().items()}
 
     def build_student():

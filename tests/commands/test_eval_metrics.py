@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from egad_cli.config.schema import BranchConfig, CurriculumConfig, MethodConfig
-from egad_cli.engine.heldout import token_metrics
+from egad_cli.evaluation.metrics import token_metrics
 from egad_cli.evaluation.entropy import histogram, position_profile, quantiles, thresholds, token_ranking
 from egad_cli.evaluation.metrics import (
     by_entropy_bucket,

@@ -86,6 +86,21 @@ def test_random_teacher_and_scratch_student_are_seeded_and_use_the_teacher_vocab
     assert s_tok is tok
 
 
+def test_scratch_student_seed_follows_the_run_seed_unless_set():
+    """student.seed null: the init follows default_seed (distill passes trainer.seed); set: it wins."""
+    teacher, tok = load_teacher(TeacherConfig(name="random", source="random", arch=ARCH4), None, torch.float32)
+    arch = ArchConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64)
+
+    def weights(seed, default_seed):
+        student, _ = build_student(StudentConfig(name="tiny", arch=arch, seed=seed), teacher, tok, default_seed)
+        return student.get_input_embeddings().weight
+
+    assert torch.equal(weights(None, 3), weights(None, 3))
+    assert not torch.equal(weights(None, 3), weights(None, 4))
+    assert torch.equal(weights(7, 3), weights(7, 4))
+    assert torch.equal(weights(None, 7), weights(7, 0))
+
+
 def padded_student(rows: int) -> LlamaForCausalLM:
     eos = byte_tokenizer().eos_token_id if rows > 256 else None  # (a truncated head cannot hold the EOS id)
     return LlamaForCausalLM(LlamaConfig(vocab_size=rows, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -15,10 +15,10 @@ from egad_cli.config import DistillConfig, conf_dir, register_schemas, validate
 from egad_cli.data import build_splits, source_files
 from egad_cli.engine.checkpoint import resolve_resume
 from egad_cli.engine.distill_unit import DistillUnit
-from egad_cli.engine.heldout import heldout_kl
 from egad_cli.engine.loop import train
 from egad_cli.engine.metrics import tensorboard_available
 from egad_cli.engine.runtime import Runtime, resolve_runtime
+from egad_cli.evaluation.passes import heldout_kl
 from egad_cli.errors import UserError
 from egad_cli.models import build_student, check_shared_vocab, load_teacher, preflight_model_source
 from egad_cli.models.hub import resolve_model_ref
@@ -50,12 +50,13 @@ def refuse_to_overwrite(run_dir: Path, resumed: Path | None) -> None:
                         f"changed. Pick a new hydra.run.dir, or continue that run with trainer.resume={run_dir}")
 
 
-def load_models(cfg: DistillConfig, runtime: Runtime):
-    """(teacher frozen on the device, student, shared tokenizer, shared vocabulary size)."""
+def load_models(cfg: DistillConfig, runtime: Runtime, seed: int = 0):
+    """(teacher frozen on the device, student, shared tokenizer, shared vocabulary size).
+    seed: the init seed of a scratch student whose student.seed is null (distill: trainer.seed)."""
     dtype = runtime.teacher_dtype if cfg.teacher.dtype == "auto" else getattr(torch, cfg.teacher.dtype)
     teacher, t_tok = load_teacher(cfg.teacher, cache_dir(cfg.cache_dir), dtype, console)
     teacher = teacher.to(runtime.device).requires_grad_(False)
-    student, s_tok = build_student(cfg.student, teacher, t_tok)
+    student, s_tok = build_student(cfg.student, teacher, t_tok, default_seed=seed)
     vocab = check_shared_vocab(teacher, student, t_tok, s_tok)
     return teacher, student.to(runtime.device), t_tok, vocab
 
@@ -76,7 +77,7 @@ def run_distill(raw: DictConfig) -> float:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(raw, run_dir / "config.yaml", resolve=True)
         console.rule(f"egad distill · method={cfg.method.name} · teacher={cfg.teacher.name} · student={cfg.student.name}")
-    teacher, student, tokenizer, vocab = load_models(cfg, runtime)
+    teacher, student, tokenizer, vocab = load_models(cfg, runtime, seed=cfg.trainer.seed)
     splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
     steps = total_steps(cfg, runtime)
     n_params = sum(p.numel() for p in student.parameters())

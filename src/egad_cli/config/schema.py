@@ -95,7 +95,7 @@ class StudentConfig:
     revision: Optional[str] = None  #: for init=hf: hub revision
     num_layers: int = 4  #: for init=from_teacher: layers kept, evenly spaced
     arch: ArchConfig = field(default_factory=ArchConfig)  #: for init=scratch
-    seed: int = 0  #: init seed for scratch students (the presets use trainer.seed)
+    seed: Optional[int] = None  #: init seed for scratch students (null: trainer.seed in distill, else 0)
     trust_remote_code: bool = False  #: allow custom modelling code from the checkpoint
 
     def problems(self, out: Problems) -> None:

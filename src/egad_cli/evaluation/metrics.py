@@ -21,8 +21,10 @@ import math
 import torch
 from torch import Tensor
 
+from egad_cli.losses.divergences import entropy, forward_kl, reverse_kl
+
 __all__ = ["by_entropy_bucket", "calibration_bins", "expected_calibration_error", "pair_summary",
-           "perplexity", "quantile_buckets"]
+           "perplexity", "quantile_buckets", "token_metrics"]
 
 
 def _mean(x: Tensor) -> float:
@@ -80,7 +82,7 @@ def quantile_buckets(values: Tensor, n: int) -> Tensor:
 
 
 def pair_summary(m: dict[str, Tensor], ece_bins: int = 15) -> dict[str, float]:
-    """Scalar metrics from per-token values (the keys of ``engine.heldout.token_metrics`` plus
+    """Scalar metrics from per-token values (the keys of ``token_metrics`` plus
     ``confidence_teacher`` / ``correct_teacher`` when present)."""
     out = {
         "n_tokens": int(m["kl_forward"].numel()),
@@ -114,3 +116,22 @@ def by_entropy_bucket(m: dict[str, Tensor], n_buckets: int = 10, ece_bins: int =
         rows.append({"bucket": b + 1, "entropy_lo": float(H[sel].min()), "entropy_hi": float(H[sel].max()),
                      **pair_summary(part, ece_bins)})
     return rows
+
+
+@torch.no_grad()
+def token_metrics(t_logits: Tensor, s_logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """Per-token metrics from fp32 logits [N, V] and next-token ids [N]; every value is [N]."""
+    t_logp, s_logp = t_logits.float().log_softmax(-1), s_logits.float().log_softmax(-1)
+    s_conf, s_pred = s_logp.max(-1)
+    t_pred = t_logp.argmax(-1)
+    return {
+        "kl_forward": forward_kl(t_logp, s_logp),
+        "kl_reverse": reverse_kl(t_logp, s_logp),
+        "nll_teacher": -t_logp.gather(1, targets[:, None]).squeeze(1),
+        "nll_student": -s_logp.gather(1, targets[:, None]).squeeze(1),
+        "top1_agree": (s_pred == t_pred).float(),
+        "confidence": s_conf.exp(),
+        "correct": (s_pred == targets).float(),
+        "entropy_teacher": entropy(t_logp),
+        "entropy_student": entropy(s_logp),
+    }

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from egad_cli.data.packing import Packed
-from egad_cli.engine.heldout import token_metrics
 from egad_cli.engine.runtime import Runtime
+from egad_cli.evaluation.metrics import token_metrics
 from egad_cli.errors import UserError
 from egad_cli.losses.divergences import entropy
 from egad_cli.ui.progress import pass_progress
@@ -55,7 +55,7 @@ def token_pass(teacher, vocab: int, data: Packed, runtime: Runtime, batch_size: 
     Always: ``block``, ``position`` (index of the context's last token in its block; the model saw
     position + 1 tokens), ``target`` (the next-token label), ``entropy_teacher``, ``nll_teacher``,
     ``confidence_teacher`` and ``correct_teacher`` (the teacher's top-1 probability and whether its
-    top-1 is the label). With a student, also the keys of ``engine.heldout.token_metrics``
+    top-1 is the label). With a student, also the keys of ``evaluation.metrics.token_metrics``
     (``kl_forward``, ``kl_reverse``, ``nll_student``, ``top1_agree``, ``confidence``/``correct`` of
     the student, ``entropy_student``). Logits are sliced to the shared vocabulary and computed in
     fp32, ``chunk_size`` tokens at a time, from the final hidden states and the lm_head.
@@ -109,3 +109,13 @@ def token_pass(teacher, vocab: int, data: Packed, runtime: Runtime, batch_size: 
         raise UserError("the selected blocks hold no valid (loss) tokens: every token is masked out "
                         "(for dataset=jsonl, check that the responses are not empty)")
     return result
+
+
+def heldout_kl(teacher, student, vocab: int, val: Packed, runtime: Runtime, batch_size: int, max_tokens: int,
+               chunk_size: int = 1024) -> float:
+    """Mean forward KL(teacher ‖ student) per valid token over the first blocks of the held-out split
+    worth `max_tokens` (0 = all): the before/after number `egad distill` prints."""
+    n = len(val) if max_tokens <= 0 else max(1, min(len(val), max_tokens // val.ids.shape[1]))
+    first = Packed(ids=val.ids[:n], mask=val.mask[:n])
+    values = token_pass(teacher, vocab, first, runtime, batch_size, chunk_size, student=student, progress=False)
+    return float(values["kl_forward"].mean())

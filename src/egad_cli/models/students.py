@@ -44,11 +44,12 @@ def layer_subset(teacher, n_layers: int):
     return student
 
 
-def build_student(cfg: StudentConfig, teacher, t_tok):
-    """Return (student in fp32 master weights, its tokenizer)."""
+def build_student(cfg: StudentConfig, teacher, t_tok, default_seed: int = 0):
+    """Return (student in fp32 master weights, its tokenizer). default_seed: used when student.seed is null."""
     if cfg.init == "scratch":
         rows = teacher.get_output_embeddings().weight.shape[0]
-        return random_llama(cfg.arch, rows, t_tok, cfg.seed).float(), t_tok
+        seed = cfg.seed if cfg.seed is not None else default_seed
+        return random_llama(cfg.arch, rows, t_tok, seed).float(), t_tok
     if cfg.init == "from_teacher":
         return layer_subset(teacher, cfg.num_layers).float(), t_tok
     ref = resolve_model_ref(cfg.path, "student.path", cfg.revision)
