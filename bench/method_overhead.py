@@ -41,7 +41,7 @@ def time_variant(overrides: list[str], steps: int, shared: dict) -> list[float]:
     torch.manual_seed(0)
     student = shared["build_student"]()
     unit = DistillUnit(shared["teacher"], student, shared["vocab"], cfg, runtime, steps + 1)
-    opt, sched = build_optimizer(unit.named_trainable(), cfg.trainer, steps + 1)
+    opt, _ = build_optimizer(unit.named_trainable(), cfg.trainer, steps + 1)
     sampler = BlockSampler(len(shared["train"]), cfg.trainer.batch_size, 0)
     times = []
     for step in range(steps + 1):

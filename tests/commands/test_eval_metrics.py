@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from egad_cli.config.schema import BranchConfig, CurriculumConfig, MethodConfig
-from egad_cli.evaluation.metrics import token_metrics
 from egad_cli.evaluation.entropy import histogram, position_profile, quantiles, thresholds, token_ranking
 from egad_cli.evaluation.metrics import (
     by_entropy_bucket,
@@ -17,6 +16,7 @@ from egad_cli.evaluation.metrics import (
     pair_summary,
     perplexity,
     quantile_buckets,
+    token_metrics,
 )
 from egad_cli.evaluation.passes import spread_blocks
 from egad_cli.evaluation.sweep import Run, differing_overrides, parse_overrides, sort_runs

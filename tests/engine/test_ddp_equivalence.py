@@ -16,7 +16,7 @@ ARGS = ["debug=smoke", "method=kd", "trainer.max_steps=1", "trainer.warmup_steps
 
 
 def _run(cmd, env):
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from egad_cli.errors import UserError
 from egad_cli.ui.console import err_console

@@ -18,8 +18,8 @@ from egad_cli.engine.distill_unit import DistillUnit
 from egad_cli.engine.loop import train
 from egad_cli.engine.metrics import tensorboard_available
 from egad_cli.engine.runtime import Runtime, resolve_runtime
-from egad_cli.evaluation.passes import heldout_kl
 from egad_cli.errors import UserError
+from egad_cli.evaluation.passes import heldout_kl
 from egad_cli.models import build_student, check_shared_vocab, load_teacher, preflight_model_source
 from egad_cli.models.hub import resolve_model_ref
 from egad_cli.ui.console import console

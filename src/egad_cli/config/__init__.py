@@ -7,8 +7,8 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from egad_cli.config.schema import DistillConfig, Problems
 from egad_cli.config.commands import register_command_schemas  # noqa: F401
+from egad_cli.config.schema import DistillConfig, Problems
 from egad_cli.errors import UserError
 
 __all__ = ["ConfigError", "DistillConfig", "conf_dir", "register_schemas", "validate"]

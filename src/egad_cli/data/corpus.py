@@ -6,9 +6,9 @@ import glob
 import hashlib
 import json
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from egad_cli.config.schema import DatasetConfig
 from egad_cli.errors import UserError

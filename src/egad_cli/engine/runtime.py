@@ -59,7 +59,7 @@ def resolve_runtime(cfg: TrainerConfig) -> Runtime:
                             "torchrun --nproc-per-node N -m egad_cli distill trainer.strategy=ddp …")
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if cfg.device == "auto":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
             else torch.device("cpu")
     else:
         device = torch.device(cfg.device)

@@ -7,8 +7,8 @@ from torch import Tensor
 
 from egad_cli.data.packing import Packed
 from egad_cli.engine.runtime import Runtime
-from egad_cli.evaluation.metrics import token_metrics
 from egad_cli.errors import UserError
+from egad_cli.evaluation.metrics import token_metrics
 from egad_cli.losses.divergences import entropy
 from egad_cli.ui.progress import pass_progress
 

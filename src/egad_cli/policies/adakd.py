@@ -24,7 +24,7 @@ import torch
 
 from .routing import top_fraction_mask, top_k_count
 
-__all__ = ["top_ratio_mask", "LATF"]
+__all__ = ["LATF", "top_ratio_mask"]
 
 
 @torch.no_grad()
@@ -104,7 +104,7 @@ class LATF:
         self.eps = float(eps)
         self.delta = float(delta)
         self.r_min = float(r_min)
-        self.warmup_steps = int(round(self.warmup_frac * self.total_steps))
+        self.warmup_steps = round(self.warmup_frac * self.total_steps)
         self._ratio = float(r0)
         self.ema: float | None = None
         self.ref: float | None = None

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SCHEDULES", "MODES", "pacing", "Curriculum"]
+__all__ = ["MODES", "SCHEDULES", "Curriculum", "pacing"]
 
 SCHEDULES = ("none", "linear", "cosine", "sqrt", "step")
 MODES = ("soft", "hard")

@@ -25,14 +25,14 @@ from typing import Any
 import torch
 
 __all__ = [
-    "rank_difficulty",
-    "normalized_difficulty",
-    "Difficulty",
-    "RankDifficulty",
-    "NormalizedDifficulty",
-    "RunningQuantileDifficulty",
     "DIFFICULTIES",
+    "Difficulty",
+    "NormalizedDifficulty",
+    "RankDifficulty",
+    "RunningQuantileDifficulty",
     "make_difficulty",
+    "normalized_difficulty",
+    "rank_difficulty",
 ]
 
 

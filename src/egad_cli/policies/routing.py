@@ -18,7 +18,7 @@ import math
 
 import torch
 
-__all__ = ["top_k_count", "top_fraction_mask", "hard_token_mask"]
+__all__ = ["hard_token_mask", "top_fraction_mask", "top_k_count"]
 
 _COUNT_EPS = 1e-9
 

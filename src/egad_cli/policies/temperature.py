@@ -21,21 +21,22 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 __all__ = [
-    "fixed_temperature",
-    "entropy_temperature",
-    "idts_temperature",
-    "valid_median",
-    "Temperature",
-    "FixedTemperature",
-    "EntropyTemperature",
-    "IDTSTemperature",
     "TEMPERATURES",
+    "EntropyTemperature",
+    "FixedTemperature",
+    "IDTSTemperature",
+    "Temperature",
+    "entropy_temperature",
+    "fixed_temperature",
+    "idts_temperature",
     "make_temperature",
+    "valid_median",
 ]
 
 
