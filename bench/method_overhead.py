@@ -14,6 +14,7 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
+from egad_cli.commands.common import cache_dir
 from egad_cli.commands.distill import load_models
 from egad_cli.config import conf_dir, register_schemas, validate
 from egad_cli.data import build_splits
@@ -77,8 +78,7 @@ def main() -> None:
         student.load_state_dict(init)
         return student
 
-    splits = build_splits(base.dataset, tokenizer, None if base.cache_dir is None else __import__("pathlib").Path(
-        base.cache_dir).expanduser())
+    splits = build_splits(base.dataset, tokenizer, cache_dir(base.cache_dir))
     shared = {"runtime": runtime, "teacher": teacher, "vocab": vocab, "train": splits.train,
               "build_student": build_student}
     rows = []

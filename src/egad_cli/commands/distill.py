@@ -50,12 +50,17 @@ def refuse_to_overwrite(run_dir: Path, resumed: Path | None) -> None:
                         f"changed. Pick a new hydra.run.dir, or continue that run with trainer.resume={run_dir}")
 
 
+def load_frozen_teacher(cfg: DistillConfig, runtime: Runtime):
+    """(teacher frozen on the device in teacher.dtype, or the training dtype for auto; its tokenizer)."""
+    dtype = runtime.teacher_dtype if cfg.teacher.dtype == "auto" else getattr(torch, cfg.teacher.dtype)
+    teacher, t_tok = load_teacher(cfg.teacher, cache_dir(cfg.cache_dir), dtype, console)
+    return teacher.to(runtime.device).requires_grad_(False), t_tok
+
+
 def load_models(cfg: DistillConfig, runtime: Runtime, seed: int = 0):
     """(teacher frozen on the device, student, shared tokenizer, shared vocabulary size).
     seed: the init seed of a scratch student whose student.seed is null (distill: trainer.seed)."""
-    dtype = runtime.teacher_dtype if cfg.teacher.dtype == "auto" else getattr(torch, cfg.teacher.dtype)
-    teacher, t_tok = load_teacher(cfg.teacher, cache_dir(cfg.cache_dir), dtype, console)
-    teacher = teacher.to(runtime.device).requires_grad_(False)
+    teacher, t_tok = load_frozen_teacher(cfg, runtime)
     student, s_tok = build_student(cfg.student, teacher, t_tok, default_seed=seed)
     vocab = check_shared_vocab(teacher, student, t_tok, s_tok)
     return teacher, student.to(runtime.device), t_tok, vocab

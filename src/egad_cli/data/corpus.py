@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -32,10 +33,13 @@ def order_key(key: str) -> str:
     return hashlib.sha1(("order|" + key).encode()).hexdigest()
 
 
-def stdlib_files() -> list[Path]:
+@functools.cache
+def stdlib_files() -> tuple[Path, ...]:
+    """This Python's standard-library sources. Walked once per process: preflight, the cache key and
+    the reader all ask for the list, and the installed stdlib does not change during a run."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "__pycache__", "dist-packages"}
-    return sorted(p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts))
+    return tuple(sorted(p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts)))
 
 
 def expand_paths(patterns: list[str]) -> list[Path]:
@@ -53,7 +57,7 @@ def expand_paths(patterns: list[str]) -> list[Path]:
 def source_files(cfg: DatasetConfig) -> list[Path]:
     """The files a file-based corpus reads (for preflight checks and the cache key)."""
     if cfg.kind == "pystdlib":
-        return stdlib_files()
+        return list(stdlib_files())
     if cfg.kind in ("text", "jsonl"):
         return expand_paths(list(cfg.paths))
     return []

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from egad_cli.commands.common import cache_dir
 from egad_cli.config.schema import TrainerConfig
 from egad_cli.data import Packed, build_splits, source_files
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError
-from egad_cli.models import load_teacher, preflight_model_source
+from egad_cli.models import preflight_model_source
 from egad_cli.models.hub import resolve_model_ref
+from egad_cli.models.vocab import check_head_rows
 from egad_cli.ui.console import console
 
 
@@ -46,19 +45,13 @@ def load(cfg, runtime: Runtime):
     """(teacher on the device, student on the device or None, shared tokenizer, shared vocabulary size).
 
     With a student this is exactly distill's ``load_models`` (same vocabulary checks)."""
-    if cfg.student is not None:
-        from egad_cli.commands.distill import load_models
+    from egad_cli.commands.distill import load_frozen_teacher, load_models
 
+    if cfg.student is not None:
         return load_models(cfg, runtime)
-    dtype = runtime.teacher_dtype if cfg.teacher.dtype == "auto" else getattr(torch, cfg.teacher.dtype)
-    teacher, tokenizer = load_teacher(cfg.teacher, cache_dir(cfg.cache_dir), dtype, console)
-    teacher = teacher.to(runtime.device).requires_grad_(False)
-    vocab = len(tokenizer)
-    rows = teacher.get_output_embeddings().weight.shape[0]
-    if rows < vocab:
-        raise UserError(f"teacher: lm_head has {rows} rows but the tokenizer has {vocab} tokens; "
-                        f"the checkpoint and its tokenizer do not match.")
-    return teacher, None, tokenizer, vocab
+    teacher, tokenizer = load_frozen_teacher(cfg, runtime)
+    check_head_rows(teacher, len(tokenizer), "teacher")
+    return teacher, None, tokenizer, len(tokenizer)
 
 
 def split_of(cfg, tokenizer) -> Packed:

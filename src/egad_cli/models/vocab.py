@@ -24,9 +24,14 @@ def check_shared_vocab(teacher, student, t_tok, s_tok, *, student_key: str = "st
             f"tokens, {differing} entries differ). Logit distillation needs one shared vocabulary: use "
             f"student=tiny/small/from_teacher (built on the teacher's tokenizer) or a student trained with it.")
     vocab = len(t_tok)
-    for name, model in (("teacher", teacher), (student_key, student)):
-        rows = model.get_output_embeddings().weight.shape[0]
-        if rows < vocab:
-            raise UserError(f"{name}: lm_head has {rows} rows but the tokenizer has {vocab} tokens; "
-                            f"the checkpoint and its tokenizer do not match.")
+    check_head_rows(teacher, vocab, "teacher")
+    check_head_rows(student, vocab, student_key)
     return vocab
+
+
+def check_head_rows(model, vocab: int, name: str) -> None:
+    """The lm_head must cover the tokenizer (extra padded rows are fine: they are sliced away)."""
+    rows = model.get_output_embeddings().weight.shape[0]
+    if rows < vocab:
+        raise UserError(f"{name}: lm_head has {rows} rows but the tokenizer has {vocab} tokens; "
+                        f"the checkpoint and its tokenizer do not match.")
