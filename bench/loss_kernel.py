@@ -26,9 +26,9 @@ def naive(s_hidden, s_head, t_hidden, t_head, tau, coef):
 
 
 def chunked(s_hidden, s_head, t_hidden, t_head, tau, coef, chunk_size=1024):
-    from egad_cli.losses import chunked_distill_loss
+    from egad_cli.losses import chunked_distill_loss, forward_kl
 
-    return chunked_distill_loss(s_hidden, s_head, t_hidden, t_head, tau, coef, divergence="forward_kl",
+    return chunked_distill_loss(s_hidden, s_head, t_hidden, t_head, tau, coef, divergence=forward_kl,
                                 chunk_size=chunk_size)[0]
 
 

@@ -14,14 +14,13 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from egad_cli.commands.common import cache_dir
-from egad_cli.commands.distill import load_models
-from egad_cli.config import conf_dir, register_schemas, validate
+from egad_cli.config import cache_dir, conf_dir, register_schemas, validate
 from egad_cli.data import build_splits
 from egad_cli.engine.distill_unit import DistillUnit
 from egad_cli.engine.optim import build_optimizer
 from egad_cli.engine.runtime import resolve_runtime
 from egad_cli.engine.sampler import BlockSampler
+from egad_cli.models import load_models
 
 VARIANTS = {
     "kd (reference)": ["method=kd"],

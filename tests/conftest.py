@@ -151,3 +151,12 @@ def random_packed(n_blocks: int, block_size: int, vocab: int, seed: int = 0, pro
     for b, n in enumerate(prompt_lens or []):
         mask[b, :n] = False
     return Packed(ids=ids, mask=mask)
+
+
+def divergence(name: str, beta: float = 0.5, alpha: float = 0.1):
+    """The per-token divergence of option `name` of the loss= group, with whichever of beta/alpha it takes."""
+    from egad_cli.config.policies import LOSSES
+
+    node = LOSSES[name]
+    params = {k: v for k, v in (("beta", beta), ("alpha", alpha)) if hasattr(node, k)}
+    return node(**params).divergence()

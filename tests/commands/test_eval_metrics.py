@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from egad_cli.config.schema import BranchConfig, CurriculumConfig, MethodConfig
+from egad_cli.commands.sweep import Run, differing_overrides, parse_overrides, sort_runs
+from egad_cli.config.policies import (
+    DualBranchConfig,
+    LinearCurriculumConfig,
+    LogitsOnlyBranchConfig,
+    NormalizedDifficultyConfig,
+    RankDifficultyConfig,
+)
 from egad_cli.evaluation.entropy import histogram, position_profile, quantiles, thresholds, token_ranking
 from egad_cli.evaluation.metrics import (
     by_entropy_bucket,
@@ -19,7 +26,6 @@ from egad_cli.evaluation.metrics import (
     token_metrics,
 )
 from egad_cli.evaluation.passes import spread_blocks
-from egad_cli.evaluation.sweep import Run, differing_overrides, parse_overrides, sort_runs
 from egad_cli.ui.tables import fmt, markdown_table
 
 
@@ -106,8 +112,8 @@ def test_histogram_and_quantiles():
 
 def test_thresholds_hand_computed():
     H = torch.arange(10, dtype=torch.float32)         # rank u = i / 9
-    cur = CurriculumConfig(schedule="linear", mode="hard", rho=1.0, c0=0.3)
-    th = thresholds(H, 100, MethodConfig(name="egad"), cur, BranchConfig(name="dual", q=0.3))
+    cur = LinearCurriculumConfig(mode="hard", rho=1.0, c0=0.3)
+    th = thresholds(H, 100, RankDifficultyConfig(), cur, DualBranchConfig(q=0.3))
     assert th["hard"]["tokens"] == 3 and th["hard"]["entropy_min"] == 7.0 and th["hard"]["active"]
     g0, g_half, g1 = th["gates"]
     assert g0["gate"] == pytest.approx(0.3) and g0["entropy_max"] == 2.0 and g0["share"] == pytest.approx(0.3)
@@ -115,7 +121,7 @@ def test_thresholds_hand_computed():
     assert g1["share"] == 1.0
     assert g0["soft_weight_ratio"] == pytest.approx(math.exp(-2))
     assert g1["soft_weight_ratio"] == pytest.approx(math.exp(2))
-    normalized = thresholds(H, 100, MethodConfig(name="x", difficulty="normalized"), cur, BranchConfig())
+    normalized = thresholds(H, 100, NormalizedDifficultyConfig(), cur, LogitsOnlyBranchConfig())
     assert normalized["gates"][0]["entropy_max"] == 1.0    # u = H / ln 100 ≤ 0.3: H ≤ 1.38
     assert not normalized["hard"]["active"]
 

@@ -10,9 +10,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from egad_cli.config import ConfigError, DistillConfig, conf_dir, validate
+from egad_cli.config.policies import POLICY_REGISTRIES
 
-GROUPS = ("teacher", "student", "dataset", "method", "loss", "curriculum", "temperature", "branch", "trainer",
-          "eval", "logging", "debug")
+GROUPS = ("teacher", "student", "dataset", "method", "loss", "difficulty", "curriculum", "temperature", "weighting",
+          "branch", "trainer", "eval", "logging", "debug")
+#: groups whose options are config nodes registered from egad_cli/config/policies.py, not YAML files
+POLICY_GROUPS = {r.group: r for r in POLICY_REGISTRIES}
 
 # Options that cannot validate without a path / id the user must give: the key validate must name.
 NEEDS_PATH = {
@@ -25,20 +28,42 @@ NEEDS_PATH = {
 }
 
 
-def _options() -> list[tuple[str, str]]:
-    root = conf_dir()
-    return [(group, path.stem) for group in GROUPS for path in sorted((root / group).glob("*.yaml"))]
+def group_options(group: str) -> list[str]:
+    """The options Hydra offers for `group` (YAML files and registered nodes alike): what --help lists."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from egad_cli.config import register_schemas
+
+    register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        options = GlobalHydra.instance().config_loader().get_group_options(group)
+    GlobalHydra.instance().clear()
+    return sorted(options)
 
 
-OPTIONS = _options()
+OPTIONS = [(group, option) for group in GROUPS for option in group_options(group)]
 
 
-def test_every_group_directory_is_covered():
-    """A group added to conf/ without being added here (and so without a compose test) fails this test."""
+def test_every_group_is_covered():
+    """A group added to conf/ or to the registries without being added here (and so without a compose test)
+    fails this test."""
     on_disk = {p.name for p in conf_dir().iterdir() if p.is_dir()}
-    assert on_disk == set(GROUPS)
+    assert on_disk | set(POLICY_GROUPS) == set(GROUPS)
+    assert not on_disk & set(POLICY_GROUPS), "a policy group's options come from its registry, not YAML files"
     for group in GROUPS:
-        assert any(g == group for g, _ in OPTIONS), f"conf/{group}/ has no option"
+        assert any(g == group for g, _ in OPTIONS), f"group {group} has no option"
+
+
+@pytest.mark.parametrize("group", sorted(POLICY_GROUPS))
+def test_policy_group_options_are_exactly_the_registry(group):
+    """One list of choices: what Hydra offers (--help, composition, errors) is the registry."""
+    assert group_options(group) == sorted(POLICY_GROUPS[group].names())
+    with pytest.raises(MissingConfigException) as err:
+        compose_distill([f"{group}=nope"])
+    for name in POLICY_GROUPS[group].names():
+        assert name in str(err.value)
 
 
 def test_design_choices_exist():
@@ -55,6 +80,8 @@ def test_design_choices_exist():
     assert {"fixed", "entropy", "idts"} <= have["temperature"]
     assert {"logits_only", "dual"} <= have["branch"]
     assert {"smoke"} <= have["debug"]
+    assert {"rank", "normalized", "running_quantile"} <= have["difficulty"]
+    assert {"uniform", "eakd", "adakd"} <= have["weighting"]
 
 
 def test_default_config_is_typed_and_valid():
@@ -69,7 +96,9 @@ def test_default_config_is_typed_and_valid():
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_validates(group, option):
-    cfg = compose_distill([f"{group}={option}"])
+    # the default method (egad) has an entropy curriculum, which a token-selecting weighting refuses
+    extra = ["curriculum=none"] if group == "weighting" and POLICY_GROUPS[group][option].selects_tokens else []
+    cfg = compose_distill([f"{group}={option}", *extra])
     assert OmegaConf.get_type(cfg) is DistillConfig
     if (group, option) in NEEDS_PATH:
         key, fix = NEEDS_PATH[(group, option)]
@@ -79,8 +108,8 @@ def test_option_composes_and_validates(group, option):
         typed = validate(compose_distill([f"{group}={option}", *fix]))  # given the path, it validates
     else:
         typed = validate(cfg)
-    if group in ("teacher", "student", "dataset", "method", "loss", "temperature", "branch", "curriculum"):
-        field = "schedule" if group == "curriculum" else "name"
+    if group in ("teacher", "student", "dataset", "method", *POLICY_GROUPS):
+        field = POLICY_GROUPS[group].key if group in POLICY_GROUPS else "name"
         assert getattr(getattr(typed, group), field) == option  # the option really selected that preset
 
 
@@ -118,7 +147,7 @@ def test_method_preset_sets_its_groups(method):
     assert cfg.temperature.name == temperature
     assert cfg.curriculum.schedule == schedule
     assert cfg.branch.name == branch
-    assert cfg.method.weighting == weighting
+    assert cfg.weighting.name == weighting
 
 
 def test_presets_override_non_default_groups_too():
@@ -138,9 +167,9 @@ def test_ce_preset_trains_on_labels_only():
     (["method=egad", "temperature=fixed"], lambda c: c.temperature.name == "fixed"),
     (["method=egad", "branch=logits_only"], lambda c: c.branch.name == "logits_only"),
     (["method=egad", "curriculum=cosine"], lambda c: c.curriculum.schedule == "cosine"),
-    (["method=adakd", "loss=jsd"], lambda c: c.loss.name == "jsd" and c.method.weighting == "adakd"),
+    (["method=adakd", "loss=jsd"], lambda c: c.loss.name == "jsd" and c.weighting.name == "adakd"),
     (["method=kd", "temperature.base=2"], lambda c: c.temperature.base == 2.0 and c.temperature.name == "fixed"),
-    (["method=kd", "loss.name=tvd"], lambda c: c.loss.name == "tvd"),
+    (["method=kd", "loss=tvd"], lambda c: c.loss.name == "tvd"),
 ])
 def test_command_line_group_wins_over_preset(overrides, check):
     assert check(typed_config(overrides))
@@ -160,16 +189,30 @@ def test_negative_lr_names_the_key():
     assert "trainer.lr" in str(err.value)
 
 
+def test_setting_a_policy_name_alone_is_refused_with_the_group_choice_to_use():
+    """`loss.name=tvd` on a forward_kl node would keep forward_kl's fields: the error says `loss=tvd`."""
+    with pytest.raises(ConfigError) as err:
+        typed_config(["method=kd", "loss.name=tvd"])
+    assert "loss.name" in str(err.value) and "loss=tvd" in str(err.value)
+
+
+def test_a_field_of_another_option_fails_at_composition():
+    """temperature.kappa exists only under temperature=entropy."""
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_distill(["method=kd", "temperature.kappa=0.3"])
+    assert "temperature.kappa" in str(err.value)
+
+
 def test_all_problems_reported_at_once():
-    bad = ["trainer.lr=-1", "trainer.batch_size=0", "loss.beta=2", "branch.q=1.5", "dataset.block_size=4",
-           "curriculum.rho=0", "temperature.base=0"]
+    bad = ["trainer.lr=-1", "trainer.batch_size=0", "loss=jsd", "loss.beta=2", "branch.q=1.5",
+           "dataset.block_size=4", "curriculum.rho=0", "temperature.base=0"]
     with pytest.raises(ConfigError) as err:
         typed_config(bad)
     msg = str(err.value)
     for key in ("trainer.lr", "trainer.batch_size", "loss.beta", "branch.q", "dataset.block_size",
                 "curriculum.rho", "temperature.base"):
         assert key in msg, f"{key} missing from:\n{msg}"
-    assert msg.startswith(f"{len(bad)} config problem(s)")
+    assert msg.startswith(f"{len(bad) - 1} config problem(s)")  # loss=jsd is a choice, not a problem
 
 
 def test_choice_errors_list_valid_choices():

@@ -23,8 +23,8 @@ CASES = {
     "kd": ["method=kd"],
     "egad": ["method=egad"],
     "eakd": ["method=eakd"],
-    "eakd-token_count": ["method=eakd", "method.weight_norm=token_count"],
-    "adakd": ["method=adakd", "method.adakd_r0=0.5"],
+    "eakd-token_count": ["method=eakd", "weighting.norm=token_count"],
+    "adakd": ["method=adakd", "weighting.r0=0.5"],
     "ce": ["method=ce"],
     "kd+ce": ["method=kd", "method.ce_weight=0.5"],
 }

@@ -19,8 +19,8 @@ STEPS = 4
 
 # beta=0 and eps=0 make LATF move r at every step after the first, so a lost state changes the next steps;
 # r0=0.5 keeps the top-r selection active from the start.
-ADAKD = ["method=adakd", "method.adakd_beta=0", "method.adakd_eps=0", "method.adakd_r0=0.5"]
-QUANTILE = ["method=egad", "method.difficulty=running_quantile"]
+ADAKD = ["method=adakd", "weighting.beta=0", "weighting.eps=0", "weighting.r0=0.5"]
+QUANTILE = ["method=egad", "difficulty=running_quantile"]
 
 
 class RecordingUnit(DistillUnit):
@@ -68,17 +68,17 @@ def test_adakd_resume_restores_latf_and_continues_the_curve(tmp_path):
     first = tmp_path / "first"
     run(ADAKD, first)
     saved = load_checkpoint(first / "checkpoints" / "step-2")["unit"]
-    latf = saved["latf"]
+    latf = saved["weighting"]
     assert latf["ema"] is not None and latf["ref"] is not None and latf["last_step"] == 2
     assert latf["ratio"] != 0.5, "LATF never moved r: the test would not notice a lost state"
 
     resumed_dir = tmp_path / "resumed"
     unit = run(ADAKD, resumed_dir, resume=first / "checkpoints" / "step-2")
-    assert unit.restored["latf"] == latf  # ratio, EMA, reference and step, exactly
+    assert unit.restored["weighting"] == latf  # ratio, EMA, reference and step, exactly
     assert_same_curve(first, resumed_dir)
     assert losses_by_step(resumed_dir, "adakd_ratio") == losses_by_step(first, "adakd_ratio")
-    final_a = load_checkpoint(first / "checkpoints" / "step-4")["unit"]["latf"]
-    final_b = load_checkpoint(resumed_dir / "checkpoints" / "step-4")["unit"]["latf"]
+    final_a = load_checkpoint(first / "checkpoints" / "step-4")["unit"]["weighting"]
+    final_b = load_checkpoint(resumed_dir / "checkpoints" / "step-4")["unit"]["weighting"]
     assert final_b == pytest.approx(final_a)
 
 

@@ -6,14 +6,15 @@ import math
 import pytest
 import torch
 
+from egad_cli.config.policies import DIFFICULTIES, PolicyContext
 from egad_cli.policies.difficulty import (
     NormalizedDifficulty,
     RankDifficulty,
     RunningQuantileDifficulty,
-    make_difficulty,
     normalized_difficulty,
     rank_difficulty,
 )
+from egad_cli.policies.stats import DIFFICULTY, StepStats, teacher_entropy
 
 T, F = True, False
 
@@ -96,7 +97,7 @@ def test_running_quantile_hand_computed():
 
 
 def test_running_quantile_default_h_max_is_log_vocab():
-    rq = make_difficulty("running_quantile", vocab_size=1000, n_bins=16)
+    rq = DIFFICULTIES["running_quantile"](n_bins=16).build(PolicyContext(vocab_size=1000))
     assert isinstance(rq, RunningQuantileDifficulty)
     assert rq.h_max == pytest.approx(math.log(1000))
     with pytest.raises(ValueError):
@@ -134,18 +135,19 @@ def test_running_quantile_state_round_trip():
 
 def test_registry_common_interface():
     H, v = t(0.1, 0.5, 0.5, 2.0), b(T, T, T, F)
-    rank = make_difficulty("rank", vocab_size=8)
-    norm = make_difficulty("normalized", vocab_size=8)
+    ctx = PolicyContext(vocab_size=8)
+    rank, norm = DIFFICULTIES["rank"]().build(ctx), DIFFICULTIES["normalized"]().build(ctx)
     assert isinstance(rank, RankDifficulty) and isinstance(norm, NormalizedDifficulty)
     assert torch.equal(rank(H, v), rank_difficulty(H, v))
     assert torch.equal(norm(H, v), normalized_difficulty(H, v, 8))
+    stats = StepStats(v, 0.0, {teacher_entropy(1.0): H})
     for pol in (rank, norm):
+        assert pol.needs == {teacher_entropy(1.0)} and pol.provides == DIFFICULTY
+        assert torch.equal(pol.of(stats), pol(H, v))
         assert pol.state_dict() == {}
         pol.load_state_dict({})
 
 
 def test_registry_errors_list_valid_names():
-    with pytest.raises(ValueError, match="rank, normalized, running_quantile"):
-        make_difficulty("entropy", vocab_size=8)
-    with pytest.raises(ValueError, match="n_bins"):
-        make_difficulty("rank", vocab_size=8, n_bins=3)
+    with pytest.raises(KeyError, match="rank, normalized, running_quantile"):
+        DIFFICULTIES["entropy"]

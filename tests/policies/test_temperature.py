@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 
+from egad_cli.config.policies import TEMPERATURES, PolicyContext
+from egad_cli.policies.stats import DIFFICULTY, HELLINGER, StepStats
 from egad_cli.policies.temperature import (
     entropy_temperature,
     fixed_temperature,
     idts_temperature,
-    make_temperature,
     valid_median,
 )
 
@@ -78,17 +79,18 @@ def test_idts_zero_guards():
 
 def test_registry():
     u, h, v = t(0.0, 1.0), t(0.1, 0.4), b(T, T)
-    fixed = make_temperature("fixed", base=2.0)
-    assert torch.equal(fixed(n=2, u=u, hellinger=h, valid=v), t(2.0, 2.0))
-    assert torch.equal(fixed(valid=v), t(2.0, 2.0))
-    ent = make_temperature("entropy", kappa=0.5)
-    assert torch.equal(ent(n=2, u=u, hellinger=None, valid=v), entropy_temperature(u, v, kappa=0.5))
-    idts = make_temperature("idts", c=0.5)
-    assert torch.equal(idts(n=2, u=None, hellinger=h, valid=v), idts_temperature(h, v, c=0.5))
-    assert idts.requires == {"hellinger", "valid"}
-    with pytest.raises(ValueError, match="hellinger"):
-        idts(n=2, u=u, valid=v)
-    with pytest.raises(ValueError, match="fixed, entropy, idts"):
-        make_temperature("cosine")
-    with pytest.raises(ValueError, match="kappa"):
-        make_temperature("fixed", kappa=0.5)
+    ctx = PolicyContext(vocab_size=8)
+    stats = StepStats(v, 0.0, {DIFFICULTY: u, HELLINGER: h})
+    fixed = TEMPERATURES["fixed"](base=2.0).build(ctx)
+    assert torch.equal(fixed(stats), t(2.0, 2.0)) and fixed.needs == set()
+    ent = TEMPERATURES["entropy"](kappa=0.5).build(ctx)
+    assert torch.equal(ent(stats), entropy_temperature(u, v, kappa=0.5)) and ent.needs == {DIFFICULTY}
+    idts = TEMPERATURES["idts"](c=0.5, t_min=0.1, t_max=10.0).build(ctx)
+    assert torch.equal(idts(stats), idts_temperature(h, v, c=0.5, t_min=0.1, t_max=10.0))
+    assert idts.needs == {HELLINGER}
+    with pytest.raises(KeyError, match="hellinger"):   # a statistic the step did not compute
+        idts(StepStats(v, 0.0, {DIFFICULTY: u}))
+    with pytest.raises(KeyError, match="fixed, entropy, idts"):
+        TEMPERATURES["cosine"]
+    with pytest.raises(TypeError, match="kappa"):      # a field only the entropy node has
+        TEMPERATURES["fixed"](kappa=0.5)

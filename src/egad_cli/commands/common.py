@@ -1,10 +1,9 @@
-"""What every subcommand shares: clean user-error reporting and model/data set-up."""
+"""What every subcommand shares: clean user-error reporting."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from egad_cli.errors import UserError
 from egad_cli.ui.console import err_console
@@ -25,7 +24,3 @@ def run_task(fn: Callable, *args):
     except Interrupted as exc:
         err_console.print(f"[yellow]{exc}[/]", soft_wrap=True)
         sys.exit(130)
-
-
-def cache_dir(raw: str) -> Path:
-    return Path(raw).expanduser()

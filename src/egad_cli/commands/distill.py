@@ -10,8 +10,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from egad_cli.commands.common import cache_dir, run_task
-from egad_cli.config import DistillConfig, conf_dir, register_schemas, validate
+from egad_cli.commands.common import run_task
+from egad_cli.config import DistillConfig, cache_dir, conf_dir, register_schemas, validate
 from egad_cli.data import build_splits, source_files
 from egad_cli.engine.checkpoint import resolve_resume
 from egad_cli.engine.distill_unit import DistillUnit
@@ -20,7 +20,7 @@ from egad_cli.engine.metrics import tensorboard_available
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError
 from egad_cli.evaluation.passes import heldout_kl
-from egad_cli.models import build_student, check_shared_vocab, load_teacher, preflight_model_source
+from egad_cli.models import load_models, preflight_model_source
 from egad_cli.models.hub import resolve_model_ref
 from egad_cli.ui.console import console
 
@@ -48,22 +48,6 @@ def refuse_to_overwrite(run_dir: Path, resumed: Path | None) -> None:
     if existing and (resumed is None or resumed.resolve().parent.parent != run_dir.resolve()):
         raise UserError(f"hydra.run.dir: {run_dir} already holds a run ({', '.join(existing)}); nothing was "
                         f"changed. Pick a new hydra.run.dir, or continue that run with trainer.resume={run_dir}")
-
-
-def load_frozen_teacher(cfg: DistillConfig, runtime: Runtime):
-    """(teacher frozen on the device in teacher.dtype, or the training dtype for auto; its tokenizer)."""
-    dtype = runtime.teacher_dtype if cfg.teacher.dtype == "auto" else getattr(torch, cfg.teacher.dtype)
-    teacher, t_tok = load_teacher(cfg.teacher, cache_dir(cfg.cache_dir), dtype, console)
-    return teacher.to(runtime.device).requires_grad_(False), t_tok
-
-
-def load_models(cfg: DistillConfig, runtime: Runtime, seed: int = 0):
-    """(teacher frozen on the device, student, shared tokenizer, shared vocabulary size).
-    seed: the init seed of a scratch student whose student.seed is null (distill: trainer.seed)."""
-    teacher, t_tok = load_frozen_teacher(cfg, runtime)
-    student, s_tok = build_student(cfg.student, teacher, t_tok, default_seed=seed)
-    vocab = check_shared_vocab(teacher, student, t_tok, s_tok)
-    return teacher, student.to(runtime.device), t_tok, vocab
 
 
 def total_steps(cfg: DistillConfig, runtime: Runtime) -> int:

@@ -22,20 +22,20 @@ from omegaconf import DictConfig
 from rich.markup import escape
 from rich.text import Text
 
+from egad_cli.commands.analysis import clean, load, preflight, show_progress, split_of
 from egad_cli.commands.common import run_task
-from egad_cli.config import conf_dir, register_command_schemas, validate
+from egad_cli.commands.runs import check_run_dir, sets_group, task_overrides, with_run_dir
+from egad_cli.config import conf_dir, register_schemas, validate
 from egad_cli.config.commands import EvalCommandConfig
 from egad_cli.evaluation.entropy import printable
 from egad_cli.evaluation.generation import side_by_side
 from egad_cli.evaluation.metrics import by_entropy_bucket, calibration_bins, pair_summary
 from egad_cli.evaluation.passes import spread_blocks, token_pass
-from egad_cli.evaluation.runs import check_run_dir, sets_group, task_overrides, with_run_dir
-from egad_cli.evaluation.setup import clean, load, preflight, show_progress, split_of
 from egad_cli.ui.console import console
 from egad_cli.ui.progress import pass_progress
 from egad_cli.ui.tables import rich_table
 
-register_command_schemas()
+register_schemas()
 
 RUN_GROUPS = ("teacher", "dataset")
 

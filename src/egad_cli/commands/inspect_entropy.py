@@ -25,8 +25,10 @@ from omegaconf import DictConfig
 from rich.markup import escape
 from rich.text import Text
 
+from egad_cli.commands.analysis import clean, load, preflight, show_progress, split_of
 from egad_cli.commands.common import run_task
-from egad_cli.config import conf_dir, register_command_schemas, validate
+from egad_cli.commands.runs import check_run_dir, has_student, task_overrides, with_run_dir
+from egad_cli.config import conf_dir, register_schemas, validate
 from egad_cli.config.commands import InspectEntropyConfig
 from egad_cli.data import Packed
 from egad_cli.evaluation.entropy import (
@@ -38,15 +40,14 @@ from egad_cli.evaluation.entropy import (
     token_ranking,
 )
 from egad_cli.evaluation.passes import spread_blocks, token_pass
-from egad_cli.evaluation.runs import check_run_dir, has_student, task_overrides, with_run_dir
-from egad_cli.evaluation.setup import clean, load, preflight, show_progress, split_of
 from egad_cli.ui.console import console
 from egad_cli.ui.histogram import bar, render_histogram
 from egad_cli.ui.tables import rich_table
 
-register_command_schemas()
+register_schemas()
 
-RUN_GROUPS = ("teacher", "dataset", "method", "loss", "curriculum", "temperature", "branch")
+RUN_GROUPS = ("teacher", "dataset", "method", "loss", "difficulty", "curriculum", "temperature", "weighting",
+              "branch")
 
 
 def analyse(m: dict[str, torch.Tensor], cfg: InspectEntropyConfig, vocab: int, block_size: int) -> dict:
@@ -59,7 +60,7 @@ def analyse(m: dict[str, torch.Tensor], cfg: InspectEntropyConfig, vocab: int, b
         "n_tokens": int(H.numel()),
         "histogram": {"edges": edges, "teacher": counts},
         "quantiles": {"teacher": quantiles(H)},
-        "thresholds": thresholds(H, vocab, cfg.method, cfg.curriculum, cfg.branch),
+        "thresholds": thresholds(H, vocab, cfg.difficulty, cfg.curriculum, cfg.branch),
     }
     profile_values = {"teacher": H}
     if S is not None:

@@ -20,10 +20,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from egad_cli.commands.common import run_task
-from egad_cli.config import conf_dir, register_command_schemas, validate
-from egad_cli.config.commands import ReportConfig
-from egad_cli.errors import UserError
-from egad_cli.evaluation.sweep import (
+from egad_cli.commands.sweep import (
     Run,
     check_sort_column,
     differing_overrides,
@@ -35,10 +32,13 @@ from egad_cli.evaluation.sweep import (
     sort_runs,
     to_csv,
 )
+from egad_cli.config import conf_dir, register_schemas, validate
+from egad_cli.config.commands import ReportConfig
+from egad_cli.errors import UserError
 from egad_cli.ui.console import console
 from egad_cli.ui.tables import markdown_table, rich_table, table_width, transpose
 
-register_command_schemas()
+register_schemas()
 
 STATUS_STYLE = {"done": "green", "failed": "red", "running": "yellow"}
 MAX_TRANSPOSED = 8  #: a table too wide for the terminal is shown one column per job when there are this few

@@ -11,18 +11,23 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
-from egad_cli.config.schema import (
+from egad_cli.config.policies import (
     BranchConfig,
     CurriculumConfig,
+    DifficultyConfig,
+    LossConfig,
+    TemperatureConfig,
+    WeightingConfig,
+)
+from egad_cli.config.problems import Problems
+from egad_cli.config.schema import (
     DatasetConfig,
     EvalConfig,
-    LossConfig,
     MethodConfig,
-    Problems,
     StudentConfig,
     TeacherConfig,
-    TemperatureConfig,
 )
 
 SPLITS = ("train", "val")
@@ -91,10 +96,12 @@ class InspectEntropyConfig:
     student: Optional[StudentConfig] = None  #: optional: also show the student's entropy and the gap
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
-    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
-    branch: BranchConfig = field(default_factory=BranchConfig)
+    loss: LossConfig = MISSING
+    difficulty: DifficultyConfig = MISSING
+    curriculum: CurriculumConfig = MISSING
+    temperature: TemperatureConfig = MISSING
+    weighting: WeightingConfig = MISSING
+    branch: BranchConfig = MISSING
     run_dir: Optional[str] = None  #: a distill run dir: its teacher, dataset, method groups and student/
     split: str = "train"  #: train (what distillation sees, the default) | val
     max_tokens: int = 4096  #: token budget of the pass (0 = the whole split), in blocks spread over the split
@@ -119,7 +126,8 @@ class InspectEntropyConfig:
         self.teacher.problems(out)
         if self.student is not None:
             self.student.problems(out)
-        for group in (self.dataset, self.method, self.loss, self.curriculum, self.temperature, self.branch):
+        for group in (self.dataset, self.method, self.loss, self.difficulty, self.curriculum, self.temperature,
+                      self.weighting, self.branch):
             group.problems(out)
         out.choice(self.split, "split", SPLITS)
         out.check(self.max_tokens >= 0, "max_tokens", "must be >= 0 (0 = the whole split)")

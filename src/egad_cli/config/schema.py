@@ -9,27 +9,21 @@ reported all at once by `validate()` before any model or data is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import MISSING
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_fkl", "skew_rkl", "tvd")
-SCHEDULES = ("none", "linear", "cosine", "sqrt", "step")
-DIFFICULTIES = ("rank", "normalized", "running_quantile")
-TEMPERATURES = ("fixed", "entropy", "idts")
-WEIGHTINGS = ("uniform", "eakd", "adakd")
+from egad_cli.config.policies import (
+    BranchConfig,
+    CurriculumConfig,
+    DifficultyConfig,
+    LossConfig,
+    TemperatureConfig,
+    WeightingConfig,
+)
+from egad_cli.config.problems import Problems
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-class Problems(list):
-    """Accumulates 'key: message' strings, so every problem is reported at once."""
-
-    def check(self, ok: bool, key: str, message: str) -> None:
-        if not ok:
-            self.append(f"{key}: {message}")
-
-    def choice(self, value: Any, key: str, choices: tuple) -> None:
-        self.check(value in choices, key, f"got {value!r}; valid choices are {', '.join(choices)}")
 
 
 @dataclass
@@ -142,107 +136,17 @@ class DatasetConfig:
 
 @dataclass
 class MethodConfig:
-    """A distillation method: token weighting and loss mix (presets set the other groups)."""
+    """A distillation method: the loss mix. A preset (conf/method/) also picks the policy groups."""
 
     name: str = MISSING  #: preset name (the group choice)
-    weighting: str = "uniform"  #: uniform | eakd (EA-KD weights) | adakd (Hellinger top-r with LATF)
-    weight_norm: str = "sum_w"  #: sum_w (divide by Σw, the paper) | token_count (EA-KD reference code)
-    difficulty: str = "rank"  #: how entropy becomes u in [0,1]: rank | normalized | running_quantile
     kd_weight: float = 1.0  #: multiplier of the distillation term (0 for plain fine-tuning)
     ce_weight: float = 0.0  #: α: weight of cross-entropy on the labels
-    eakd_temperature: float = 2.0  #: eakd: T' at which both entropies are measured
-    adakd_r0: float = 1.0  #: adakd: initial token ratio r
-    adakd_beta: float = 0.99  #: adakd: EMA coefficient of the loss
-    adakd_warmup_frac: float = 0.05  #: adakd: share of steps before the reference is set
-    adakd_eps: float = 0.05  #: adakd: tolerance band around the reference
-    adakd_delta: float = 0.05  #: adakd: multiplicative step of r
-    adakd_r_min: float = 0.1  #: adakd: floor of r
 
     def problems(self, out: Problems) -> None:
-        out.choice(self.weighting, "method.weighting", WEIGHTINGS)
-        out.choice(self.weight_norm, "method.weight_norm", ("sum_w", "token_count"))
-        out.choice(self.difficulty, "method.difficulty", DIFFICULTIES)
         out.check(self.kd_weight >= 0, "method.kd_weight", "must be >= 0")
         out.check(self.ce_weight >= 0, "method.ce_weight", "must be >= 0")
         out.check(self.kd_weight > 0 or self.ce_weight > 0, "method.kd_weight",
                   "kd_weight and ce_weight are both 0: nothing to train")
-        out.check(self.eakd_temperature > 0, "method.eakd_temperature", "must be > 0")
-        out.check(0 < self.adakd_r0 <= 1, "method.adakd_r0", "must be in (0, 1]")
-        out.check(0 <= self.adakd_beta < 1, "method.adakd_beta", "must be in [0, 1)")
-        out.check(0 <= self.adakd_warmup_frac < 1, "method.adakd_warmup_frac", "must be in [0, 1)")
-        out.check(0 < self.adakd_r_min <= 1, "method.adakd_r_min", "must be in (0, 1]")
-
-
-@dataclass
-class LossConfig:
-    """The per-token divergence D(p ‖ q)."""
-
-    name: str = "forward_kl"  #: forward_kl | reverse_kl | jsd | skew_fkl | skew_rkl | tvd
-    beta: float = 0.5  #: jsd: mixture weight β
-    alpha: float = 0.1  #: skew_*: skew α
-    chunk_size: int = 1024  #: tokens per chunk when computing vocabulary-sized logits
-
-    def problems(self, out: Problems) -> None:
-        out.choice(self.name, "loss.name", DIVERGENCES)
-        out.check(0 < self.beta < 1, "loss.beta", "must be in (0, 1)")
-        out.check(0 < self.alpha < 1, "loss.alpha", "must be in (0, 1)")
-        out.check(self.chunk_size > 0, "loss.chunk_size", "must be positive")
-
-
-@dataclass
-class CurriculumConfig:
-    """Entropy curriculum: token weights that move from easy to hard tokens."""
-
-    schedule: str = "none"  #: none | linear | cosine | sqrt | step
-    mode: str = "soft"  #: soft (exponential re-weighting) | hard (competence gating)
-    rho: float = 0.8  #: progress s at which pacing c(s) reaches 1
-    gamma: float = 1.0  #: soft: sharpness γ
-    c0: float = 0.3  #: hard: share of tokens admitted at s = 0
-    n_stages: int = 4  #: step schedule: number of stages
-
-    def problems(self, out: Problems) -> None:
-        out.choice(self.schedule, "curriculum.schedule", SCHEDULES)
-        out.choice(self.mode, "curriculum.mode", ("soft", "hard"))
-        out.check(0 < self.rho <= 1, "curriculum.rho", "must be in (0, 1]")
-        out.check(self.gamma >= 0, "curriculum.gamma", "must be >= 0")
-        out.check(0 <= self.c0 <= 1, "curriculum.c0", "must be in [0, 1]")
-        out.check(self.n_stages >= 1, "curriculum.n_stages", "must be >= 1")
-
-
-@dataclass
-class TemperatureConfig:
-    """Per-token temperature τ_i (detached; the divergence is scaled by τ_i²)."""
-
-    name: str = "fixed"  #: fixed | entropy (EGAD) | idts (AdaKD)
-    base: float = 1.0  #: τ_base
-    kappa: float = 0.5  #: entropy: κ (negative flips the direction)
-    c: float = 0.5  #: idts: c
-    t_min: float = 0.5  #: lower clip
-    t_max: float = 2.0  #: upper clip
-
-    def problems(self, out: Problems) -> None:
-        out.choice(self.name, "temperature.name", TEMPERATURES)
-        out.check(self.base > 0, "temperature.base", "must be > 0")
-        out.check(0 < self.t_min <= self.t_max, "temperature.t_min", "need 0 < t_min <= t_max")
-
-
-@dataclass
-class BranchConfig:
-    """Which tokens also get feature distillation."""
-
-    name: str = "logits_only"  #: logits_only | dual
-    q: float = 0.3  #: dual: share of valid tokens (highest u) that are hard
-    mu: float = 1.0  #: dual: weight μ of the feature loss
-    n_pairs: int = 2  #: dual: mapped layer pairs (last layer + evenly spaced)
-    feature_loss: str = "cosine"  #: cosine | mse
-    projector_lr_mult: float = 1.0  #: learning-rate multiplier for the projectors
-
-    def problems(self, out: Problems) -> None:
-        out.choice(self.name, "branch.name", ("logits_only", "dual"))
-        out.check(0 <= self.q <= 1, "branch.q", "must be in [0, 1]")
-        out.check(self.mu >= 0, "branch.mu", "must be >= 0")
-        out.check(self.n_pairs >= 1, "branch.n_pairs", "must be >= 1")
-        out.choice(self.feature_loss, "branch.feature_loss", ("cosine", "mse"))
 
 
 @dataclass
@@ -318,10 +222,12 @@ class DistillConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
-    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
-    branch: BranchConfig = field(default_factory=BranchConfig)
+    loss: LossConfig = MISSING
+    difficulty: DifficultyConfig = MISSING
+    curriculum: CurriculumConfig = MISSING
+    temperature: TemperatureConfig = MISSING
+    weighting: WeightingConfig = MISSING
+    branch: BranchConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -330,9 +236,15 @@ class DistillConfig:
 
     def problems(self) -> Problems:
         out = Problems()
-        for group in (self.teacher, self.student, self.dataset, self.method, self.loss, self.curriculum,
-                      self.temperature, self.branch, self.trainer, self.eval):
+        for group in (self.teacher, self.student, self.dataset, self.method, self.loss, self.difficulty,
+                      self.curriculum, self.temperature, self.weighting, self.branch, self.trainer, self.eval):
             group.problems(out)
-        if self.curriculum.schedule != "none" and self.method.weighting == "adakd":
-            out.append("curriculum.schedule: adakd selects its own tokens; use curriculum=none with method=adakd")
+        curriculum_problems(self.curriculum, self.weighting, out)
         return out
+
+
+def curriculum_problems(curriculum: CurriculumConfig, weighting: WeightingConfig, out: Problems) -> None:
+    """A weighting that selects its own tokens (adakd) and an entropy curriculum would fight each other."""
+    if weighting.selects_tokens and curriculum.schedule != "none":
+        out.append(f"curriculum.schedule: weighting={weighting.name} selects its own tokens; use curriculum=none "
+                   f"with it")

@@ -1,43 +1,35 @@
 """The distillation unit: batch -> EGAD (or baseline) loss, for the generic loop.
 
 One optimizer step is two phases:
-  plan  (no grad): teacher pass over all micro-batches of the step, per-token statistics,
-        policies (difficulty u, curriculum weights w, temperatures τ, hard tokens), and the
-        global denominators Σw (all micro-batches, all ranks);
-  loss  (per micro-batch): student pass and the chunked loss, divided by those global sums,
-        so gradient accumulation over k micro-batches equals one k-times larger batch.
+  plan  (no grad): teacher pass over all micro-batches of the step, exactly the per-token statistics
+        the chosen policies declare (``needs``), the policies (difficulty u, curriculum and method
+        weights w, temperatures τ, hard tokens), and the step's global denominators
+        (``engine.normalization``: all micro-batches, all ranks);
+  loss  (per micro-batch): student pass, the chunked sums, each divided by its global denominator,
+        and the loss mix on one line:
 
-  L = Σ_i w_i (τ_i² D(p_i^τ ‖ q_i^τ) + μ·1[i hard]·φ_i) / Σ_i w_i  +  α·CE
+  loss = kd_weight · (L_logit + μ · L_feature) + α · L_ce
+  L_logit = Σ_i w_i τ_i² D(p_i^τ ‖ q_i^τ) / Σw,  L_feature = Σ_{i hard} w_i φ_i / Σw,  L_ce = Σ_i CE_i / n_valid
+
+The unit never looks at a method's name: what a step computes follows from the policy objects the
+config nodes build (``egad_cli.config.policies``) and the statistics they declare.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from egad_cli.config.policies import PolicyContext
 from egad_cli.config.schema import DistillConfig
+from egad_cli.engine.normalization import Denominators, step_denominators
 from egad_cli.engine.runtime import Runtime
+from egad_cli.errors import UserError
 from egad_cli.losses import FeatureProjectors, chunked_distill_loss, chunked_token_stats, default_layer_map
-from egad_cli.policies import (
-    LATF,
-    Curriculum,
-    eakd_weights,
-    hard_token_mask,
-    make_difficulty,
-    make_temperature,
-    top_ratio_mask,
-)
-
-
-def temperature_kwargs(cfg) -> dict:
-    """Only the fields each temperature policy takes (the registry rejects others)."""
-    if cfg.name == "fixed":
-        return {"base": cfg.base}
-    if cfg.name == "entropy":
-        return {"base": cfg.base, "kappa": cfg.kappa, "t_min": cfg.t_min, "t_max": cfg.t_max}
-    return {"base": cfg.base, "c": cfg.c, "t_min": cfg.t_min, "t_max": cfg.t_max}
+from egad_cli.policies import DIFFICULTY, Stat, StepStats, TokenPolicy, stats_pass_request, teacher_entropy
 
 
 def shift(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -57,16 +49,16 @@ class MicroPlan:
     valid: Tensor  #: [N] bool
     t_hidden: Tensor | None  #: [N, Dt] teacher final hidden states
     tau: Tensor  #: [N] per-token temperature
-    coef: Tensor  #: [N] kd_weight · w_i / Σw (0 on invalid / unselected tokens)
-    ce_coef: Tensor  #: [N] α / n_valid on valid tokens
+    w: Tensor  #: [N] token weight of the logit term (0 on invalid / unselected tokens)
     hard_idx: Tensor  #: [M] positions of hard tokens (dual branch)
-    feat_coef: Tensor  #: [M] kd_weight · μ · w_i / Σw for those tokens
+    w_hard: Tensor  #: [M] token weights of those tokens
     t_states: list[Tensor]  #: per layer pair, [M, Dt] teacher states at the hard positions
 
 
 @dataclass
 class StepPlan:
     micro: list[MicroPlan]
+    denominators: Denominators
     logs: dict[str, float]
 
 
@@ -88,16 +80,31 @@ class DistillUnit:
                  runtime: Runtime, total_steps: int):
         self.cfg, self.runtime, self.vocab = cfg, runtime, vocab_size
         self.teacher = teacher
-        m = cfg.method
-        self.difficulty = make_difficulty(m.difficulty, vocab_size)
-        c = cfg.curriculum
-        self.curriculum = Curriculum(c.schedule, c.mode, c.rho, c.gamma, c.c0, c.n_stages)
-        self.temperature = make_temperature(cfg.temperature.name, **temperature_kwargs(cfg.temperature))
-        self.latf = LATF(total_steps, m.adakd_r0, m.adakd_beta, m.adakd_warmup_frac, m.adakd_eps, m.adakd_delta,
-                         m.adakd_r_min) if m.weighting == "adakd" else None
-        self.dual = cfg.branch.name == "dual"
+        ctx = PolicyContext(vocab_size=vocab_size, total_steps=total_steps)
+        self.difficulty = cfg.difficulty.build(ctx)
+        self.curriculum = cfg.curriculum.build(ctx)
+        self.weighting = cfg.weighting.build(ctx)
+        self.temperature = cfg.temperature.build(ctx)
+        self.routing = cfg.branch.build(ctx)
+        self.divergence = cfg.loss.divergence()
+        # The loss mix (see the module docstring).
+        self.kd_weight, self.alpha = cfg.method.kd_weight, cfg.method.ce_weight
+        self.features = cfg.branch.features
+        self.mu = cfg.branch.mu if self.features else 0.0
+
+        # What the step must compute: the union of what the policies read; the difficulty u is derived
+        # from the teacher's entropy by the difficulty policy, so asking for u asks for what it reads.
+        needs = set().union(*(p.needs for p in (self.curriculum, self.weighting, self.temperature, self.routing)))
+        if DIFFICULTY in needs:
+            needs |= self.difficulty.needs
+        self.needs: frozenset[Stat] = frozenset(needs)
+        self.stats_request = stats_pass_request(self.needs)
+        self.student_stats = any(s.needs_student for s in self.needs)  # the no-grad student pass in `plan`
+        self.needs_teacher = self.kd_weight > 0 or self.features or bool(self.needs)
+        self.use_ce = self.alpha > 0  # without it the chunked loss skips the CE term and its gradient buffers
+
         projectors = None
-        if self.dual:
+        if self.features:
             self.layer_map = default_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers,
                                                cfg.branch.n_pairs)
             # Seeded, independent of the global RNG (whose state here depends on what ran before): a run
@@ -110,20 +117,25 @@ class DistillUnit:
         self.model = self.train_modules  # what runs forward (DDP-wrapped under strategy=ddp)
         if runtime.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(self.train_modules)
-        # Which statistics the step needs: the student pass in `plan` only runs when a policy reads it.
-        self.needs_student_stats = m.weighting in ("eakd", "adakd") or cfg.temperature.name == "idts"
-        self.needs_teacher = m.kd_weight > 0 or self.dual
-        self.use_ce = m.ce_weight > 0  # without it the chunked loss skips the CE term and its gradient buffers
+
+    def policies(self) -> dict[str, TokenPolicy]:
+        """Every policy of the step by role: checkpointed, asked for logs and step ends alike."""
+        return {"difficulty": self.difficulty, "curriculum": self.curriculum, "weighting": self.weighting,
+                "temperature": self.temperature, "routing": self.routing}
 
     # -- the loop's interface ---------------------------------------------------------------
 
     def named_trainable(self):
-        mult = self.cfg.branch.projector_lr_mult
+        mult = self.cfg.branch.projector_lr_mult if self.features else 1.0
         return [(n, p, mult if n.startswith("projectors.") else 1.0)
                 for n, p in self.train_modules.named_parameters()]
 
     def modules(self) -> dict[str, nn.Module]:
         return {"train_modules": self.train_modules}
+
+    def no_sync(self):
+        """DDP: skip the gradient all-reduce (use on every micro-batch but the step's last)."""
+        return self.model.no_sync() if self.model is not self.train_modules else contextlib.nullcontext()
 
     @property
     def student(self) -> nn.Module:
@@ -134,104 +146,96 @@ class DistillUnit:
         return model.get_output_embeddings().weight[: self.vocab]
 
     def plan(self, micro_batches: list[dict], progress: float) -> StepPlan:
-        cfg, m = self.cfg, self.cfg.method
         parts = [self._teacher_pass(mb) for mb in micro_batches]
         sizes = [p["valid"].numel() for p in parts]
         valid = torch.cat([p["valid"] for p in parts])  # [N_step]
-        stats = {k: torch.cat([p["stats"][k] for p in parts]) for k in parts[0]["stats"]}
-        entropy = stats.get("teacher_entropy@1", torch.zeros_like(valid, dtype=torch.float32))
-        u = self.difficulty(entropy, valid)  # [N_step] in [0, 1]
-        w = self.curriculum.weights(u, valid, progress)
-        if m.weighting == "eakd":
-            w = w * eakd_weights(stats[f"teacher_entropy@{m.eakd_temperature:g}"],
-                                 stats[f"student_entropy@{m.eakd_temperature:g}"], valid, self.vocab)
-        if m.weighting == "adakd":
-            w = w * top_ratio_mask(stats["hellinger"], valid, self.latf.ratio).float()
-        tau = self.temperature(n=valid.numel(), u=u, hellinger=stats.get("hellinger"), valid=valid)
-        hard = hard_token_mask(u, valid, cfg.branch.q) if self.dual else torch.zeros_like(valid)
-        # Global denominators: all micro-batches of this step, all ranks.
-        sums = torch.stack([w.sum() if m.weight_norm == "sum_w" else valid.sum().float(), valid.sum().float()])
-        w_total, n_valid = self.runtime.all_reduce_sum(sums.double()).clamp_min(1e-12).tolist()
-        coef = (m.kd_weight / w_total) * w
-        ce_coef = (m.ce_weight / n_valid) * valid.float()
+        stats = StepStats(valid, progress, {s: torch.cat([p["stats"][s] for p in parts]) for s in parts[0]["stats"]})
+        if DIFFICULTY in self.needs:
+            stats.values[DIFFICULTY] = self.difficulty.of(stats)  # [N_step] in [0, 1]
+        w = self.curriculum(stats) * self.weighting(stats)  # [N_step]
+        tau = self.temperature(stats)  # [N_step]
+        hard = self.routing(stats)  # [N_step] bool
+        n_valid = valid.sum().float()
+        den = step_denominators(w.sum() if self.cfg.weighting.norm == "sum_w" else n_valid, n_valid, self.runtime)
+        # kd_weight = 0 (plain fine-tuning): zero logit weights let the chunked loss skip the divergence.
+        w_logit = w if self.kd_weight > 0 else torch.zeros_like(w)
         micro = []
-        for p, mb_coef, mb_ce, mb_tau, mb_hard, mb_w in zip(parts, coef.split(sizes), ce_coef.split(sizes),
-                                                              tau.split(sizes), hard.split(sizes), w.split(sizes)):
+        for p, mb_w, mb_logit, mb_tau, mb_hard in zip(parts, w.split(sizes), w_logit.split(sizes), tau.split(sizes),
+                                                       hard.split(sizes)):
             idx = mb_hard.nonzero().squeeze(1)  # [M]
             micro.append(MicroPlan(
                 ids=p["ids"], targets=p["targets"], valid=p["valid"], t_hidden=p["t_hidden"], tau=mb_tau,
-                coef=mb_coef, ce_coef=mb_ce, hard_idx=idx,
-                feat_coef=(m.kd_weight * cfg.branch.mu / w_total) * mb_w[idx],
-                t_states=[s[idx].clone() for s in p["t_states"]]))
-        n = valid.sum().clamp_min(1)
+                w=mb_logit, hard_idx=idx, w_hard=mb_w[idx], t_states=[s[idx].clone() for s in p["t_states"]]))
+        n = n_valid.clamp_min(1)
         logs = {"tau_mean": float((tau * valid).sum() / n), "weight_mean": float((w * valid).sum() / n),
-                "hard_frac": float((hard & valid).sum() / n), "entropy_mean": float((entropy * valid).sum() / n)}
-        if self.latf is not None:
-            logs["adakd_ratio"] = self.latf.ratio
-        return StepPlan(micro, logs)
+                "hard_frac": float((hard & valid).sum() / n)}
+        if teacher_entropy(1.0) in stats:
+            logs["entropy_mean"] = float((stats[teacher_entropy(1.0)] * valid).sum() / n)
+        for policy in self.policies().values():
+            logs.update(policy.logs())
+        return StepPlan(micro, den, logs)
 
     def loss(self, plan: StepPlan, index: int) -> tuple[Tensor, dict[str, float]]:
         mp = plan.micro[index]
-        out = self.model(mp.ids, output_hidden_states=self.dual)
+        out = self.model(mp.ids, output_hidden_states=self.features)
         s_hidden = flat(out.last_hidden_state)  # [N, Ds]
         t_hidden, t_head = mp.t_hidden, (self.head(self.teacher) if mp.t_hidden is not None else None)
-        if t_hidden is None:  # plain fine-tuning: no teacher; coef is all 0, so this only makes shapes line up
+        if t_hidden is None:  # plain fine-tuning: no teacher; w is all 0, so this only makes shapes line up
             t_hidden, t_head = s_hidden.detach(), self.head(self.student).detach()
-        loss_logit, loss_ce = chunked_distill_loss(
-            s_hidden, self.head(self.student), t_hidden, t_head, mp.tau, mp.coef,
-            divergence=self.cfg.loss.name, beta=self.cfg.loss.beta, alpha=self.cfg.loss.alpha,
-            labels=mp.targets if self.use_ce else None, ce_coef=mp.ce_coef if self.use_ce else None,
+        logit_sum, ce_sum = chunked_distill_loss(
+            s_hidden, self.head(self.student), t_hidden, t_head, mp.tau, mp.w, divergence=self.divergence,
+            labels=mp.targets if self.use_ce else None, ce_coef=mp.valid.float() if self.use_ce else None,
             chunk_size=self.cfg.loss.chunk_size)
-        loss_feature = torch.zeros((), device=s_hidden.device)
-        if self.dual and mp.hard_idx.numel() > 0:
+        feature_sum = torch.zeros((), device=s_hidden.device)
+        if self.features and mp.hard_idx.numel() > 0:
             s_states = [flat(out.hidden_states[ls])[mp.hard_idx] for ls, _ in self.layer_map]  # [M, Ds] each
             phi = self.train_modules.projectors(s_states, mp.t_states, self.cfg.branch.feature_loss)  # [M]
-            loss_feature = (mp.feat_coef * phi).sum()
-        loss = loss_logit + loss_feature + loss_ce
-        parts = {"loss": loss.item(), "loss_logit": loss_logit.item(), "loss_feature": loss_feature.item(),
-                 "loss_ce": loss_ce.item()}
+            feature_sum = (mp.w_hard * phi).sum()
+        den = plan.denominators
+        L_logit, L_feature, L_ce = logit_sum / den.weight, feature_sum / den.weight, ce_sum / den.tokens
+        loss = self.kd_weight * (L_logit + self.mu * L_feature) + self.alpha * L_ce
+        parts = {"loss": loss.item(), "loss_logit": L_logit.item(), "loss_feature": L_feature.item(),
+                 "loss_ce": L_ce.item()}
         if index == 0:
             parts.update(plan.logs)
         return loss, parts
 
     def end_step(self, step: int, logs: dict[str, float]) -> dict[str, float]:
-        if self.latf is not None:
-            return {"adakd_ratio_next": self.latf.update(step, logs["loss_logit"])}
-        return {}
+        out: dict[str, float] = {}
+        for policy in self.policies().values():
+            out.update(policy.end_step(step, logs))
+        return out
 
     def state_dict(self) -> dict:
-        return {"difficulty": self.difficulty.state_dict(), "curriculum": self.curriculum.state_dict(),
-                "latf": self.latf.state_dict() if self.latf is not None else None}
+        return {name: policy.state_dict() for name, policy in self.policies().items()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.difficulty.load_state_dict(state["difficulty"])
-        self.curriculum.load_state_dict(state["curriculum"])
-        if self.latf is not None:
-            self.latf.load_state_dict(state["latf"])
+        for name, policy in self.policies().items():
+            if name in state:
+                policy.load_state_dict(state[name])
+            elif policy.state_dict():  # a stateful policy must not silently restart from scratch
+                raise UserError(f"trainer.resume: the checkpoint has no state for the {name} policy of this run "
+                                f"({type(policy).__name__}); it was written by another method or egad version")
 
     # -- the no-grad teacher (and student statistics) pass ------------------------------------
 
     def _teacher_pass(self, mb: dict) -> dict:
         ids, mask = mb["ids"], mb["mask"]
         targets, valid = shift(ids, mask)
-        m = self.cfg.method
         t_hidden, t_states, stats = None, [], {}
         if self.needs_teacher:
             with torch.inference_mode():
-                out = self.teacher.base_model(input_ids=ids, output_hidden_states=self.dual, use_cache=False)
+                out = self.teacher.base_model(input_ids=ids, output_hidden_states=self.features, use_cache=False)
             # Clone out of inference mode: these tensors later meet autograd in the loss.
             t_hidden = flat(out.last_hidden_state).clone()  # [N, Dt]
-            if self.dual:
+            if self.features:
                 t_states = [flat(out.hidden_states[lt]).clone() for _, lt in self.layer_map]
-            s_hidden = None
-            if self.needs_student_stats:
-                s_hidden = flat(self.train_modules(ids).last_hidden_state)
-            temps = (1.0, m.eakd_temperature) if m.weighting == "eakd" else (1.0,)
-            stats = chunked_token_stats(
-                t_hidden, self.head(self.teacher), s_hidden, self.head(self.student) if s_hidden is not None else None,
-                teacher_entropy_temps=temps,
-                student_entropy_temps=(m.eakd_temperature,) if m.weighting == "eakd" else (),
-                hellinger=m.weighting == "adakd" or self.cfg.temperature.name == "idts",
-                chunk_size=self.cfg.loss.chunk_size)
+            if self.needs - {DIFFICULTY}:
+                s_hidden = flat(self.train_modules(ids).last_hidden_state) if self.student_stats else None
+                by_key = chunked_token_stats(
+                    t_hidden, self.head(self.teacher), s_hidden,
+                    self.head(self.student) if s_hidden is not None else None,
+                    **self.stats_request, chunk_size=self.cfg.loss.chunk_size)
+                stats = {s: by_key[s.key] for s in self.needs if s != DIFFICULTY}  # Stat -> [N]
         return {"ids": ids, "targets": targets, "valid": valid, "t_hidden": t_hidden, "t_states": t_states,
                 "stats": stats}

@@ -3,6 +3,7 @@ step's micro-batches: teacher, policies, global denominators) -> loss per micro-
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from egad_cli.config.schema import TrainerConfig
 from egad_cli.data.packing import Packed
 from egad_cli.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from egad_cli.engine.metrics import MetricsWriter, read_metrics
+from egad_cli.engine.normalization import backward
 from egad_cli.engine.optim import build_optimizer
 from egad_cli.engine.runtime import Runtime, rng_state, seed_everything, set_rng_state
 from egad_cli.engine.sampler import BlockSampler
@@ -29,6 +31,7 @@ class Unit(Protocol):
     def plan(self, micro_batches: list[dict], progress: float) -> Any: ...
     def loss(self, plan: Any, index: int) -> tuple[torch.Tensor, dict[str, float]]: ...
     def end_step(self, step: int, logs: dict[str, float]) -> dict[str, float]: ...
+    def no_sync(self) -> contextlib.AbstractContextManager: ...  # DDP: no gradient all-reduce for this micro-batch
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
 
@@ -86,11 +89,11 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
                 optimizer.zero_grad(set_to_none=True)
                 logs: dict[str, float] = {}
                 for i in range(cfg.grad_accum):
-                    with runtime.autocast():
-                        loss, parts = unit.loss(plan, i)
-                    # The loss is already divided by global (all-rank) sums, so the right gradient is
-                    # the sum over ranks; DDP averages, hence the factor world_size.
-                    (loss * runtime.world_size).backward()
+                    last = i == cfg.grad_accum - 1
+                    with contextlib.nullcontext() if last else unit.no_sync():  # DDP: one all-reduce a step
+                        with runtime.autocast():
+                            loss, parts = unit.loss(plan, i)
+                        backward(loss, runtime)  # global denominators: see engine.normalization
                     for k, v in parts.items():  # parts are already globally normalised: sums are step values
                         logs[k] = logs.get(k, 0.0) + v
                 logs = runtime.reduce_logs(logs)

@@ -9,9 +9,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from egad_cli.config.schema import BranchConfig, CurriculumConfig, MethodConfig
-from egad_cli.policies import Curriculum, hard_token_mask, top_k_count
-from egad_cli.policies.difficulty import normalized_difficulty, rank_difficulty
+from egad_cli.config.policies import (
+    BranchConfig,
+    CurriculumConfig,
+    DifficultyConfig,
+    DualBranchConfig,
+    PolicyContext,
+)
+from egad_cli.policies import DIFFICULTY, StepStats, top_k_count
 
 QUANTILES = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
 PROGRESS_POINTS = (0.0, 0.5, 1.0)
@@ -40,45 +45,34 @@ def quantiles(values: Tensor, qs: tuple[float, ...] = QUANTILES) -> dict[str, fl
     return out
 
 
-def difficulty(H: Tensor, method: MethodConfig, vocab: int) -> Tensor:
-    """u in [0, 1] as distill computes it, with the whole sample taken as one batch.
-
-    rank: percentile rank; normalized: H / log|V|; running_quantile: the CDF over every token
-    seen, which for one pass over this sample is the percentile rank again.
-    """
-    valid = torch.ones_like(H, dtype=torch.bool)
-    if method.difficulty == "normalized":
-        return normalized_difficulty(H, valid, vocab)
-    return rank_difficulty(H, valid)
-
-
-def thresholds(H: Tensor, vocab: int, method: MethodConfig, curriculum: CurriculumConfig,
+def thresholds(H: Tensor, vocab: int, difficulty: DifficultyConfig, curriculum: CurriculumConfig,
                branch: BranchConfig, points: tuple[float, ...] = PROGRESS_POINTS) -> dict:
-    """The entropy cuts the configured policies would apply to these tokens.
+    """The entropy cuts the configured policies would apply to these tokens (all of them taken as one step).
 
-    hard: the dual branch's hard tokens (top q by u, ``policies.hard_token_mask``): their lowest
-    entropy, count and share. gates: per training progress s, the curriculum pace c(s), the
+    u comes from the configured difficulty policy. hard: the dual branch's hard tokens (top q by u):
+    their lowest entropy, count and share — with branch=logits_only, what the default dual branch
+    would route (``active`` false). gates: per training progress s, the curriculum pace c(s), the
     hard-mode gate c0 + (1 − c0)·c(s) on u (``Curriculum.gate``), the highest entropy a gated
     token may have, the share of tokens the gate admits, and the soft-mode weight ratio between
     the hardest and the easiest token, exp(2γ(2c − 1)). Which of gate/weights is in force
-    depends on curriculum.mode (``active``); schedule none applies neither.
+    depends on the curriculum's mode (``active``); schedule none applies neither.
     """
-    u = difficulty(H, method, vocab)
+    ctx = PolicyContext(vocab_size=vocab)
     valid = torch.ones_like(H, dtype=torch.bool)
+    u = difficulty.build(ctx)(H, valid)
+    dual = branch if branch.features else DualBranchConfig()  # what the dual branch would do
+    hard = dual.build(ctx)(StepStats(valid, 0.0, {DIFFICULTY: u}))
     n = H.numel()
-    hard = hard_token_mask(u, valid, branch.q)
-    k = top_k_count(branch.q, n)
+    cur = curriculum.build(ctx)
     out = {
-        "difficulty": method.difficulty,
-        "hard": {"branch": branch.name, "active": branch.name == "dual", "q": branch.q,
-                 "tokens": int(hard.sum()), "share": k / n if n else 0.0,
+        "difficulty": difficulty.name,
+        "hard": {"branch": branch.name, "active": branch.features, "q": dual.q,
+                 "tokens": int(hard.sum()), "share": top_k_count(dual.q, n) / n if n else 0.0,
                  "entropy_min": float(H[hard].min()) if bool(hard.any()) else None},
-        "curriculum": {"schedule": curriculum.schedule, "mode": curriculum.mode,
-                       "active": "none" if curriculum.schedule == "none" else curriculum.mode},
+        "curriculum": {"schedule": cur.schedule, "mode": cur.mode,
+                       "active": "none" if cur.schedule == "none" else cur.mode},
         "gates": [],
     }
-    cur = Curriculum(curriculum.schedule, curriculum.mode, curriculum.rho, curriculum.gamma, curriculum.c0,
-                     curriculum.n_stages)
     for s in points:
         c, gate = cur.pace(s), cur.gate(s)
         keep = u <= gate
@@ -86,8 +80,7 @@ def thresholds(H: Tensor, vocab: int, method: MethodConfig, curriculum: Curricul
             "s": s, "pace": c, "gate": gate,
             "entropy_max": float(H[keep].max()) if bool(keep.any()) else None,
             "share": float(keep.float().mean()) if n else 0.0,
-            "soft_weight_ratio": 1.0 if curriculum.schedule == "none"
-            else math.exp(2.0 * curriculum.gamma * (2.0 * c - 1.0)),
+            "soft_weight_ratio": 1.0 if cur.schedule == "none" else math.exp(2.0 * cur.gamma * (2.0 * c - 1.0)),
         })
     return out
 

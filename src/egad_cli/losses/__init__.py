@@ -2,10 +2,9 @@
 
 from .chunked import chunked_distill_loss, chunked_token_stats
 from .divergences import (
-    DIVERGENCES,
+    Divergence,
     entropy,
     forward_kl,
-    get_divergence,
     hellinger,
     jsd,
     reverse_kl,
@@ -16,15 +15,14 @@ from .divergences import (
 from .feature import FEATURE_KINDS, FeatureProjectors, default_layer_map
 
 __all__ = [
-    "DIVERGENCES",
     "FEATURE_KINDS",
+    "Divergence",
     "FeatureProjectors",
     "chunked_distill_loss",
     "chunked_token_stats",
     "default_layer_map",
     "entropy",
     "forward_kl",
-    "get_divergence",
     "hellinger",
     "jsd",
     "reverse_kl",

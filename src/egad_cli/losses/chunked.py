@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .divergences import Divergence, entropy, get_divergence
+from .divergences import Divergence, entropy
 from .divergences import hellinger as hellinger_distance  # the stats function has a `hellinger` flag
 
 __all__ = ["chunked_distill_loss", "chunked_token_stats"]
@@ -111,8 +111,6 @@ def _chunk_loop(
     labels: Tensor | None,
     ce_coef: Tensor | None,
     fn: Divergence,
-    beta: float,
-    alpha: float,
     chunk_size: int,
     with_grads: bool,
 ) -> tuple[Tensor, Tensor, Tensor, _Grads | None, _Grads | None]:
@@ -161,7 +159,7 @@ def _chunk_loop(
         with torch.set_grad_enabled(with_grads):
             t_logp = torch.log_softmax(t_logits / tau_c, dim=-1)  # [C, V]
             s_logp = torch.log_softmax(s_logits / tau_c, dim=-1)  # [C, V]
-            d = fn(t_logp, s_logp, beta=beta, alpha=alpha)  # [C]
+            d = fn(t_logp, s_logp)  # [C]
             # where, not a bare product: a CE-only row (coef 0) must not turn an inf into nan.
             div_c = torch.where(coef_c != 0, coef_c * tau_c.squeeze(1).square() * d, 0.0).sum()
             if use_ce:
@@ -193,7 +191,7 @@ class _ChunkedDistillFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s_hidden, s_head, *rest):
-        # rest = (t_hidden, t_head, tau, coef, labels, ce_coef, fn, beta, alpha, chunk_size)
+        # rest = (t_hidden, t_head, tau, coef, labels, ce_coef, fn, chunk_size)
         with torch.autocast(device_type=s_hidden.device.type, enabled=False):
             div_sum, ce_sum, rows, div_grads, ce_grads = _chunk_loop(s_hidden, s_head, *rest, with_grads=True)
         # Intermediates (not inputs/outputs) are stored on ctx directly; nothing of the teacher is.
@@ -229,9 +227,7 @@ def chunked_distill_loss(
     tau: Tensor,
     coef: Tensor,
     *,
-    divergence: str,
-    beta: float = 0.5,
-    alpha: float = 0.1,
+    divergence: Divergence,
     labels: Tensor | None = None,
     ce_coef: Tensor | None = None,
     chunk_size: int = 1024,
@@ -246,7 +242,8 @@ def chunked_distill_loss(
         tau:      [N] per-token temperature (> 0), treated as a constant.
         coef:     [N] per-token coefficient (the curriculum / routing weight, 0 on masked tokens),
                   treated as a constant.
-        divergence: a name of ``DIVERGENCES``; beta/alpha are passed to it.
+        divergence: ``fn(t_logp [C, V], s_logp [C, V]) -> [C]`` with its hyperparameters bound
+            (``node.divergence()`` of a ``loss=`` config node).
         labels:   [N] int64 next-token ids for the CE term, -100 = ignore.
         ce_coef:  [N] per-token CE coefficient (0 where ignored); required with labels.
         chunk_size: tokens per chunk; peak extra memory is a few [chunk_size, V] fp32 tensors.
@@ -258,11 +255,10 @@ def chunked_distill_loss(
         global Σw of the optimizer step (DESIGN §3). Tokens whose coef and ce_coef are both 0
         are skipped; if all are, both sums are exactly 0 with zero gradients.
     """
-    fn = get_divergence(divergence)
     _check_inputs(s_hidden, s_head, t_hidden, t_head, tau, coef, labels, ce_coef, chunk_size)
     ce_coef = None if ce_coef is None else ce_coef.detach()
     args = (s_hidden, s_head, t_hidden, t_head, tau.detach(), coef.detach(), labels, ce_coef)
-    args += (fn, beta, alpha, chunk_size)
+    args += (divergence, chunk_size)
 
     needs_grad = torch.is_grad_enabled() and (s_hidden.requires_grad or s_head.requires_grad)
     if needs_grad:

@@ -15,9 +15,9 @@ Numerical conventions:
   "double where" trick: the masked branch is fed safe inputs, not only masked at the output);
 * if q(v) = 0 where p(v) > 0, KL(p‖q) is +inf, which is the correct value.
 
-All registered divergences share the signature
-``fn(t_logp, s_logp, *, beta=0.5, alpha=0.1) -> Tensor[N]`` and ignore the parameters they do not
-use, so a config can switch between them by name (``get_divergence``).
+Every divergence has the signature ``fn(t_logp, s_logp, **its_hyperparameters) -> Tensor[N]``.
+The ``loss=`` config group lists them (``egad_cli.config.policies.LOSSES``): each option's node
+binds its hyperparameters and hands the function to the loss (``node.divergence()``).
 """
 
 from __future__ import annotations
@@ -29,11 +29,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "DIVERGENCES",
     "Divergence",
     "entropy",
     "forward_kl",
-    "get_divergence",
     "hellinger",
     "jsd",
     "reverse_kl",
@@ -87,17 +85,17 @@ def _check_unit_interval(name: str, value: float) -> None:
 # --------------------------------------------------------------------------- divergences
 
 
-def forward_kl(t_logp: Tensor, s_logp: Tensor, *, beta: float = 0.5, alpha: float = 0.1) -> Tensor:
+def forward_kl(t_logp: Tensor, s_logp: Tensor) -> Tensor:
     """KL(p‖q): mass-covering; the classic KD loss (Hinton). [N, V] x2 -> [N]."""
     return _kl(t_logp, s_logp)
 
 
-def reverse_kl(t_logp: Tensor, s_logp: Tensor, *, beta: float = 0.5, alpha: float = 0.1) -> Tensor:
+def reverse_kl(t_logp: Tensor, s_logp: Tensor) -> Tensor:
     """KL(q‖p): mode-seeking (MiniLLM, AdaKD's default). [N, V] x2 -> [N]."""
     return _kl(s_logp, t_logp)
 
 
-def jsd(t_logp: Tensor, s_logp: Tensor, *, beta: float = 0.5, alpha: float = 0.1) -> Tensor:
+def jsd(t_logp: Tensor, s_logp: Tensor, *, beta: float = 0.5) -> Tensor:
     """Generalised Jensen-Shannon divergence with weight β (TRL's ``generalized_jsd_loss`` convention).
 
     m = β·p + (1 − β)·q,  JSD_β = β·KL(p‖m) + (1 − β)·KL(q‖m).   [N, V] x2 -> [N]
@@ -122,7 +120,7 @@ def jsd(t_logp: Tensor, s_logp: Tensor, *, beta: float = 0.5, alpha: float = 0.1
     return beta * _kl(t_logp, m_logp) + (1.0 - beta) * _kl(s_logp, m_logp)  # [N]
 
 
-def skew_fkl(t_logp: Tensor, s_logp: Tensor, *, beta: float = 0.5, alpha: float = 0.1) -> Tensor:
+def skew_fkl(t_logp: Tensor, s_logp: Tensor, *, alpha: float = 0.1) -> Tensor:
     """Skew forward KL (DistiLLM): KL(p ‖ α·p + (1 − α)·q). α = 0 is forward KL; bounded by −log α.
 
     [N, V] x2 -> [N]
@@ -131,35 +129,15 @@ def skew_fkl(t_logp: Tensor, s_logp: Tensor, *, beta: float = 0.5, alpha: float 
     return _kl(t_logp, _log_mix(t_logp, s_logp, alpha))
 
 
-def skew_rkl(t_logp: Tensor, s_logp: Tensor, *, beta: float = 0.5, alpha: float = 0.1) -> Tensor:
+def skew_rkl(t_logp: Tensor, s_logp: Tensor, *, alpha: float = 0.1) -> Tensor:
     """Skew reverse KL (DistiLLM): KL(q ‖ α·q + (1 − α)·p). α = 0 is reverse KL. [N, V] x2 -> [N]."""
     _check_unit_interval("skew alpha", alpha)
     return _kl(s_logp, _log_mix(s_logp, t_logp, alpha))
 
 
-def tvd(t_logp: Tensor, s_logp: Tensor, *, beta: float = 0.5, alpha: float = 0.1) -> Tensor:
+def tvd(t_logp: Tensor, s_logp: Tensor) -> Tensor:
     """Total variation distance ½ Σ_v |p(v) − q(v)|, in [0, 1]. [N, V] x2 -> [N]."""
     return 0.5 * (t_logp.exp() - s_logp.exp()).abs().sum(dim=-1)
-
-
-DIVERGENCES: dict[str, Divergence] = {
-    "forward_kl": forward_kl,
-    "reverse_kl": reverse_kl,
-    "jsd": jsd,
-    "skew_fkl": skew_fkl,
-    "skew_rkl": skew_rkl,
-    "tvd": tvd,
-}
-
-
-def get_divergence(name: str) -> Divergence:
-    """Look a divergence up by its config name; an unknown name lists the valid ones."""
-    try:
-        return DIVERGENCES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown divergence {name!r}; valid choices: {', '.join(sorted(DIVERGENCES))}"
-        ) from None
 
 
 # --------------------------------------------------------------------------- token statistics

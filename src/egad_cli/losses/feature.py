@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FEATURE_KINDS", "FeatureProjectors", "default_layer_map"]
+from egad_cli.config.policies import FEATURE_KINDS  # the one list of feature-loss kinds
 
-FEATURE_KINDS = ("cosine", "mse")
+__all__ = ["FEATURE_KINDS", "FeatureProjectors", "default_layer_map"]
 
 
 def default_layer_map(n_student_layers: int, n_teacher_layers: int, n_pairs: int) -> list[tuple[int, int]]:

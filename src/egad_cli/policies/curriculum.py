@@ -15,14 +15,18 @@ Schedule ``none`` disables the curriculum: w = 1 on every valid token.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
+from egad_cli.config.policies import CURRICULA, CURRICULUM_MODES
+
+from .base import TokenPolicy
+from .stats import DIFFICULTY, StepStats
+
 __all__ = ["MODES", "SCHEDULES", "Curriculum", "pacing"]
 
-SCHEDULES = ("none", "linear", "cosine", "sqrt", "step")
-MODES = ("soft", "hard")
+SCHEDULES = tuple(CURRICULA)  # the registry of the curriculum= group is the one list
+MODES = CURRICULUM_MODES
 
 # s/ρ is a float quotient: 0.6/0.8 == 0.7499999999999999, which would put the
 # "step" schedule one stage late exactly on a stage boundary. Stage boundaries
@@ -58,7 +62,7 @@ def pacing(schedule: str, s: float, rho: float = 0.8, n_stages: int = 4) -> floa
     return math.floor(x * n_stages + _STEP_EPS) / n_stages
 
 
-class Curriculum:
+class Curriculum(TokenPolicy):
     """Token weights ``w [N]`` from difficulty ``u [N]`` and progress ``s``.
 
     Args:
@@ -90,6 +94,8 @@ class Curriculum:
             raise ValueError(f"gamma must be finite, got {gamma}")
         pacing(schedule, 0.0, rho, n_stages)  # validates schedule, rho, n_stages up front
         self.schedule = schedule
+        # schedule none reads no difficulty: kd-style runs need no teacher statistics for it
+        self.needs = frozenset() if schedule == "none" else frozenset({DIFFICULTY})
         self.mode = mode
         self.rho = float(rho)
         self.gamma = float(gamma)
@@ -140,8 +146,8 @@ class Curriculum:
         # No host sync: with no valid token both sums are 0 and the result is 0, not NaN.
         return w * (n_valid / w.sum().clamp_min(torch.finfo(w.dtype).tiny))   # mean 1 over valid
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
+    def __call__(self, stats: StepStats) -> torch.Tensor:
+        """w [N] for this step (see :meth:`weights`)."""
+        if self.schedule == "none":
+            return self.weights(torch.zeros_like(stats.valid, dtype=torch.float32), stats.valid, stats.progress)
+        return self.weights(stats[DIFFICULTY], stats.valid, stats.progress)

@@ -18,19 +18,19 @@ the ranks or quantiles of valid ones. Outputs are fp32 and detached.
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
 import torch
 
+from .base import TokenPolicy
+from .stats import DIFFICULTY, StepStats, teacher_entropy
+
 __all__ = [
-    "DIFFICULTIES",
     "Difficulty",
     "NormalizedDifficulty",
     "RankDifficulty",
     "RunningQuantileDifficulty",
-    "make_difficulty",
     "normalized_difficulty",
     "rank_difficulty",
 ]
@@ -108,23 +108,23 @@ def normalized_difficulty(H: torch.Tensor, valid: torch.Tensor, vocab_size: int)
 # --------------------------------------------------------------------------- policy objects
 
 
-class Difficulty:
+class Difficulty(TokenPolicy):
     """Common interface: ``(H [N], valid [N]) -> u [N]`` plus checkpointable state.
 
-    The stateless estimators return ``{}`` from ``state_dict`` and ignore what
-    ``load_state_dict`` is given, so the engine can checkpoint any of them alike.
+    The provider of the derived statistic DIFFICULTY: it reads the teacher's entropy at T = 1
+    (``needs``) and ``of(stats)`` gives u for the policies that declare DIFFICULTY.
     """
 
     name: str = ""
+    needs = frozenset({teacher_entropy(1.0)})
+    provides = DIFFICULTY
 
     def __call__(self, H: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
+    def of(self, stats: StepStats) -> torch.Tensor:
+        """u [N] for this step (updates the state of a stateful estimator)."""
+        return self(stats[teacher_entropy(1.0)], stats.valid)
 
 
 class RankDifficulty(Difficulty):
@@ -250,34 +250,3 @@ class RunningQuantileDifficulty(Difficulty):
             )
         self.h_max = float(state.get("h_max", self.h_max))
         self.counts = counts.clone().to(self.counts.device)
-
-
-# --------------------------------------------------------------------------- registry
-
-
-DIFFICULTIES: dict[str, type[Difficulty]] = {
-    "rank": RankDifficulty,
-    "normalized": NormalizedDifficulty,
-    "running_quantile": RunningQuantileDifficulty,
-}
-
-
-def make_difficulty(name: str, vocab_size: int, **kw: Any) -> Difficulty:
-    """Build a difficulty estimator by name: ``rank`` | ``normalized`` | ``running_quantile``.
-
-    ``vocab_size`` is passed to the estimators that use it; extra keyword arguments
-    go to the estimator (``n_bins``, ``h_max`` for running_quantile).
-    """
-    if name not in DIFFICULTIES:
-        raise ValueError(f"unknown difficulty {name!r}; valid choices: {', '.join(DIFFICULTIES)}")
-    cls = DIFFICULTIES[name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-    unknown = sorted(set(kw) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"difficulty {name!r} got unknown argument(s) {', '.join(unknown)}; "
-            f"it accepts: {', '.join(a for a in accepted if a != 'vocab_size') or 'none'}"
-        )
-    if "vocab_size" in accepted:
-        kw["vocab_size"] = vocab_size
-    return cls(**kw)

@@ -18,7 +18,10 @@ import math
 
 import torch
 
-__all__ = ["hard_token_mask", "top_fraction_mask", "top_k_count"]
+from .base import TokenPolicy
+from .stats import DIFFICULTY, StepStats
+
+__all__ = ["NoRouting", "TopFractionRouting", "hard_token_mask", "top_fraction_mask", "top_k_count"]
 
 _COUNT_EPS = 1e-9
 
@@ -68,3 +71,26 @@ def hard_token_mask(u: torch.Tensor, valid: torch.Tensor, q: float = 0.3) -> tor
         raise ValueError(f"q (hard-token fraction) must be in [0, 1], got {q}")
     n_valid = int(valid.sum())
     return top_fraction_mask(u, valid, top_k_count(q, n_valid))
+
+
+class NoRouting(TokenPolicy):
+    """branch=logits_only: no token is hard."""
+
+    needs = frozenset()
+
+    def __call__(self, stats: StepStats) -> torch.Tensor:
+        return torch.zeros_like(stats.valid)
+
+
+class TopFractionRouting(TokenPolicy):
+    """branch=dual: the top ``q`` of valid tokens by difficulty u are hard (see :func:`hard_token_mask`)."""
+
+    needs = frozenset({DIFFICULTY})
+
+    def __init__(self, q: float) -> None:
+        if not (0.0 <= q <= 1.0):
+            raise ValueError(f"q (hard-token fraction) must be in [0, 1], got {q}")
+        self.q = float(q)
+
+    def __call__(self, stats: StepStats) -> torch.Tensor:
+        return hard_token_mask(stats[DIFFICULTY], stats.valid, self.q)

@@ -19,15 +19,14 @@ they carry weight 0 anyway). Outputs are fp32 and detached.
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
+from .base import TokenPolicy
+from .stats import DIFFICULTY, HELLINGER, StepStats
+
 __all__ = [
-    "TEMPERATURES",
     "EntropyTemperature",
     "FixedTemperature",
     "IDTSTemperature",
@@ -35,7 +34,6 @@ __all__ = [
     "entropy_temperature",
     "fixed_temperature",
     "idts_temperature",
-    "make_temperature",
     "valid_median",
 ]
 
@@ -140,76 +138,41 @@ def idts_temperature(
     return torch.where(valid, tau, torch.full_like(tau, base))
 
 
-# --------------------------------------------------------------------------- registry
+# --------------------------------------------------------------------------- policy objects
 
 
-class Temperature:
-    """Common interface: ``tau = policy(n=..., u=..., hellinger=..., valid=...)``.
+class Temperature(TokenPolicy):
+    """``tau = policy(stats)``: [N] fp32, detached; stateless. Built from a ``temperature=`` node."""
 
-    Each policy reads only the inputs it needs; ``requires`` names them, so the
-    engine knows e.g. that ``idts`` needs the student's Hellinger distances
-    (a student forward) before temperatures can be chosen. Stateless.
-    """
-
-    name: str = ""
-    requires: frozenset[str] = frozenset()
-
-    def __call__(
-        self,
-        *,
-        n: int | None = None,
-        u: torch.Tensor | None = None,
-        hellinger: torch.Tensor | None = None,
-        valid: torch.Tensor | None = None,
-    ) -> torch.Tensor:  # pragma: no cover
+    def __call__(self, stats: StepStats) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
-
-    def _need(self, **given: Any) -> None:
-        missing = [k for k, v in given.items() if v is None]
-        if missing:
-            raise ValueError(f"temperature {self.name!r} needs {', '.join(missing)}")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
 
 
 class FixedTemperature(Temperature):
-    name = "fixed"
-    requires = frozenset()
+    needs = frozenset()
 
     def __init__(self, base: float = 1.0) -> None:
         _check_base(base)
         self.base = float(base)
 
-    def __call__(self, *, n=None, u=None, hellinger=None, valid=None) -> torch.Tensor:
-        ref = next((t for t in (valid, u, hellinger) if t is not None), None)
-        if n is None:
-            if ref is None:
-                raise ValueError("temperature 'fixed' needs n or a per-token tensor")
-            n = ref.numel()
-        return fixed_temperature(n, self.base, device=None if ref is None else ref.device)
+    def __call__(self, stats: StepStats) -> torch.Tensor:
+        return fixed_temperature(stats.valid.numel(), self.base, device=stats.valid.device)
 
 
 class EntropyTemperature(Temperature):
-    name = "entropy"
-    requires = frozenset({"u", "valid"})
+    needs = frozenset({DIFFICULTY})
 
     def __init__(self, base: float = 1.0, kappa: float = 0.5, t_min: float = 0.5, t_max: float = 2.0) -> None:
         _check_base(base)
         _check_range(t_min, t_max)
         self.base, self.kappa, self.t_min, self.t_max = float(base), float(kappa), float(t_min), float(t_max)
 
-    def __call__(self, *, n=None, u=None, hellinger=None, valid=None) -> torch.Tensor:
-        self._need(u=u, valid=valid)
-        return entropy_temperature(u, valid, self.base, self.kappa, self.t_min, self.t_max)
+    def __call__(self, stats: StepStats) -> torch.Tensor:
+        return entropy_temperature(stats[DIFFICULTY], stats.valid, self.base, self.kappa, self.t_min, self.t_max)
 
 
 class IDTSTemperature(Temperature):
-    name = "idts"
-    requires = frozenset({"hellinger", "valid"})
+    needs = frozenset({HELLINGER})
 
     def __init__(
         self,
@@ -223,32 +186,5 @@ class IDTSTemperature(Temperature):
         _check_range(t_min, t_max)
         self.base, self.c, self.t_min, self.t_max, self.eps = float(base), float(c), t_min, t_max, float(eps)
 
-    def __call__(self, *, n=None, u=None, hellinger=None, valid=None) -> torch.Tensor:
-        self._need(hellinger=hellinger, valid=valid)
-        return idts_temperature(hellinger, valid, self.base, self.c, self.t_min, self.t_max, self.eps)
-
-
-TEMPERATURES: dict[str, Callable[..., Temperature]] = {
-    "fixed": FixedTemperature,
-    "entropy": EntropyTemperature,
-    "idts": IDTSTemperature,
-}
-
-
-def make_temperature(name: str, **kw: Any) -> Temperature:
-    """Build a temperature policy by name: ``fixed`` | ``entropy`` | ``idts``.
-
-    Keyword arguments go to the policy's constructor
-    (``base``, ``kappa``, ``t_min``, ``t_max``, ``c``, ``eps``); unknown ones raise ValueError.
-    """
-    if name not in TEMPERATURES:
-        raise ValueError(f"unknown temperature {name!r}; valid choices: {', '.join(TEMPERATURES)}")
-    cls = TEMPERATURES[name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(kw) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"temperature {name!r} got unknown argument(s) {', '.join(unknown)}; "
-            f"it accepts: {', '.join(accepted)}"
-        )
-    return cls(**kw)
+    def __call__(self, stats: StepStats) -> torch.Tensor:
+        return idts_temperature(stats[HELLINGER], stats.valid, self.base, self.c, self.t_min, self.t_max, self.eps)

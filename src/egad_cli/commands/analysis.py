@@ -1,15 +1,15 @@
-"""Set-up shared by the analysis commands: cheap checks first, then models and data."""
+"""Set-up shared by the analysis commands (eval, inspect-entropy): cheap checks first, then models and data."""
 
 from __future__ import annotations
 
 import math
 
-from egad_cli.commands.common import cache_dir
+from egad_cli.config import cache_dir
 from egad_cli.config.schema import TrainerConfig
 from egad_cli.data import Packed, build_splits, source_files
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError
-from egad_cli.models import preflight_model_source
+from egad_cli.models import load_frozen_teacher, load_models, preflight_model_source
 from egad_cli.models.hub import resolve_model_ref
 from egad_cli.models.vocab import check_head_rows
 from egad_cli.ui.console import console
@@ -45,8 +45,6 @@ def load(cfg, runtime: Runtime):
     """(teacher on the device, student on the device or None, shared tokenizer, shared vocabulary size).
 
     With a student this is exactly distill's ``load_models`` (same vocabulary checks)."""
-    from egad_cli.commands.distill import load_frozen_teacher, load_models
-
     if cfg.student is not None:
         return load_models(cfg, runtime)
     teacher, tokenizer = load_frozen_teacher(cfg, runtime)

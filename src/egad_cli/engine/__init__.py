@@ -1,0 +1,1 @@
+"""The training engine: one loop, the distillation unit, checkpoints, runtime, normalisation."""

@@ -1,0 +1,29 @@
+"""The models of a command, ready to use: the frozen teacher on its device, the student, the shared vocabulary."""
+
+from __future__ import annotations
+
+import torch
+
+from egad_cli.config import cache_dir
+from egad_cli.engine.runtime import Runtime
+from egad_cli.models.loading import load_teacher
+from egad_cli.models.students import build_student
+from egad_cli.models.vocab import check_shared_vocab
+from egad_cli.ui.console import console
+
+
+def load_frozen_teacher(cfg, runtime: Runtime):
+    """(teacher frozen on the device in teacher.dtype, or the training dtype for auto; its tokenizer).
+    cfg: a command config with ``teacher`` and ``cache_dir``."""
+    dtype = runtime.teacher_dtype if cfg.teacher.dtype == "auto" else getattr(torch, cfg.teacher.dtype)
+    teacher, t_tok = load_teacher(cfg.teacher, cache_dir(cfg.cache_dir), dtype, console)
+    return teacher.to(runtime.device).requires_grad_(False), t_tok
+
+
+def load_models(cfg, runtime: Runtime, seed: int = 0):
+    """(teacher frozen on the device, student, shared tokenizer, shared vocabulary size).
+    seed: the init seed of a scratch student whose student.seed is null (distill: trainer.seed)."""
+    teacher, t_tok = load_frozen_teacher(cfg, runtime)
+    student, s_tok = build_student(cfg.student, teacher, t_tok, default_seed=seed)
+    vocab = check_shared_vocab(teacher, student, t_tok, s_tok)
+    return teacher, student.to(runtime.device), t_tok, vocab
