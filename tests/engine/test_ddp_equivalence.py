@@ -21,11 +21,17 @@ def _run(cmd, env):
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="needs torchrun")
-def test_ddp_step_equals_single_process_step(tmp_path):
+@pytest.mark.parametrize("per_rank,atol", [
+    (["trainer.batch_size=2"], 2e-6),
+    # 2 micro-batches of 1 on each rank: the first backward runs under no_sync, the second all-reduces.
+    # Gradients then add up in another order than in one batch of 4 (seen: 2.4e-6 on one of 2048 weights).
+    (["trainer.batch_size=1", "trainer.grad_accum=2"], 5e-6),
+], ids=["batch", "grad_accum"])
+def test_ddp_step_equals_single_process_step(tmp_path, per_rank, atol):
     env = {**os.environ, "EGAD_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     _run([torchrun, "--nproc-per-node", "2", "--master-port", "29517", "-m", "egad_cli", "distill", *ARGS,
-          "trainer.strategy=ddp", "trainer.batch_size=2", f"hydra.run.dir={tmp_path / 'ddp'}"], env)
+          "trainer.strategy=ddp", *per_rank, f"hydra.run.dir={tmp_path / 'ddp'}"], env)
     _run([sys.executable, "-m", "egad_cli", "distill", *ARGS, "trainer.batch_size=4",
           f"hydra.run.dir={tmp_path / 'single'}"], env)
     # Adam's step is nearly scale-invariant, so compare the scale-sensitive quantities directly:
@@ -39,6 +45,6 @@ def test_ddp_step_equals_single_process_step(tmp_path):
     assert ddp.keys() == single.keys()
     moved = 0.0
     for key in ddp:
-        torch.testing.assert_close(ddp[key], single[key], atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(ddp[key], single[key], atol=atol, rtol=1e-5)
         moved = max(moved, float((single[key]).abs().max()))
     assert moved > 0

@@ -15,7 +15,8 @@ from egad_cli.config.problems import Problems
 from egad_cli.config.schema import DistillConfig
 from egad_cli.errors import UserError
 
-__all__ = ["ConfigError", "DistillConfig", "cache_dir", "conf_dir", "register_schemas", "validate"]
+__all__ = ["ConfigError", "DistillConfig", "cache_dir", "conf_dir", "non_finite_problems", "register_schemas",
+           "validate"]
 
 
 class ConfigError(UserError):

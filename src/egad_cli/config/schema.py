@@ -39,7 +39,8 @@ class ArchConfig:
     tie_embeddings: bool = True  #: share input embedding and lm_head
 
     def problems(self, key: str, out: Problems) -> None:
-        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
+        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                     "max_position_embeddings"):
             out.check(getattr(self, name) > 0, f"{key}.{name}", "must be a positive integer")
         if self.num_heads > 0:
             out.check(self.hidden_size % self.num_heads == 0, f"{key}.hidden_size",
@@ -183,7 +184,8 @@ class TrainerConfig:
         out.check(0 <= self.min_lr_ratio <= 1, "trainer.min_lr_ratio", "must be in [0, 1]")
         out.check(self.warmup_steps >= 0, "trainer.warmup_steps", "must be >= 0")
         out.check(self.weight_decay >= 0, "trainer.weight_decay", "must be >= 0")
-        out.check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "trainer.beta1", "AdamW betas must be in [0, 1)")
+        out.check(0 <= self.beta1 < 1, "trainer.beta1", f"AdamW β1 must be in [0, 1) (got {self.beta1})")
+        out.check(0 <= self.beta2 < 1, "trainer.beta2", f"AdamW β2 must be in [0, 1) (got {self.beta2})")
         out.check(self.grad_clip >= 0, "trainer.grad_clip", "must be >= 0")
         out.choice(self.precision, "trainer.precision", ("auto", "fp32", "bf16"))
         out.check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
