@@ -13,10 +13,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from egad_cli.config.policies import POLICY_REGISTRIES
 from egad_cli.engine.checkpoint import list_checkpoints
 from egad_cli.errors import UserError
 
 RUN_CONFIG = "config.yaml"
+POLICY_GROUPS = {r.group: r for r in POLICY_REGISTRIES}
 STUDENT_DIR = "student"
 
 
@@ -100,17 +102,28 @@ def with_run_dir(raw: DictConfig, run_dir: Path, groups: tuple[str, ...], overri
     run_cfg = OmegaConf.load(run_dir / RUN_CONFIG)
     chosen, keys = overridden(overrides)
     patch = OmegaConf.create({})
-    for group in groups:
-        if group in chosen or group not in run_cfg:
-            continue
-        patch[group] = run_cfg[group]
-        for key in keys:
-            if key.startswith(group + "."):
-                OmegaConf.update(patch, key, OmegaConf.select(raw, key), merge=False)
-    if student and not sets_group(overrides, "student") and has_student(run_dir):
-        patch["student"] = {"name": "run", "init": "hf", "path": str(run_dir / STUDENT_DIR), "revision": None}
+    replace = {}  # policy groups: the run's option is another node type, so it replaces the composed node
     try:
-        return OmegaConf.merge(raw, patch)
-    except OmegaConfBaseException as exc:
+        for group in groups:
+            if group in chosen or group not in run_cfg:
+                continue
+            own_keys = [k for k in keys if k.startswith(group + ".")]
+            if group in POLICY_GROUPS:
+                registry = POLICY_GROUPS[group]
+                node = OmegaConf.merge(OmegaConf.structured(registry[run_cfg[group][registry.key]]), run_cfg[group])
+                for key in own_keys:
+                    OmegaConf.update(node, key[len(group) + 1:], OmegaConf.select(raw, key), merge=False)
+                replace[group] = node
+                continue
+            patch[group] = run_cfg[group]
+            for key in own_keys:
+                OmegaConf.update(patch, key, OmegaConf.select(raw, key), merge=False)
+        if student and not sets_group(overrides, "student") and has_student(run_dir):
+            patch["student"] = {"name": "run", "init": "hf", "path": str(run_dir / STUDENT_DIR), "revision": None}
+        merged = OmegaConf.merge(raw, patch)
+        for group, node in replace.items():
+            merged[group] = node
+        return merged
+    except (OmegaConfBaseException, KeyError) as exc:
         raise UserError(f"run_dir: {run_dir / RUN_CONFIG} does not fit this version of egad's config schema "
                         f"({exc}); override the teacher/dataset groups explicitly instead.") from None
