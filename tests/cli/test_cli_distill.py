@@ -15,7 +15,7 @@ from conftest import egad, losses_by_step, read_jsonl, smoke_argv, text_dataset_
 from safetensors import safe_open
 
 import egad_cli.commands.distill as distill_cmd
-from egad_cli.engine.checkpoint import STATE_FILE, load_checkpoint
+from egad_cli.engine.checkpoint import MANIFEST, load_checkpoint
 
 
 class _Recorder:
@@ -196,7 +196,7 @@ def test_text_corpus_run(tmp_path, corpus_dir):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == math.ceil(200 / (2 * 31))  # batch 2 x (block 32 - 1) valid tokens per step
     assert summary["student_dir"] is None and not (run / "student").exists()
-    assert (run / "checkpoints" / f"step-{summary['steps']}" / STATE_FILE).is_file()
+    assert (run / "checkpoints" / f"step-{summary['steps']}" / MANIFEST).is_file()
 
 
 def test_jsonl_prompt_response_run(tmp_path):

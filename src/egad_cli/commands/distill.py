@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from egad_cli.commands.common import run_task
+from egad_cli.commands.runs import RUN_CONFIG, overridden, task_overrides, with_run_dir
 from egad_cli.config import DistillConfig, cache_dir, conf_dir, register_schemas, validate
 from egad_cli.data import build_splits, source_files
 from egad_cli.engine.checkpoint import resolve_resume
@@ -58,7 +59,47 @@ def total_steps(cfg: DistillConfig, runtime: Runtime) -> int:
     return max(1, math.ceil(t.max_tokens / per_step))
 
 
+#: what a resumed run takes from its saved config.yaml
+RESUME_GROUPS = ("teacher", "student", "dataset", "method", "loss", "difficulty", "curriculum", "temperature",
+                 "weighting", "branch", "trainer", "eval", "logging")
+#: keys a resume command may change: the budget, cadences, where it runs, what it prints
+RESUME_MAY_CHANGE = ("trainer.max_steps", "trainer.max_tokens", "trainer.log_every", "trainer.ckpt_every",
+                     "trainer.keep_ckpts", "trainer.resume", "trainer.device", "trainer.export", "eval.",
+                     "logging.", "teacher.trust_remote_code", "student.trust_remote_code")
+
+
+def resumed_config(raw: DictConfig, overrides: list[str]) -> DictConfig:
+    """trainer.resume: the run's own saved config, with the command line's safe changes on top.
+
+    So the resume command egad prints works verbatim for a run started with any overrides, and a change
+    that would break the run (another method, model, dataset, block size …) is refused by name."""
+    ckpt = resolve_resume(raw.trainer.resume)
+    run = ckpt.parent.parent
+    if not (run / RUN_CONFIG).is_file():  # a bare checkpoint dir: the command line must describe the run
+        return raw
+    merged = with_run_dir(raw, run, RESUME_GROUPS, overrides, student=False)
+    saved = OmegaConf.load(run / RUN_CONFIG)
+    chosen, keys = overridden(overrides)
+    changed = []
+    for key in sorted(keys | {g for g in chosen if g in RESUME_GROUPS}):
+        if key.startswith(RESUME_MAY_CHANGE) or key.split(".")[0] not in RESUME_GROUPS:
+            continue
+        before, after = OmegaConf.select(saved, key), OmegaConf.select(merged, key)
+        if isinstance(before, DictConfig) or isinstance(after, DictConfig):  # a group choice: compare the nodes
+            before, after = OmegaConf.to_container(before), OmegaConf.to_container(after)
+        if before != after:
+            changed.append(key)
+    if changed:
+        raise UserError(f"trainer.resume: {', '.join(changed)} differ(s) from the run being resumed ({run / RUN_CONFIG}); "
+                        f"a resumed run keeps its models, data, method and optimisation settings. Drop "
+                        f"{'it' if len(changed) == 1 else 'them'} from the command line, or start a new run. A resume "
+                        f"may change: {', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)}.")
+    return merged
+
+
 def run_distill(raw: DictConfig) -> float:
+    if raw.trainer.resume:
+        raw = resumed_config(raw, task_overrides())
     cfg = validate(raw)
     runtime = preflight(cfg)
     run_dir = Path(cfg.run_dir)
@@ -82,22 +123,45 @@ def run_distill(raw: DictConfig) -> float:
     kl_before = kl() if cfg.eval.before else None
     unit = DistillUnit(teacher, student, vocab, cfg, runtime, steps)
     result = train(unit, splits.train, cfg.trainer, runtime, run_dir, steps, cfg.logging.progress, console,
-                   tensorboard=cfg.logging.tensorboard)
-    kl_after = kl()
-    summary = {"method": cfg.method.name, "steps": result.steps, "train_seconds": round(result.seconds, 2),
-               "tokens": result.tokens, "kl_before": kl_before, "kl_after": kl_after,
-               "final": result.last_logs, "student_dir": None}
+                   tensorboard=cfg.logging.tensorboard, final_checkpoint=False)
+    # The student and the summary are written before the final checkpoint: if the disk fills up, the
+    # exported student is what must survive (the last periodic checkpoint still allows a resume).
+    try:
+        kl_after = kl()
+        summary = {"method": cfg.method.name, "steps": result.steps, "train_seconds": round(result.seconds, 2),
+                   "tokens": result.tokens, "kl_before": kl_before, "kl_after": kl_after,
+                   "final": result.last_logs, "student_dir": None}
+        if runtime.is_main:
+            write_outputs(cfg, run_dir, unit.student, tokenizer, summary)
+    except BaseException:
+        try:  # Ctrl-C or a failed write after training: keep the trained state
+            result.save_checkpoint()
+        except UserError as exc:
+            console.print(f"[yellow]warning:[/] {exc}")
+        raise
+    result.save_checkpoint()
     if runtime.is_main:
-        if cfg.trainer.export:
-            export_dir = run_dir / "student"
-            unit.student.save_pretrained(export_dir)
-            tokenizer.save_pretrained(export_dir)
-            summary["student_dir"] = str(export_dir)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         before = f"{kl_before:.4f}" if kl_before is not None else "n/a"
         console.print(f"held-out KL(teacher ‖ student): before {before} → after {kl_after:.4f} nats/token")
         console.print(f"student saved to {summary['student_dir'] or '(export disabled)'}; run dir {run_dir}")
     return kl_after
+
+
+def write_outputs(cfg: DistillConfig, run_dir: Path, student, tokenizer, summary: dict) -> None:
+    """The exported student (HF format) and summary.json; a failed write names the file and what was kept."""
+    target = run_dir / "student"
+    try:
+        if cfg.trainer.export:
+            student.save_pretrained(target)
+            tokenizer.save_pretrained(target)
+            summary["student_dir"] = str(target)
+        target = run_dir / "summary.json"
+        target.write_text(json.dumps(summary, indent=2))
+    except OSError as exc:
+        raise UserError(f"could not write {target}: {exc.strerror or exc}. Training finished; the final checkpoint "
+                        f"is written next if space allows, and `egad distill trainer.resume={run_dir}` re-exports "
+                        f"from it once there is room (the student needs about "
+                        f"{sum(p.numel() * p.element_size() for p in student.parameters()) / 2**20:.0f} MiB).") from None
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="distill")

@@ -19,6 +19,7 @@ from egad_cli.errors import UserError
 
 RUN_CONFIG = "config.yaml"
 POLICY_GROUPS = {r.group: r for r in POLICY_REGISTRIES}
+TRUST_KEYS = ("teacher.trust_remote_code", "student.trust_remote_code")
 STUDENT_DIR = "student"
 
 
@@ -123,6 +124,11 @@ def with_run_dir(raw: DictConfig, run_dir: Path, groups: tuple[str, ...], overri
         merged = OmegaConf.merge(raw, patch)
         for group, node in replace.items():
             merged[group] = node
+        # Running a model's own code is the choice of the person at the command line, never of a file
+        # they received: trust_remote_code keeps its composed (command-line or default false) value.
+        for key in TRUST_KEYS:
+            if OmegaConf.select(merged, key) is not None:
+                OmegaConf.update(merged, key, OmegaConf.select(raw, key, default=False), merge=False)
         return merged
     except (OmegaConfBaseException, KeyError) as exc:
         raise UserError(f"run_dir: {run_dir / RUN_CONFIG} does not fit this version of egad's config schema "

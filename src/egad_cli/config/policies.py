@@ -44,7 +44,7 @@ def _unit_interval(out: Problems, value: float, key: str, *, low_open: bool, hig
 
 def _temperature_range(out: Problems, t_min: float, t_max: float, group: str) -> None:
     out.check(t_min > 0, f"{group}.t_min", f"must be > 0 (got {t_min})")
-    out.check(t_max >= t_min, f"{group}.t_max", f"must be >= t_min={t_min} (got {t_max})")
+    out.check(t_max >= t_min, f"{group}.t_min, {group}.t_max", f"need t_min <= t_max (got {t_min}, {t_max})")
 
 
 # ============================================================================ difficulty

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,17 +51,23 @@ class TrainResult:
     last_logs: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     tokens: int = 0
+    #: writes the checkpoint of the last step (train() calls it unless final_checkpoint=False)
+    save_checkpoint: Callable[[], Path | None] = lambda: None
 
 
 def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_dir: Path, total_steps: int,
-          progress: bool = True, console=None, tensorboard: bool = False) -> TrainResult:
+          progress: bool = True, console=None, tensorboard: bool = False, final_checkpoint: bool = True
+          ) -> TrainResult:
+    """Train to `total_steps`. final_checkpoint=False leaves the last step's checkpoint to the caller
+    (``result.save_checkpoint()``), so it can write the student and summary first: when the disk
+    fills up, the export is what must survive."""
     seed_everything(cfg.seed)
     optimizer, scheduler = build_optimizer(unit.named_trainable(), cfg, total_steps)
     sampler = BlockSampler(len(data), cfg.batch_size, cfg.seed, runtime.rank, runtime.world_size)
     ckpt_root = run_dir / "checkpoints"
     start, history = 0, []
     if cfg.resume:
-        ckpt = resolve_resume(cfg.resume)
+        ckpt = resolve_resume(cfg.resume, warn=console.print if console is not None and runtime.is_main else None)
         start = _restore(ckpt, unit, optimizer, scheduler)
         history = _history(ckpt.parent.parent / "metrics.jsonl", start)
         if console is not None and runtime.is_main:
@@ -75,7 +82,7 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
                  "rng": rng_state(), "unit": unit.state_dict()}
         return save_checkpoint(ckpt_root, step, state, cfg.keep_ckpts)
 
-    result = TrainResult(steps=start)
+    result = TrainResult(steps=start, save_checkpoint=lambda: checkpoint(result.steps))
     bar = TrainProgress(total_steps, start, enabled=progress, console=console if runtime.is_main else None)
     params = [p for _, p, _ in unit.named_trainable() if p.requires_grad]
     t_start, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
@@ -121,7 +128,8 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
                     bar.update(done, None)
                 if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < total_steps:
                     checkpoint(done)
-        checkpoint(total_steps)
+        if final_checkpoint:
+            checkpoint(total_steps)
     except KeyboardInterrupt:
         path = checkpoint(result.steps)
         raise Interrupted(f"interrupted at step {result.steps}; checkpoint {path}. Resume with "
