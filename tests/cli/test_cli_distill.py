@@ -14,7 +14,7 @@ import yaml
 from conftest import egad, losses_by_step, read_jsonl, smoke_argv, text_dataset_args
 from safetensors import safe_open
 
-import egad_cli.commands.distill as distill_cmd
+import egad_cli.commands.distill_job as distill_cmd
 from egad_cli.engine.checkpoint import MANIFEST, load_checkpoint
 
 

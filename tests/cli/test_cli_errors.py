@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import egad, text_dataset_args
 
-import egad_cli.commands.distill as distill_cmd
+import egad_cli.commands.distill_job as distill_cmd
 
 
 def squash(text: str) -> str:

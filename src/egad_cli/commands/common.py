@@ -5,17 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from egad_cli.errors import UserError
+from egad_cli.errors import Interrupted, UserError
 from egad_cli.ui.console import err_console
 
 
 def run_task(fn: Callable, *args):
     """Run a subcommand body; a UserError becomes one clear message and exit status 2."""
-    from transformers.utils import logging as hf_logging
-
-    from egad_cli.engine.loop import Interrupted
-
-    hf_logging.disable_progress_bar()  # egad draws its own progress; transformers' tqdm bars only add noise
     try:
         return fn(*args)
     except UserError as exc:

@@ -12,66 +12,23 @@ greedy generations side by side. Writes eval.json to run_dir (or out_dir, or the
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
-from rich.markup import escape
-from rich.text import Text
 
-from egad_cli.commands.analysis import clean, load, preflight, show_progress, split_of
 from egad_cli.commands.common import run_task
 from egad_cli.commands.runs import check_run_dir, sets_group, task_overrides, with_run_dir
 from egad_cli.config import conf_dir, register_schemas, validate
 from egad_cli.config.commands import EvalCommandConfig
-from egad_cli.evaluation.entropy import printable
-from egad_cli.evaluation.generation import side_by_side
-from egad_cli.evaluation.metrics import by_entropy_bucket, calibration_bins, pair_summary
-from egad_cli.evaluation.passes import spread_blocks, token_pass
-from egad_cli.ui.console import console
-from egad_cli.ui.progress import pass_progress
-from egad_cli.ui.tables import rich_table
 
 register_schemas()
 
 RUN_GROUPS = ("teacher", "dataset")
 
 
-def summary_table(s: dict, ece_bins: int):
-    rows = [
-        ("perplexity", s["ppl_student"], s["ppl_teacher"]),
-        ("top-1 accuracy (vs label)", s["acc_student"], s.get("acc_teacher")),
-        (f"ECE ({ece_bins} bins)", s["ece"], s.get("ece_teacher")),
-        ("mean entropy (nats)", s["entropy_student"], s["entropy_teacher"]),
-        ("KL(teacher ‖ student), forward", s["kl_forward"], None),
-        ("KL(student ‖ teacher), reverse", s["kl_reverse"], None),
-        ("top-1 agreement with teacher", s["top1_agreement"], None),
-    ]
-    return rich_table(["metric", "student", "teacher"], rows,
-                      title=f"held-out metrics · {s['n_tokens']:,} tokens")
-
-
-def bucket_table(rows: list[dict], n_buckets: int):
-    name = "decile" if n_buckets == 10 else "bucket"
-    cols = ["#", "H range", "tokens", "ppl S", "ppl T", "KL fwd", "KL rev", "agree", "ECE"]
-    body = [[r["bucket"], Text(f"{r['entropy_lo']:.2f}–{r['entropy_hi']:.2f}", justify="right"),
-             r["n_tokens"], r["ppl_student"], r["ppl_teacher"], r["kl_forward"], r["kl_reverse"],
-             r["top1_agreement"], r["ece"]] for r in rows]
-    return rich_table(cols, body, title=f"by teacher-entropy {name} (H in nats; 1 = most certain, "
-                                        f"{n_buckets} = hardest; S = student, T = teacher)",
-                      numeric=[True] * len(cols))
-
-
-def generations_table(rows: list[dict]):
-    body = [[Text(printable(r[k])) for k in ("prompt", "teacher", "student")] for r in rows]
-    return rich_table(["prompt", "teacher (greedy)", "student (greedy)"], body, title="generations",
-                      numeric=[False] * 3)
-
-
 def run_eval(raw: DictConfig) -> float:
+    """Compose from run_dir when given, validate, then hand over to the job (which imports torch)."""
     started = time.perf_counter()
     run_dir = None
     if raw.run_dir is not None:
@@ -79,55 +36,11 @@ def run_eval(raw: DictConfig) -> float:
         run_dir = check_run_dir(raw.run_dir, need_student=not sets_group(overrides, "student"))
         raw = with_run_dir(raw, run_dir, RUN_GROUPS, overrides)
     cfg: EvalCommandConfig = validate(raw, EvalCommandConfig)
-    runtime = preflight(cfg)
-    student_name = cfg.student.path if cfg.student.init == "hf" else cfg.student.name
-    console.rule(escape(f"egad eval · teacher={cfg.teacher.name} · student={student_name} · "
-                        f"dataset={cfg.dataset.name}"))
-    teacher, student, tokenizer, vocab = load(cfg, runtime)
-    data = spread_blocks(split_of(cfg, tokenizer), cfg.eval.max_tokens)
-    console.print(f"{len(data)} {cfg.split} blocks of {data.ids.shape[1]} tokens · vocab {vocab} · "
-                  f"{runtime.device}")
+    from egad_cli.commands.evaluate_job import run
 
-    metrics = token_pass(teacher, vocab, data, runtime, cfg.eval.batch_size, cfg.chunk_size, student=student,
-                         progress=show_progress(cfg.progress), console=console, description="held-out pass")
-    summary = pair_summary(metrics, cfg.ece_bins)
-    buckets = by_entropy_bucket(metrics, cfg.n_buckets, cfg.ece_bins)
-
-    generations = []
-    if cfg.eval.prompts and cfg.eval.max_new_tokens > 0:
-        bar = pass_progress("generating", len(cfg.eval.prompts), enabled=show_progress(cfg.progress),
-                            console=console)
-        with bar, torch.inference_mode():
-            task = bar.add_task("generate", total=len(cfg.eval.prompts))
-            generations = side_by_side(teacher, student, tokenizer, list(cfg.eval.prompts),
-                                       cfg.eval.max_new_tokens, runtime.device,
-                                       progress=lambda: bar.advance(task))
-
-    console.print(summary_table(summary, cfg.ece_bins))
-    console.print(bucket_table(buckets, cfg.n_buckets))
-    if generations:
-        console.print(generations_table(generations))
-
-    out_dir = Path(cfg.out_dir or run_dir or cfg.output_dir).expanduser()
-    result = {
-        **summary,
-        "kl_forward_top_decile": buckets[-1]["kl_forward"],
-        "by_entropy_decile": buckets,
-        "calibration": calibration_bins(metrics["confidence"], metrics["correct"], cfg.ece_bins),
-        "generations": generations,
-        "setup": {"run_dir": str(run_dir) if run_dir else None, "teacher": cfg.teacher.name,
-                  "teacher_path": cfg.teacher.path, "student": student_name, "dataset": cfg.dataset.name,
-                  "split": cfg.split, "blocks": len(data), "block_size": int(data.ids.shape[1]),
-                  "max_tokens": cfg.eval.max_tokens, "ece_bins": cfg.ece_bins, "n_buckets": cfg.n_buckets,
-                  "device": str(runtime.device), "seconds": round(time.perf_counter() - started, 2)},
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(clean(result), indent=2))
-    console.print(escape(f"wrote {out_dir / 'eval.json'}"))
-    return summary["kl_forward"]
+    return run(cfg, run_dir, started)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="eval")
 def main(cfg: DictConfig) -> float:
-    torch.set_float32_matmul_precision("high")
     return run_task(run_eval, cfg)

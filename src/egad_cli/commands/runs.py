@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from egad_cli.config.policies import POLICY_REGISTRIES
-from egad_cli.engine.checkpoint import list_checkpoints
 from egad_cli.errors import UserError
 
 RUN_CONFIG = "config.yaml"
@@ -86,6 +85,8 @@ def check_run_dir(ref: str, need_student: bool) -> Path:
         raise UserError(f"run_dir: {str(path)!r} has no {RUN_CONFIG}; it is not an egad distill run "
                         f"dir.{hint}")
     if need_student and not has_student(path):
+        from egad_cli.engine.checkpoint import list_checkpoints  # here, not at the top: it imports torch
+
         ckpts = list_checkpoints(path / "checkpoints")
         hint = (f" Its latest checkpoint is {ckpts[-1].name}: finish the run with `egad distill "
                 f"trainer.resume={path} …` (same overrides as the run)." if ckpts else "")

@@ -22,7 +22,7 @@ from egad_cli.engine.normalization import backward
 from egad_cli.engine.optim import build_optimizer
 from egad_cli.engine.runtime import Runtime, rng_state, seed_everything, set_rng_state
 from egad_cli.engine.sampler import BlockSampler
-from egad_cli.errors import UserError
+from egad_cli.errors import Interrupted, UserError
 from egad_cli.ui.progress import TrainProgress
 
 
@@ -39,10 +39,6 @@ class Unit(Protocol):
 
 class NonFiniteLoss(UserError):
     pass
-
-
-class Interrupted(Exception):
-    """Ctrl-C: a checkpoint was written; the message says how to resume."""
 
 
 @dataclass

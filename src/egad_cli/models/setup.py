@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from egad_cli.config import cache_dir
 from egad_cli.engine.runtime import Runtime
@@ -15,6 +16,7 @@ from egad_cli.ui.console import console
 def load_frozen_teacher(cfg, runtime: Runtime):
     """(teacher frozen on the device in teacher.dtype, or the training dtype for auto; its tokenizer).
     cfg: a command config with ``teacher`` and ``cache_dir``."""
+    hf_logging.disable_progress_bar()  # egad draws its own progress; transformers' tqdm bars only add noise
     dtype = runtime.teacher_dtype if cfg.teacher.dtype == "auto" else getattr(torch, cfg.teacher.dtype)
     teacher, t_tok = load_teacher(cfg.teacher, cache_dir(cfg.cache_dir), dtype, console)
     return teacher.to(runtime.device).requires_grad_(False), t_tok

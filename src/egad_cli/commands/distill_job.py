@@ -1,0 +1,120 @@
+"""The work of `egad distill` once its config is valid: load, train, export (imports torch and transformers)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from egad_cli.config import DistillConfig, cache_dir
+from egad_cli.data import build_splits, source_files
+from egad_cli.engine.checkpoint import resolve_resume
+from egad_cli.engine.distill_unit import DistillUnit
+from egad_cli.engine.loop import train
+from egad_cli.engine.metrics import tensorboard_available
+from egad_cli.engine.runtime import Runtime, resolve_runtime
+from egad_cli.errors import UserError
+from egad_cli.evaluation.passes import heldout_kl
+from egad_cli.models import load_models, preflight_model_source
+from egad_cli.models.hub import resolve_model_ref
+from egad_cli.ui.console import console
+
+
+def preflight(cfg: DistillConfig) -> Runtime:
+    """Every cheap check before the expensive work: device, model sources, data files, resume path."""
+    runtime = resolve_runtime(cfg.trainer)
+    preflight_model_source(cfg.teacher)
+    if cfg.student.init == "hf":
+        resolve_model_ref(cfg.student.path, "student.path", cfg.student.revision)
+    source_files(cfg.dataset)
+    resumed = resolve_resume(cfg.trainer.resume) if cfg.trainer.resume else None
+    refuse_to_overwrite(Path(cfg.run_dir), resumed)
+    if cfg.logging.tensorboard:
+        tensorboard_available()
+    return runtime
+
+
+def refuse_to_overwrite(run_dir: Path, resumed: Path | None) -> None:
+    """A run dir that already holds a run is only written to when resuming that same run."""
+    existing = [name for name in ("metrics.jsonl", "checkpoints", "summary.json", "student")
+                if (run_dir / name).exists()]
+    if existing and (resumed is None or resumed.resolve().parent.parent != run_dir.resolve()):
+        raise UserError(f"hydra.run.dir: {run_dir} already holds a run ({', '.join(existing)}); nothing was "
+                        f"changed. Pick a new hydra.run.dir, or continue that run with trainer.resume={run_dir}")
+
+
+def total_steps(cfg: DistillConfig, runtime: Runtime) -> int:
+    t = cfg.trainer
+    if t.max_tokens is None:
+        return t.max_steps
+    per_step = t.batch_size * t.grad_accum * (cfg.dataset.block_size - 1) * runtime.world_size
+    return max(1, math.ceil(t.max_tokens / per_step))
+
+
+def run(cfg: DistillConfig, raw: DictConfig) -> float:
+    """Train and export, for a validated config (``raw``: the same, as saved to config.yaml)."""
+    torch.set_float32_matmul_precision("high")
+    runtime = preflight(cfg)
+    run_dir = Path(cfg.run_dir)
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(raw, run_dir / "config.yaml", resolve=True)
+        console.rule(f"egad distill · method={cfg.method.name} · teacher={cfg.teacher.name} · student={cfg.student.name}")
+    teacher, student, tokenizer, vocab = load_models(cfg, runtime, seed=cfg.trainer.seed)
+    splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
+    steps = total_steps(cfg, runtime)
+    n_params = sum(p.numel() for p in student.parameters())
+    if runtime.is_main:
+        console.print(f"teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params · student "
+                      f"{n_params / 1e6:.2f}M · vocab {vocab} · {len(splits.train)} train / {len(splits.val)} held-out "
+                      f"blocks of {cfg.dataset.block_size} · {steps} steps on {runtime.device}")
+
+    def kl() -> float:
+        return heldout_kl(teacher, student, vocab, splits.val, runtime, cfg.eval.batch_size, cfg.eval.max_tokens,
+                          cfg.loss.chunk_size)
+
+    kl_before = kl() if cfg.eval.before else None
+    unit = DistillUnit(teacher, student, vocab, cfg, runtime, steps)
+    result = train(unit, splits.train, cfg.trainer, runtime, run_dir, steps, cfg.logging.progress, console,
+                   tensorboard=cfg.logging.tensorboard, final_checkpoint=False)
+    # The student and the summary are written before the final checkpoint: if the disk fills up, the
+    # exported student is what must survive (the last periodic checkpoint still allows a resume).
+    try:
+        kl_after = kl()
+        summary = {"method": cfg.method.name, "steps": result.steps, "train_seconds": round(result.seconds, 2),
+                   "tokens": result.tokens, "kl_before": kl_before, "kl_after": kl_after,
+                   "final": result.last_logs, "student_dir": None}
+        if runtime.is_main:
+            write_outputs(cfg, run_dir, unit.student, tokenizer, summary)
+    except BaseException:
+        try:  # Ctrl-C or a failed write after training: keep the trained state
+            result.save_checkpoint()
+        except UserError as exc:
+            console.print(f"[yellow]warning:[/] {exc}")
+        raise
+    result.save_checkpoint()
+    if runtime.is_main:
+        before = f"{kl_before:.4f}" if kl_before is not None else "n/a"
+        console.print(f"held-out KL(teacher ‖ student): before {before} → after {kl_after:.4f} nats/token")
+        console.print(f"student saved to {summary['student_dir'] or '(export disabled)'}; run dir {run_dir}")
+    return kl_after
+
+
+def write_outputs(cfg: DistillConfig, run_dir: Path, student, tokenizer, summary: dict) -> None:
+    """The exported student (HF format) and summary.json; a failed write names the file and what was kept."""
+    target = run_dir / "student"
+    try:
+        if cfg.trainer.export:
+            student.save_pretrained(target)
+            tokenizer.save_pretrained(target)
+            summary["student_dir"] = str(target)
+        target = run_dir / "summary.json"
+        target.write_text(json.dumps(summary, indent=2))
+    except OSError as exc:
+        raise UserError(f"could not write {target}: {exc.strerror or exc}. Training finished; the final checkpoint "
+                        f"is written next if space allows, and `egad distill trainer.resume={run_dir}` re-exports "
+                        f"from it once there is room (the student needs about "
+                        f"{sum(p.numel() * p.element_size() for p in student.parameters()) / 2**20:.0f} MiB).") from None
