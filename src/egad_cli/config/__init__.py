@@ -66,9 +66,11 @@ def validate(cfg: DictConfig, schema: type = DistillConfig):
         raise ConfigError(f"config was not composed against {schema.__name__}")
     problems = Problems()
     non_finite_problems(typed, "", problems)
-    registry_problems(typed, problems)
     reported = {p.split(":")[0] for p in problems}  # one message per key: a nan also fails its range check
-    problems += [p for p in typed.problems() if p.split(":")[0] not in reported]
+    checks = Problems()
+    registry_problems(typed, checks)
+    checks += typed.problems()
+    problems += [p for p in checks if p.split(":")[0] not in reported]
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{len(problems)} config problem(s):\n{lines}\nFix them on the command line "

@@ -126,9 +126,8 @@ class InspectEntropyConfig:
         self.teacher.problems(out)
         if self.student is not None:
             self.student.problems(out)
-        for group in (self.dataset, self.method, self.loss, self.difficulty, self.curriculum, self.temperature,
-                      self.weighting, self.branch):
-            group.problems(out)
+        for group in (self.dataset, self.method):
+            group.problems(out)  # the policy groups are checked by validate() through their registries
         out.choice(self.split, "split", SPLITS)
         out.check(self.max_tokens >= 0, "max_tokens", "must be >= 0 (0 = the whole split)")
         out.check(self.batch_size > 0, "batch_size", "must be positive")

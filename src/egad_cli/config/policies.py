@@ -531,10 +531,11 @@ POLICY_REGISTRIES: tuple[Registry, ...] = (LOSSES, DIFFICULTIES, CURRICULA, TEMP
 
 
 def registry_problems(typed: Any, out: Problems) -> None:
-    """Each policy node of ``typed`` (a command config) is the option its name says."""
+    """Every policy node of ``typed`` (a command config) is the option its name says, and within its bounds."""
     for registry in POLICY_REGISTRIES:
         node = getattr(typed, registry.group, None)
         if node is not None:
             problem = registry.name_problem(node)
             if problem:
                 out.append(problem)
+            node.problems(out)

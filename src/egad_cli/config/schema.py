@@ -238,9 +238,8 @@ class DistillConfig:
 
     def problems(self) -> Problems:
         out = Problems()
-        for group in (self.teacher, self.student, self.dataset, self.method, self.loss, self.difficulty,
-                      self.curriculum, self.temperature, self.weighting, self.branch, self.trainer, self.eval):
-            group.problems(out)
+        for group in (self.teacher, self.student, self.dataset, self.method, self.trainer, self.eval):
+            group.problems(out)  # the policy groups are checked by validate() through their registries
         curriculum_problems(self.curriculum, self.weighting, out)
         return out
 
