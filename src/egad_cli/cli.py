@@ -39,9 +39,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"egad: unknown command {name!r}; valid commands: {', '.join(SUBCOMMANDS)}\n\n{usage()}",
               file=sys.stderr)
         return 2
+    from egad_cli.commands.common import reset_task_started, task_started
+
     module = importlib.import_module(SUBCOMMANDS[name][0])
     sys.argv = [f"egad {name}", *argv[1:]]
-    result = module.main()
+    reset_task_started()
+    try:
+        result = module.main()
+    except SystemExit as exc:
+        # Hydra exits 1 on its own usage errors (unknown group choice or key, wrong type), before the
+        # command runs; egad's usage errors exit 2: make them one family.
+        if exc.code == 1 and not task_started():
+            raise SystemExit(2) from None
+        raise
     return 0 if result is None or not isinstance(result, int) else result
 
 

@@ -6,7 +6,7 @@ import math
 
 from egad_cli.config import cache_dir
 from egad_cli.config.schema import TrainerConfig
-from egad_cli.data import Packed, build_splits, source_files
+from egad_cli.data import Packed, build_splits, check_sources
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError
 from egad_cli.models import load_frozen_teacher, load_models, preflight_model_source
@@ -37,7 +37,7 @@ def preflight(cfg) -> Runtime:
     preflight_model_source(cfg.teacher)
     if cfg.student is not None and cfg.student.init == "hf":
         resolve_model_ref(cfg.student.path, "student.path", cfg.student.revision)
-    source_files(cfg.dataset)
+    check_sources(cfg.dataset)
     return runtime
 
 

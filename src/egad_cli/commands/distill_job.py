@@ -10,8 +10,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from egad_cli.config import DistillConfig, cache_dir
-from egad_cli.data import build_splits, source_files
-from egad_cli.engine.checkpoint import resolve_resume
+from egad_cli.data import build_splits, check_sources
+from egad_cli.engine.checkpoint import list_checkpoints, resolve_resume
 from egad_cli.engine.distill_unit import DistillUnit
 from egad_cli.engine.loop import train
 from egad_cli.engine.metrics import tensorboard_available
@@ -29,7 +29,7 @@ def preflight(cfg: DistillConfig) -> Runtime:
     preflight_model_source(cfg.teacher)
     if cfg.student.init == "hf":
         resolve_model_ref(cfg.student.path, "student.path", cfg.student.revision)
-    source_files(cfg.dataset)
+    check_sources(cfg.dataset)
     resumed = resolve_resume(cfg.trainer.resume) if cfg.trainer.resume else None
     refuse_to_overwrite(Path(cfg.run_dir), resumed)
     if cfg.logging.tensorboard:
@@ -42,8 +42,18 @@ def refuse_to_overwrite(run_dir: Path, resumed: Path | None) -> None:
     existing = [name for name in ("metrics.jsonl", "checkpoints", "summary.json", "student")
                 if (run_dir / name).exists()]
     if existing and (resumed is None or resumed.resolve().parent.parent != run_dir.resolve()):
+        resume = (f", or continue that run with trainer.resume={run_dir}"
+                  if list_checkpoints(run_dir / "checkpoints") else " (it has no checkpoint to continue from)")
         raise UserError(f"hydra.run.dir: {run_dir} already holds a run ({', '.join(existing)}); nothing was "
-                        f"changed. Pick a new hydra.run.dir, or continue that run with trainer.resume={run_dir}")
+                        f"changed. Pick a new hydra.run.dir{resume}")
+    try:  # fail now, not after loading the models, when the run dir cannot be written
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".egad-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"hydra.run.dir: cannot write to {run_dir} ({exc.strerror or exc}); pick a writable "
+                        f"hydra.run.dir") from None
 
 
 def total_steps(cfg: DistillConfig, runtime: Runtime) -> int:

@@ -183,6 +183,9 @@ class TrainerConfig:
         out.check(self.lr > 0, "trainer.lr", f"must be > 0 (got {self.lr})")
         out.check(0 <= self.min_lr_ratio <= 1, "trainer.min_lr_ratio", "must be in [0, 1]")
         out.check(self.warmup_steps >= 0, "trainer.warmup_steps", "must be >= 0")
+        out.check(self.max_tokens is not None or self.warmup_steps <= self.max_steps, "trainer.warmup_steps",
+                  f"{self.warmup_steps} warm-up steps exceed trainer.max_steps={self.max_steps}: the learning rate "
+                  f"would never reach trainer.lr; lower warmup_steps")
         out.check(self.weight_decay >= 0, "trainer.weight_decay", "must be >= 0")
         out.check(0 <= self.beta1 < 1, "trainer.beta1", f"AdamW β1 must be in [0, 1) (got {self.beta1})")
         out.check(0 <= self.beta2 < 1, "trainer.beta2", f"AdamW β2 must be in [0, 1) (got {self.beta2})")

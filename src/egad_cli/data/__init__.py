@@ -1,6 +1,7 @@
 """Corpora, deterministic splits, tokenisation and packing."""
 
-from egad_cli.data.corpus import Document, iter_documents, source_files, split_of
+from egad_cli.data.corpus import Document, check_sources, iter_documents, source_files, split_of
 from egad_cli.data.packing import Packed, Splits, build_splits
 
-__all__ = ["Document", "Packed", "Splits", "build_splits", "iter_documents", "source_files", "split_of"]
+__all__ = ["Document", "Packed", "Splits", "build_splits", "check_sources", "iter_documents", "source_files",
+           "split_of"]

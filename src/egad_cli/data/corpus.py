@@ -63,8 +63,41 @@ def source_files(cfg: DatasetConfig) -> list[Path]:
     return []
 
 
-def _read(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
+#: share of a user file's bytes that may be undecodable as UTF-8 (replaced) before the file is refused
+MAX_UNDECODABLE = 0.01
+
+
+def sniff_text(path: Path) -> None:
+    """Refuse a file that is plainly not text (NUL bytes near its start: an executable, an archive…)."""
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if b"\x00" in head:
+        raise UserError(f"dataset.paths: {path} is not a text file (it holds NUL bytes); narrow the pattern to "
+                        f"text files")
+
+
+def check_sources(cfg: DatasetConfig) -> list[Path]:
+    """Preflight: the corpus files exist and the user's files look like text (before any model loads)."""
+    files = source_files(cfg)
+    if cfg.kind in ("text", "jsonl"):
+        for path in files:
+            sniff_text(path)
+    return files
+
+
+def _read(path: Path, strict: bool) -> str:
+    """The file as text. strict (user corpora): refuse binary files and files that are mostly not UTF-8,
+    rather than train on replacement characters; a few stray bytes are replaced."""
+    if not strict:
+        return path.read_text(encoding="utf-8", errors="replace")
+    sniff_text(path)
+    data = path.read_bytes()
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+    if bad > MAX_UNDECODABLE * max(1, len(data)):
+        raise UserError(f"dataset.paths: {path} is not UTF-8 text ({bad} undecodable bytes of {len(data)}); convert "
+                        f"it (e.g. iconv -f latin1 -t utf-8) or leave it out")
+    return text
 
 
 def iter_documents(cfg: DatasetConfig) -> Iterator[Document]:
@@ -72,10 +105,10 @@ def iter_documents(cfg: DatasetConfig) -> Iterator[Document]:
         root = Path(sysconfig.get_paths()["stdlib"]) if cfg.kind == "pystdlib" else None
         for path in source_files(cfg):
             key = str(path.relative_to(root)) if root else str(path)
-            yield Document(key=key, text=_read(path))
+            yield Document(key=key, text=_read(path, strict=root is None))
     elif cfg.kind == "jsonl":
         for path in source_files(cfg):
-            for lineno, line in enumerate(_read(path).splitlines(), 1):
+            for lineno, line in enumerate(_read(path, strict=True).splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
@@ -85,7 +118,11 @@ def iter_documents(cfg: DatasetConfig) -> Iterator[Document]:
                     raise UserError(f"dataset.paths: {path}:{lineno} is not a JSON object with "
                                     f"{cfg.prompt_field!r} and {cfg.response_field!r} ({exc}); set "
                                     f"dataset.prompt_field / dataset.response_field to your field names") from None
-                yield Document(key=hashlib.sha1(line.encode()).hexdigest(), text=str(response), prompt=str(prompt))
+                for field, value in ((cfg.prompt_field, prompt), (cfg.response_field, response)):
+                    if not isinstance(value, str):
+                        raise UserError(f"dataset.paths: {path}:{lineno}: {field!r} is {json.dumps(value)}, not a "
+                                        f"string; fix or drop that line")
+                yield Document(key=hashlib.sha1(line.encode()).hexdigest(), text=response, prompt=prompt)
     elif cfg.kind == "hf":
         yield from _hf_documents(cfg)
 

@@ -46,4 +46,16 @@ class MetricsWriter:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number} is not a metrics row (the file is damaged); move it aside to resume "
+                            f"without the earlier curve, or repair that line")
+        rows.append(row)
+    return rows

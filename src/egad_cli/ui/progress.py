@@ -14,8 +14,9 @@ from rich.progress import (
 
 class TrainProgress:
     def __init__(self, total: int, start: int, enabled: bool = True, console=None):
-        """console=None: silent (non-zero ranks). enabled=False: plain log lines instead of a bar."""
-        enabled = enabled and console is not None
+        """console=None: silent (non-zero ranks). enabled=False, or a console that is not a terminal (CI,
+        nohup, a log file, where a live bar would print nothing until the end): plain log lines."""
+        enabled = enabled and console is not None and console.is_terminal
         self.total, self.enabled, self.console = total, enabled, console
         self.progress = Progress(
             TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
