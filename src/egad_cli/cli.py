@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"egad: unknown command {name!r}; valid commands: {', '.join(SUBCOMMANDS)}\n\n{usage()}",
               file=sys.stderr)
         return 2
-    from egad_cli.commands.common import reset_task_started, task_started
+    from egad_cli.commands.common import failed_jobs, reset_task_started, task_started
 
     module = importlib.import_module(SUBCOMMANDS[name][0])
     sys.argv = [f"egad {name}", *argv[1:]]
@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         if exc.code == 1 and not task_started():
             raise SystemExit(2) from None
         raise
+    if failed_jobs():
+        listed = "\n  ".join(failed_jobs())
+        print(f"egad: {len(failed_jobs())} job(s) of the sweep failed (the others ran):\n  {listed}", file=sys.stderr)
+        return 2
     return 0 if result is None or not isinstance(result, int) else result
 
 

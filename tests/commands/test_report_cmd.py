@@ -88,3 +88,20 @@ def test_clear_errors(sweep, tmp_path, capsys):
     assert "no egad distill runs" in " ".join(capsys.readouterr().err.split())
     assert egad("report", f"sweep_dir={tmp_path / 'missing'}") == 2
     assert egad("report", "order=sideways", f"sweep_dir={sweep}") == 2
+
+
+def test_one_bad_sweep_point_does_not_stop_the_sweep(tmp_path, capsys):
+    """-m trainer.lr=1e-3,-1,2e-3: the bad job is recorded as failed, the others run, egad exits 2."""
+    from conftest import egad
+
+    sweep = tmp_path / "sweep"
+    code = egad("distill", "-m", "debug=smoke", "method=kd", "eval.before=false", "trainer.lr=1e-3,-1,2e-3",
+                f"hydra.sweep.dir={sweep}")
+    err = capsys.readouterr().err
+    assert code == 2 and "1 job(s) of the sweep failed" in err and "trainer.lr" in err
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 3
+    assert (sweep / jobs[0] / "summary.json").is_file() and (sweep / jobs[2] / "summary.json").is_file()
+    assert "trainer.lr" in (sweep / jobs[1] / "error.txt").read_text()
+    assert egad("report", f"sweep_dir={sweep}") == 0
+    assert "failed" in capsys.readouterr().out

@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
+from egad_cli.commands.sweep import JOB_ERROR
 from egad_cli.errors import Interrupted, UserError
 from egad_cli.ui.console import err_console
 
 _started = False
+_failed_jobs: list[str] = []  #: multirun jobs that ended in a user error, as "job dir: message"
 
 
 def reset_task_started() -> None:
     global _started
     _started = False
+    _failed_jobs.clear()
+
+
+def failed_jobs() -> list[str]:
+    return list(_failed_jobs)
+
+
+def _multirun_job_dir() -> str | None:
+    """This job's output dir when Hydra runs a sweep (-m), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return HydraConfig.get().runtime.output_dir
 
 
 def task_started() -> bool:
@@ -30,7 +48,14 @@ def run_task(fn: Callable, *args):
         return fn(*args)
     except UserError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)  # no line breaks inside paths
-        sys.exit(2)
+        job_dir = _multirun_job_dir()
+        if job_dir is None:
+            sys.exit(2)
+        # One bad point of a sweep must not cost the others: record it in its job dir (egad report lists
+        # the job as failed) and let Hydra go on; egad exits 2 after the sweep.
+        Path(job_dir, JOB_ERROR).write_text(f"{exc}\n")
+        _failed_jobs.append(f"{job_dir}: {' '.join(str(exc).split())}")
+        return None
     except Interrupted as exc:
         err_console.print(f"[yellow]{exc}[/]", soft_wrap=True)
         sys.exit(130)

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from egad_cli.errors import UserError
 
+JOB_ERROR = "error.txt"  #: written by a sweep job that ended in a user error (its message)
 SKIP_DIRS = {"checkpoints", "student", ".hydra", "tb", "tensorboard", "__pycache__"}
 RUNNING_WINDOW_S = 120  #: a run without summary.json whose files changed this recently is reported as running
 HIGHER_IS_BETTER = ("agreement", "acc", "tokens_per_s", "accuracy")
@@ -132,7 +133,8 @@ def read_run(path: Path, root: Path) -> Run:
         status = "done"
         metrics.update(_flatten("", {k: v for k, v in summary.items() if k != "student_dir"}))
     else:
-        status = "running" if time.time() - _latest_mtime(path) < RUNNING_WINDOW_S else "failed"
+        recent = time.time() - _latest_mtime(path) < RUNNING_WINDOW_S
+        status = "failed" if (path / JOB_ERROR).is_file() or not recent else "running"
         metrics["steps"] = _last_step(path)
     evaluation = _read_json(path / "eval.json")
     if evaluation is not None:
