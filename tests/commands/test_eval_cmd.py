@@ -133,3 +133,11 @@ def test_every_config_problem_at_once(tmp_path, capsys):
     err = stderr(capsys)
     for key in ("student.path", "split", "ece_bins", "device", "eval.batch_size"):
         assert f"{key}:" in err
+
+
+def test_debug_smoke_runs_on_tiny_random_models(tmp_path, capsys):
+    from conftest import egad
+
+    assert egad("eval", "debug=smoke", f"hydra.run.dir={tmp_path}") == 0
+    assert (tmp_path / "eval.json").is_file()
+    assert "teacher=random" in capsys.readouterr().out

@@ -92,3 +92,11 @@ def test_embedded_teacher_end_to_end(corpus_dir, tmp_path, capsys, monkeypatch):
                 "progress=false", f"hydra.run.dir={tmp_path}") == 0
     out = capsys.readouterr().out
     assert "teacher=smollm2" in out and "vocab 49152" in out and "teacher token entropy" in out
+
+
+def test_debug_smoke_runs_on_tiny_random_models(tmp_path, capsys):
+    from conftest import egad
+
+    assert egad("inspect-entropy", "debug=smoke", f"hydra.run.dir={tmp_path}") == 0
+    out = capsys.readouterr().out
+    assert "teacher=random" in out and "student=tiny" in out
