@@ -87,3 +87,89 @@ def test_ctrl_c_while_loading_is_one_line_not_a_traceback(capsys, tmp_path, corp
     code = egad(*smoke_argv(tmp_path / "run", corpus_dir))
     err = capsys.readouterr().err
     assert code == 130 and "interrupted before training started" in err and "Traceback" not in err
+
+
+def hf_dir_with_garbage_weights(tmp_path):
+    """A transformers directory whose model.safetensors is garbage (a truncated or corrupt download)."""
+    from conftest import tiny_models, typed_config
+
+    cfg = typed_config(["debug=smoke"])
+    teacher, _, tok, _ = tiny_models(cfg)
+    path = tmp_path / "teacher"
+    teacher.save_pretrained(path)
+    tok.save_pretrained(path)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    return path
+
+
+def test_a_teacher_with_garbage_weights_names_the_path(capsys, tmp_path, corpus_dir):
+    path = hf_dir_with_garbage_weights(tmp_path)
+    code = egad(*smoke_argv(tmp_path / "run", corpus_dir, "teacher=hf", f"teacher.path={path}"))
+    err = capsys.readouterr().err
+    assert code == 2 and "teacher.path" in err and "Traceback" not in err
+
+
+def test_a_file_that_is_not_gguf_is_refused(capsys, tmp_path, corpus_dir):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"this is not a gguf file" * 100)
+    code = egad(*smoke_argv(tmp_path / "run", corpus_dir, "teacher=gguf", f"teacher.path={fake}"))
+    err = capsys.readouterr().err
+    assert code == 2 and "teacher.path" in err and "GGUF" in err and "Traceback" not in err
+
+
+def test_a_model_path_that_is_a_file_says_so(capsys, tmp_path, loads):  # noqa: F811
+    weights = tmp_path / "model.gguf"
+    weights.write_bytes(b"x")
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "teacher=hf", f"teacher.path={weights}")
+    assert code == 2 and "is a file" in err and "teacher=gguf" in err
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_remote_code_is_refused_with_the_key_that_allows_it(capsys, tmp_path, corpus_dir):
+    path = tmp_path / "custom"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "egad-custom-model",
+                                                  "auto_map": {"AutoConfig": "modeling.CustomConfig",
+                                                               "AutoTokenizer": ["modeling.CustomTokenizer", None],
+                                                               "AutoModelForCausalLM": "modeling.CustomModel"}}))
+    (path / "modeling.py").write_text("raise SystemExit('remote code ran')\n")
+    code = egad(*smoke_argv(tmp_path / "run", corpus_dir, "teacher=hf", f"teacher.path={path}"))
+    err = capsys.readouterr().err
+    assert code == 2 and "teacher.trust_remote_code=true" in err and "remote code ran" not in err
+
+
+def test_blocks_longer_than_the_models_positions_are_refused(capsys, tmp_path, loads):  # noqa: F811
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "dataset.block_size=1024")
+    assert code == 2 and "dataset.block_size" in err and "max_position_embeddings" in err
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_an_unwritable_cache_dir_is_refused_before_loading(capsys, tmp_path, loads):  # noqa: F811
+    (tmp_path / "afile").write_text("")
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", f"cache_dir={tmp_path / 'afile' / 'cache'}")
+    assert code == 2 and "cache_dir" in err
+    assert loads == []
+
+
+def test_resume_totals_cover_the_whole_run(tmp_path, corpus_dir):
+    first = tmp_path / "first"
+    assert egad(*smoke_argv(first, corpus_dir, "method=kd", "eval.before=false")) == 0
+    again = tmp_path / "again"
+    assert egad("distill", f"trainer.resume={first / 'checkpoints' / 'step-2'}", f"hydra.run.dir={again}") == 0
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (first, again))
+    assert b["tokens"] == a["tokens"] and b["train_seconds"] > 0 and b["final"]["loss"] == pytest.approx(a["final"]["loss"])
+    finished = tmp_path / "finished"  # resuming a finished run: nothing to train, the totals stay
+    assert egad("distill", f"trainer.resume={first}", f"hydra.run.dir={finished}") == 0
+    c = json.loads((finished / "summary.json").read_text())
+    assert c["tokens"] == a["tokens"] and c["final"]["loss"] == pytest.approx(a["final"]["loss"])
+
+
+def test_a_bare_checkpoint_of_another_architecture_is_refused(capsys, tmp_path, corpus_dir):
+    run = tmp_path / "run"
+    assert egad(*smoke_argv(run, corpus_dir, "method=kd", "eval.before=false")) == 0
+    (run / "config.yaml").unlink()  # a checkpoint without its run's config: the command line describes the run
+    code = egad(*smoke_argv(tmp_path / "other", corpus_dir, "method=kd", "student.arch.hidden_size=48",
+                            f"trainer.resume={run / 'checkpoints' / 'step-2'}"))
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit" in err and "Traceback" not in err

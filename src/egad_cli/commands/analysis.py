@@ -8,8 +8,8 @@ from egad_cli.config import cache_dir
 from egad_cli.config.schema import TrainerConfig
 from egad_cli.data import Packed, build_splits, check_sources
 from egad_cli.engine.runtime import Runtime, resolve_runtime
-from egad_cli.errors import UserError
-from egad_cli.models import load_frozen_teacher, load_models, preflight_model_source
+from egad_cli.errors import UserError, check_writable
+from egad_cli.models import check_context, load_frozen_teacher, load_models, preflight_model_source
 from egad_cli.models.hub import resolve_model_ref
 from egad_cli.models.vocab import check_head_rows
 from egad_cli.ui.console import console
@@ -33,10 +33,12 @@ def clean(value):
 
 def preflight(cfg) -> Runtime:
     """Device, model sources and data files, before anything expensive (cfg: an analysis command config)."""
-    runtime = resolve_runtime(TrainerConfig(device=cfg.device, precision=cfg.precision))
+    runtime = resolve_runtime(TrainerConfig(device=cfg.device, precision=cfg.precision), device_key="device")
+    check_writable(cache_dir(cfg.cache_dir), "cache_dir")
     preflight_model_source(cfg.teacher)
     if cfg.student is not None and cfg.student.init == "hf":
-        resolve_model_ref(cfg.student.path, "student.path", cfg.student.revision)
+        resolve_model_ref(cfg.student.path, "student.path", cfg.student.revision,
+                          cfg.student.trust_remote_code)
     check_sources(cfg.dataset)
     return runtime
 
@@ -46,10 +48,13 @@ def load(cfg, runtime: Runtime):
 
     With a student this is exactly distill's ``load_models`` (same vocabulary checks)."""
     if cfg.student is not None:
-        return load_models(cfg, runtime)
-    teacher, tokenizer = load_frozen_teacher(cfg, runtime)
-    check_head_rows(teacher, len(tokenizer), "teacher")
-    return teacher, None, tokenizer, len(tokenizer)
+        teacher, student, tokenizer, vocab = load_models(cfg, runtime)
+    else:
+        teacher, tokenizer = load_frozen_teacher(cfg, runtime)
+        check_head_rows(teacher, len(tokenizer), "teacher")
+        student, vocab = None, len(tokenizer)
+    check_context(cfg.dataset.block_size, teacher=teacher, student=student)
+    return teacher, student, tokenizer, vocab
 
 
 def split_of(cfg, tokenizer) -> Packed:

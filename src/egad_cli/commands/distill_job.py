@@ -16,9 +16,9 @@ from egad_cli.engine.distill_unit import DistillUnit
 from egad_cli.engine.loop import train
 from egad_cli.engine.metrics import tensorboard_available
 from egad_cli.engine.runtime import Runtime, resolve_runtime
-from egad_cli.errors import UserError
+from egad_cli.errors import UserError, check_writable
 from egad_cli.evaluation.passes import heldout_kl
-from egad_cli.models import load_models, preflight_model_source
+from egad_cli.models import check_context, load_models, preflight_model_source
 from egad_cli.models.hub import resolve_model_ref
 from egad_cli.ui.console import console
 
@@ -28,8 +28,10 @@ def preflight(cfg: DistillConfig) -> Runtime:
     runtime = resolve_runtime(cfg.trainer)
     preflight_model_source(cfg.teacher)
     if cfg.student.init == "hf":
-        resolve_model_ref(cfg.student.path, "student.path", cfg.student.revision)
+        resolve_model_ref(cfg.student.path, "student.path", cfg.student.revision,
+                          cfg.student.trust_remote_code)
     check_sources(cfg.dataset)
+    check_writable(cache_dir(cfg.cache_dir), "cache_dir")
     resumed = resolve_resume(cfg.trainer.resume) if cfg.trainer.resume else None
     refuse_to_overwrite(Path(cfg.run_dir), resumed)
     if cfg.logging.tensorboard:
@@ -46,14 +48,7 @@ def refuse_to_overwrite(run_dir: Path, resumed: Path | None) -> None:
                   if list_checkpoints(run_dir / "checkpoints") else " (it has no checkpoint to continue from)")
         raise UserError(f"hydra.run.dir: {run_dir} already holds a run ({', '.join(existing)}); nothing was "
                         f"changed. Pick a new hydra.run.dir{resume}")
-    try:  # fail now, not after loading the models, when the run dir cannot be written
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".egad-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"hydra.run.dir: cannot write to {run_dir} ({exc.strerror or exc}); pick a writable "
-                        f"hydra.run.dir") from None
+    check_writable(run_dir, "hydra.run.dir")  # fail now, not after loading the models
 
 
 def total_steps(cfg: DistillConfig, runtime: Runtime) -> int:
@@ -74,6 +69,7 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         OmegaConf.save(raw, run_dir / "config.yaml", resolve=True)
         console.rule(f"egad distill · method={cfg.method.name} · teacher={cfg.teacher.name} · student={cfg.student.name}")
     teacher, student, tokenizer, vocab = load_models(cfg, runtime, seed=cfg.trainer.seed)
+    check_context(cfg.dataset.block_size, teacher=teacher, student=student)
     splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
     steps = total_steps(cfg, runtime)
     n_params = sum(p.numel() for p in student.parameters())

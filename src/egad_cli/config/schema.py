@@ -244,6 +244,12 @@ class DistillConfig:
         for group in (self.teacher, self.student, self.dataset, self.method, self.trainer, self.eval):
             group.problems(out)  # the policy groups are checked by validate() through their registries
         curriculum_problems(self.curriculum, self.weighting, out)
+        built = [("teacher", self.teacher.arch)] if self.teacher.source == "random" else []
+        built += [("student", self.student.arch)] if self.student.init == "scratch" else []
+        for who, arch in built:  # models built from an arch: their positions are known before loading
+            out.check(self.dataset.block_size <= arch.max_position_embeddings, "dataset.block_size",
+                      f"{self.dataset.block_size} is longer than {who}.arch.max_position_embeddings="
+                      f"{arch.max_position_embeddings}")
         return out
 
 

@@ -61,10 +61,13 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
     optimizer, scheduler = build_optimizer(unit.named_trainable(), cfg, total_steps)
     sampler = BlockSampler(len(data), cfg.batch_size, cfg.seed, runtime.rank, runtime.world_size)
     ckpt_root = run_dir / "checkpoints"
-    start, history = 0, []
+    start, history, done_tokens, done_seconds = 0, [], 0, 0.0
     if cfg.resume:
         ckpt = resolve_resume(cfg.resume, warn=console.print if console is not None and runtime.is_main else None)
-        start = _restore(ckpt, unit, optimizer, scheduler)
+        restored = _restore(ckpt, unit, optimizer, scheduler)
+        start = int(restored["step"])
+        # the whole run's totals in summary.json, not only this segment's
+        done_tokens, done_seconds = int(restored.get("tokens", 0)), float(restored.get("seconds", 0.0))
         history = _history(ckpt.parent.parent / "metrics.jsonl", start)
         if console is not None and runtime.is_main:
             console.print(f"resumed from step {start} ({ckpt})")
@@ -75,10 +78,13 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
             return None
         state = {"step": step, "modules": {k: m.state_dict() for k, m in unit.modules().items()},
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng_state(), "unit": unit.state_dict()}
+                 "rng": rng_state(), "unit": unit.state_dict(), "tokens": result.tokens,
+                 "seconds": done_seconds + time.perf_counter() - t_start}
         return save_checkpoint(ckpt_root, step, state, cfg.keep_ckpts)
 
-    result = TrainResult(steps=start, save_checkpoint=lambda: checkpoint(result.steps))
+    result = TrainResult(steps=start, tokens=done_tokens, save_checkpoint=lambda: checkpoint(result.steps))
+    if history:  # resuming a finished run reports its last logged step, not nothing
+        result.last_logs = {k: v for k, v in history[-1].items() if k != "step"}
     bar = TrainProgress(total_steps, start, enabled=progress, console=console if runtime.is_main else None)
     params = [p for _, p, _ in unit.named_trainable() if p.requires_grad]
     t_start, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
@@ -130,22 +136,28 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
         path = checkpoint(result.steps)
         raise Interrupted(f"interrupted at step {result.steps}; checkpoint {path}. Resume with "
                           f"trainer.resume={run_dir}") from None
-    result.seconds = time.perf_counter() - t_start
+    result.seconds = done_seconds + time.perf_counter() - t_start
     return result
 
 
-def _restore(path: Path, unit: Unit, optimizer, scheduler) -> int:
+def _restore(path: Path, unit: Unit, optimizer, scheduler) -> dict:
+    """Load the checkpoint into the unit, optimizer, scheduler and RNGs; returns its state tree."""
     state = load_checkpoint(path)
     modules = unit.modules()
-    for name, module in modules.items():
-        if name not in state["modules"]:
-            raise UserError(f"trainer.resume: checkpoint {path} has no {name!r} state (a different method?)")
-        module.load_state_dict(state["modules"][name])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    unit.load_state_dict(state["unit"])
-    set_rng_state(state["rng"])
-    return int(state["step"])
+    try:
+        for name, module in modules.items():
+            if name not in state["modules"]:
+                raise UserError(f"trainer.resume: checkpoint {path} has no {name!r} state (a different method?)")
+            module.load_state_dict(state["modules"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        unit.load_state_dict(state["unit"])
+        set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"trainer.resume: checkpoint {path} does not fit this run's model, method or optimizer "
+                        f"({first}); resume with the run's own settings (its config.yaml), or start a new run") from None
+    return state
 
 
 def _history(path: Path, upto: int) -> list[dict]:

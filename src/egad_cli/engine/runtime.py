@@ -50,7 +50,7 @@ class Runtime:
         return {k: float(v) if k.startswith("loss") else float(v) / self.world_size for k, v in zip(keys, values)}
 
 
-def resolve_runtime(cfg: TrainerConfig) -> Runtime:
+def resolve_runtime(cfg: TrainerConfig, device_key: str = "trainer.device") -> Runtime:
     """Pick device and precision from trainer.device / trainer.precision; fail early on impossible asks."""
     rank, world = 0, 1
     if cfg.strategy == "ddp":
@@ -64,8 +64,8 @@ def resolve_runtime(cfg: TrainerConfig) -> Runtime:
     else:
         device = torch.device(cfg.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"trainer.device={cfg.device}: no CUDA device is available here; use trainer.device=cpu "
-                            f"or trainer.device=auto")
+            raise UserError(f"{device_key}={cfg.device}: no CUDA device is available here; use {device_key}=cpu "
+                            f"or {device_key}=auto")
     if cfg.strategy == "ddp" and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -36,15 +37,24 @@ def is_cached(ref: str, revision: str | None) -> bool:
     return isinstance(hit, str)
 
 
-def resolve_model_ref(ref: str, key: str, revision: str | None = None) -> str:
-    """Return a loadable reference or raise a UserError naming `key` and how to fix it."""
+def resolve_model_ref(ref: str, key: str, revision: str | None = None, trust_remote_code: bool = False) -> str:
+    """Return a loadable reference or raise a UserError naming `key` and how to fix it. A local model that
+    ships its own code (``auto_map`` in its config) is refused unless the user opted in, before loading."""
     if looks_local(ref):
         path = Path(ref).expanduser()
+        if path.is_file():
+            hint = f" (a .gguf file: use {key.split('.')[0]}=gguf)" if path.suffix == ".gguf" else ""
+            raise UserError(f"{key}: {str(path)!r} is a file; point {key} at the model's directory (with "
+                            f"config.json and weights){hint}.")
         if not path.is_dir():
             raise UserError(f"{key}: directory {str(path)!r} does not exist. Point {key} at a directory with "
                             f"config.json and weights (a save_pretrained or huggingface-cli download output).")
         if not (path / "config.json").is_file():
             raise UserError(f"{key}: {str(path)!r} has no config.json; it is not a transformers model directory.")
+        if not trust_remote_code and _ships_code(path):
+            raise UserError(f"{key}: {str(path)!r} ships its own model code (auto_map in its config), which egad "
+                            f"runs only if you ask: add {key.split('.')[0]}.trust_remote_code=true to the command "
+                            f"line if you trust it.")
         return str(path)
     if is_cached(ref, revision):
         return ref
@@ -55,3 +65,14 @@ def resolve_model_ref(ref: str, key: str, revision: str | None = None) -> str:
             f"  On a machine with access:  huggingface-cli download {ref} --local-dir /some/dir\n"
             f"  then run with {key}=/some/dir  (any local transformers model directory works).")
     return ref
+
+
+def _ships_code(path: Path) -> bool:
+    """Whether a local model directory asks transformers to import code of its own."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            if "auto_map" in json.loads((path / name).read_text()):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False

@@ -41,7 +41,7 @@ def preflight_model_source(cfg: TeacherConfig) -> None:
     if cfg.source == "gguf":
         gguf_path(cfg)
     elif cfg.source == "hf":
-        resolve_model_ref(cfg.path, "teacher.path", cfg.revision)
+        resolve_model_ref(cfg.path, "teacher.path", cfg.revision, cfg.trust_remote_code)
 
 
 def random_llama(arch: ArchConfig, vocab_size: int, tokenizer, seed: int, init_range: float = 0.02) -> LlamaForCausalLM:
@@ -61,9 +61,26 @@ def random_llama(arch: ArchConfig, vocab_size: int, tokenizer, seed: int, init_r
 
 
 def _gguf_cache_dir(path: Path, cache_dir: Path) -> Path:
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir / "gguf" / f"{path.stem}-{key}"
+    """Keyed by content, not by path: the same file in another clone or venv reuses one dequantised copy.
+    The key hashes the size and the first and last 8 MiB (the header with every tensor's offset, shape
+    and type, and the end of the data), so it costs milliseconds, not a pass over the whole file."""
+    size, chunk = path.stat().st_size, 8 << 20
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        f.seek(max(0, size - chunk))
+        h.update(f.read(chunk))
+    return cache_dir / "gguf" / f"{path.stem}-{h.hexdigest()[:16]}"
+
+
+def load_error(key: str, ref: str, exc: Exception) -> UserError:
+    """A user's model files that fail to load: what failed and how to fix it, not a traceback."""
+    text = " ".join(str(exc).split())
+    if "trust_remote_code" in text:
+        return UserError(f"{key}: {ref!r} ships its own model code, which egad runs only if you ask: add "
+                         f"{key.split('.')[0]}.trust_remote_code=true to the command line if you trust it")
+    return UserError(f"{key}: could not load {ref!r} ({type(exc).__name__}: {text[:400]}); check that the "
+                     f"files are complete (a truncated download?) and are a transformers model")
 
 
 def load_gguf(path: Path, cache_dir: Path, console=None) -> Path:
@@ -73,8 +90,12 @@ def load_gguf(path: Path, cache_dir: Path, console=None) -> Path:
         return target
     if console is not None:
         console.print(f"[dim]dequantising {path.name} once (cached in {target})…[/]")
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as exc:  # noqa: BLE001 - a user's file: any failure to parse it is a message, not a traceback
+        raise UserError(f"teacher.path: {str(path)!r} could not be read as a GGUF model ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:300]}); is it a complete .gguf file?") from None
     # transformers marks GGUF-loaded models as quantized and refuses save_pretrained; the weights
     # are plain dequantised tensors, so rebuild an ordinary model from the config and copy them.
     config = model.config.to_dict()
@@ -99,11 +120,11 @@ def load_teacher(cfg: TeacherConfig, cache_dir: Path, dtype: torch.dtype, consol
     if cfg.source == "gguf":
         ref, revision = str(load_gguf(gguf_path(cfg), cache_dir, console)), None
     else:
-        ref, revision = resolve_model_ref(cfg.path, "teacher.path", cfg.revision), cfg.revision
+        ref, revision = resolve_model_ref(cfg.path, "teacher.path", cfg.revision, cfg.trust_remote_code), cfg.revision
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(ref, revision=revision, dtype=dtype,
                                                      trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"teacher.path: could not load {ref!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a user's files: any failure to parse them is a message, not a traceback
+        raise load_error("teacher.path", ref, exc) from None
     return model.eval(), tokenizer

@@ -7,6 +7,7 @@ from transformers.utils import logging as hf_logging
 
 from egad_cli.config import cache_dir
 from egad_cli.engine.runtime import Runtime
+from egad_cli.errors import UserError
 from egad_cli.models.loading import load_teacher
 from egad_cli.models.students import build_student
 from egad_cli.models.vocab import check_shared_vocab
@@ -29,3 +30,13 @@ def load_models(cfg, runtime: Runtime, seed: int = 0):
     student, s_tok = build_student(cfg.student, teacher, t_tok, default_seed=seed)
     vocab = check_shared_vocab(teacher, student, t_tok, s_tok)
     return teacher, student.to(runtime.device), t_tok, vocab
+
+
+def check_context(block_size: int, **models) -> None:
+    """Every block must fit each model's positions (a longer one fails inside attention, or silently
+    extrapolates rotary positions the model never saw)."""
+    for who, model in models.items():
+        limit = getattr(model.config, "max_position_embeddings", None) if model is not None else None
+        if limit is not None and block_size > limit:
+            raise UserError(f"dataset.block_size={block_size} is longer than the {who}'s max_position_embeddings="
+                            f"{limit}; set dataset.block_size={limit} or less")

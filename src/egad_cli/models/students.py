@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from egad_cli.config.schema import StudentConfig
 from egad_cli.errors import UserError
 from egad_cli.models.hub import resolve_model_ref
-from egad_cli.models.loading import random_llama
+from egad_cli.models.loading import load_error, random_llama
 
 
 def evenly_spaced(n_keep: int, n_total: int) -> list[int]:
@@ -52,11 +52,11 @@ def build_student(cfg: StudentConfig, teacher, t_tok, default_seed: int = 0):
         return random_llama(cfg.arch, rows, t_tok, seed).float(), t_tok
     if cfg.init == "from_teacher":
         return layer_subset(teacher, cfg.num_layers).float(), t_tok
-    ref = resolve_model_ref(cfg.path, "student.path", cfg.revision)
+    ref = resolve_model_ref(cfg.path, "student.path", cfg.revision, cfg.trust_remote_code)
     try:
         s_tok = AutoTokenizer.from_pretrained(ref, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
         student = AutoModelForCausalLM.from_pretrained(ref, revision=cfg.revision, dtype=torch.float32,
                                                        trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"student.path: could not load {ref!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a user's files: any failure to parse them is a message, not a traceback
+        raise load_error("student.path", ref, exc) from None
     return student, s_tok
