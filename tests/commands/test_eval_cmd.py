@@ -141,3 +141,16 @@ def test_debug_smoke_runs_on_tiny_random_models(tmp_path, capsys):
     assert egad("eval", "debug=smoke", f"hydra.run.dir={tmp_path}") == 0
     assert (tmp_path / "eval.json").is_file()
     assert "teacher=random" in capsys.readouterr().out
+
+
+def test_split_all_evaluates_every_block_of_your_own_files(tmp_path, capsys):
+    """split=all: held-out files of the user's own are evaluated whole, not re-split by val_fraction."""
+    from conftest import egad, write_corpus
+
+    heldout = write_corpus(tmp_path / "heldout", n_files=2, seed=7)
+    out = tmp_path / "out"
+    assert egad("eval", "debug=smoke", "dataset=text", f"dataset.paths=[{heldout}/*.txt]", "split=all",
+                f"hydra.run.dir={out}") == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["setup"]["split"] == "all" and result["setup"]["blocks"] > 0
+    assert not list(out.glob("*.log"))  # no empty eval.log beside it

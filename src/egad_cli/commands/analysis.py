@@ -6,7 +6,7 @@ import math
 
 from egad_cli.config import cache_dir
 from egad_cli.config.schema import TrainerConfig
-from egad_cli.data import Packed, build_splits, check_sources
+from egad_cli.data import Packed, build_splits, check_sources, pack_all
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError, check_writable
 from egad_cli.models import check_context, load_frozen_teacher, load_models, preflight_model_source
@@ -58,7 +58,9 @@ def load(cfg, runtime: Runtime):
 
 
 def split_of(cfg, tokenizer) -> Packed:
-    """The configured split (cfg.split: train | val) of cfg.dataset, packed (from the cache when possible)."""
+    """The configured split (cfg.split: train | val | all) of cfg.dataset, packed (from the cache when possible)."""
+    if cfg.split == "all":
+        return pack_all(cfg.dataset, tokenizer)
     splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
     data = splits.val if cfg.split == "val" else splits.train
     if len(data) == 0:

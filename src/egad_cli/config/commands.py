@@ -30,7 +30,7 @@ from egad_cli.config.schema import (
     TeacherConfig,
 )
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "all")
 DEVICES_HELP = "valid: auto, cpu, cuda, cuda:N"
 
 
@@ -55,7 +55,7 @@ class EvalCommandConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)  #: token budget, batch size, prompts, max_new_tokens
     run_dir: Optional[str] = None  #: a distill run dir (has config.yaml and student/)
-    split: str = "val"  #: val (held-out, the default) | train
+    split: str = "val"  #: val (held-out, the default) | train | all (every block: your own held-out files)
     ece_bins: int = 15  #: equal-width confidence bins of the expected calibration error
     n_buckets: int = 10  #: teacher-entropy quantile buckets of the breakdown (10 = deciles)
     chunk_size: int = 1024  #: tokens per chunk when computing vocabulary-sized logits
@@ -103,7 +103,7 @@ class InspectEntropyConfig:
     weighting: WeightingConfig = MISSING
     branch: BranchConfig = MISSING
     run_dir: Optional[str] = None  #: a distill run dir: its teacher, dataset, method groups and student/
-    split: str = "train"  #: train (what distillation sees, the default) | val
+    split: str = "train"  #: train (what distillation sees, the default) | val | all (every block of the files)
     max_tokens: int = 4096  #: token budget of the pass (0 = the whole split), in blocks spread over the split
     batch_size: int = 4  #: sequences per forward pass
     bins: int = 24  #: histogram bins

@@ -100,3 +100,14 @@ def build_splits(cfg: DatasetConfig, tokenizer, cache_dir: Path | None = None) -
                     "val_ids": splits.val.ids, "val_mask": splits.val.mask}, tmp)
         tmp.replace(cache_file)
     return splits
+
+
+def pack_all(cfg: DatasetConfig, tokenizer) -> Packed:
+    """Every document of the corpus, packed, ignoring the train/validation split (``split=all``: files the
+    user holds out themselves). Budget: dataset.max_train_tokens + dataset.max_val_tokens. Not cached."""
+    docs = sorted(iter_documents(cfg), key=lambda d: order_key(d.key))
+    packed = pack(docs, tokenizer, cfg.block_size, cfg.max_train_tokens + cfg.max_val_tokens)
+    if len(packed) == 0:
+        raise UserError(f"dataset={cfg.name}: the files hold fewer than dataset.block_size={cfg.block_size} tokens; "
+                        f"add text or lower dataset.block_size")
+    return packed
