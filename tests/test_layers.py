@@ -60,6 +60,7 @@ def test_config_and_its_registries_import_no_torch():
 @pytest.mark.parametrize("argv", [
     ["distill", "trainer.lr=-1"],
     ["distill", "--cfg", "job"],
+    ["distill", "--help"],
     ["eval", "eval.batch_size=0", "student.path=/nowhere"],
     ["inspect-entropy", "bins=1"],
     ["report", "order=sideways"],
@@ -67,12 +68,12 @@ def test_config_and_its_registries_import_no_torch():
 def test_config_errors_and_cfg_job_answer_without_importing_torch(tmp_path, argv):
     """A typo must answer in about a second: the subcommands import torch only after validation."""
     code = ("import sys\nfrom egad_cli.cli import main\n"
-            f"try:\n    main({[*argv, f'hydra.run.dir={tmp_path}'] if '--cfg' not in argv else argv!r})\n"
+            f"try:\n    main({[*argv, f'hydra.run.dir={tmp_path}'] if not {'--cfg', '--help'} & set(argv) else argv!r})\n"
             "except SystemExit as exc:\n    code = exc.code\n"
             "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    if "--cfg" not in argv:
+    if not {"--cfg", "--help"} & set(argv):
         assert "config problem" in proc.stderr

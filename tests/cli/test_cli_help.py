@@ -42,6 +42,8 @@ def test_distill_help_shows_config_groups(capsys):
         "curriculum": ("none", "linear", "cosine", "sqrt", "step"),
         "temperature": ("fixed", "entropy", "idts"),
         "branch": ("logits_only", "dual"),
+        "difficulty": ("rank", "normalized", "running_quantile"),
+        "weighting": ("uniform", "eakd", "adakd"),
         "debug": ("smoke",),
     }
     for group, choices in expected.items():
@@ -71,3 +73,14 @@ def test_cfg_job_group_override_beats_method_preset(capsys):
     assert egad("distill", "--cfg", "job", "method=kd", "loss=reverse_kl") == 0
     cfg = _job_config(capsys)
     assert cfg["loss"]["name"] == "reverse_kl" and cfg["method"]["name"] == "kd"
+
+
+def test_every_command_help_lists_its_groups(capsys):
+    for name, groups in (("eval", ("teacher", "student", "dataset", "debug")),
+                         ("inspect-entropy", ("teacher", "method", "temperature", "weighting", "debug")),
+                         ("report", ())):
+        assert egad(name, "--help") == 0
+        out = capsys.readouterr().out
+        assert f"egad {name}" in out and "--cfg job" in out
+        listed = {line.split(":")[0] for line in out.split("== Configuration groups ==")[1].splitlines() if ":" in line}
+        assert set(groups) <= listed, (name, listed)
