@@ -173,3 +173,9 @@ def test_a_bare_checkpoint_of_another_architecture_is_refused(capsys, tmp_path, 
                             f"trainer.resume={run / 'checkpoints' / 'step-2'}"))
     err = capsys.readouterr().err
     assert code == 2 and "does not fit" in err and "Traceback" not in err
+
+
+def test_generation_past_the_models_positions_is_refused(capsys, tmp_path):
+    code = egad("eval", "debug=smoke", "eval.max_new_tokens=4000", f"hydra.run.dir={tmp_path}")
+    err = capsys.readouterr().err
+    assert code == 2 and "eval.max_new_tokens" in err and "max_position_embeddings" in err

@@ -53,7 +53,7 @@ def load(cfg, runtime: Runtime):
         teacher, tokenizer = load_frozen_teacher(cfg, runtime)
         check_head_rows(teacher, len(tokenizer), "teacher")
         student, vocab = None, len(tokenizer)
-    check_context(cfg.dataset.block_size, teacher=teacher, student=student)
+    check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher, student=student)
     return teacher, student, tokenizer, vocab
 
 

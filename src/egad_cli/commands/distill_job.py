@@ -69,7 +69,7 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         OmegaConf.save(raw, run_dir / "config.yaml", resolve=True)
         console.rule(f"egad distill · method={cfg.method.name} · teacher={cfg.teacher.name} · student={cfg.student.name}")
     teacher, student, tokenizer, vocab = load_models(cfg, runtime, seed=cfg.trainer.seed)
-    check_context(cfg.dataset.block_size, teacher=teacher, student=student)
+    check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher, student=student)
     splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
     steps = total_steps(cfg, runtime)
     n_params = sum(p.numel() for p in student.parameters())

@@ -16,6 +16,7 @@ from egad_cli.evaluation.entropy import printable
 from egad_cli.evaluation.generation import side_by_side
 from egad_cli.evaluation.metrics import by_entropy_bucket, calibration_bins, pair_summary
 from egad_cli.evaluation.passes import spread_blocks, token_pass
+from egad_cli.models import check_context
 from egad_cli.ui.console import console
 from egad_cli.ui.progress import pass_progress
 from egad_cli.ui.tables import rich_table
@@ -59,6 +60,9 @@ def run(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
     console.rule(escape(f"egad eval · teacher={cfg.teacher.name} · student={student_name} · "
                         f"dataset={cfg.dataset.name}"))
     teacher, student, tokenizer, vocab = load(cfg, runtime)
+    if cfg.eval.prompts and cfg.eval.max_new_tokens > 0:  # generation: the longest prompt plus what is generated
+        longest = max(len(tokenizer(p)["input_ids"]) for p in cfg.eval.prompts)
+        check_context(longest + cfg.eval.max_new_tokens, "eval.max_new_tokens", teacher=teacher, student=student)
     data = spread_blocks(split_of(cfg, tokenizer), cfg.eval.max_tokens)
     console.print(f"{len(data)} {cfg.split} blocks of {data.ids.shape[1]} tokens · vocab {vocab} · "
                   f"{runtime.device}")

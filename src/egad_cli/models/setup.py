@@ -32,11 +32,11 @@ def load_models(cfg, runtime: Runtime, seed: int = 0):
     return teacher, student.to(runtime.device), t_tok, vocab
 
 
-def check_context(block_size: int, **models) -> None:
-    """Every block must fit each model's positions (a longer one fails inside attention, or silently
-    extrapolates rotary positions the model never saw)."""
+def check_context(length: int, key: str, **models) -> None:
+    """A sequence of `length` tokens (set by `key`) must fit each model's positions: a longer one fails
+    inside attention, or silently extrapolates rotary positions the model never saw."""
     for who, model in models.items():
         limit = getattr(model.config, "max_position_embeddings", None) if model is not None else None
-        if limit is not None and block_size > limit:
-            raise UserError(f"dataset.block_size={block_size} is longer than the {who}'s max_position_embeddings="
-                            f"{limit}; set dataset.block_size={limit} or less")
+        if limit is not None and length > limit:
+            raise UserError(f"{key}: sequences of {length} tokens are longer than the {who}'s "
+                            f"max_position_embeddings={limit}; lower {key}")
