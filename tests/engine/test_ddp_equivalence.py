@@ -3,6 +3,7 @@ in one process: the loss uses global denominators, so the gradient must be the s
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -13,6 +14,13 @@ from safetensors.torch import load_file
 from egad_cli.engine.metrics import read_metrics
 
 ARGS = ["debug=smoke", "method=kd", "trainer.max_steps=1", "trainer.warmup_steps=0", "eval.before=false"]
+
+
+def _free_port() -> int:
+    """A port nothing listens on now: a fixed one collides with another test run on the same machine."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _run(cmd, env):
@@ -30,7 +38,7 @@ def _run(cmd, env):
 def test_ddp_step_equals_single_process_step(tmp_path, per_rank, atol):
     env = {**os.environ, "EGAD_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    _run([torchrun, "--nproc-per-node", "2", "--master-port", "29517", "-m", "egad_cli", "distill", *ARGS,
+    _run([torchrun, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "egad_cli", "distill", *ARGS,
           "trainer.strategy=ddp", *per_rank, f"hydra.run.dir={tmp_path / 'ddp'}"], env)
     _run([sys.executable, "-m", "egad_cli", "distill", *ARGS, "trainer.batch_size=4",
           f"hydra.run.dir={tmp_path / 'single'}"], env)
