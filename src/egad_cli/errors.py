@@ -1,5 +1,6 @@
 """Errors meant for the user: printed as one clear message, without a traceback."""
 
+import os
 from pathlib import Path
 
 
@@ -15,7 +16,7 @@ def check_writable(path: Path, key: str) -> None:
     """Create `path` if needed and prove it takes a file, or raise a UserError naming `key`."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".egad-write-test"
+        probe = path / f".egad-write-test-{os.getpid()}"  # per process: DDP ranks check the same dir at once
         probe.write_text("")
         probe.unlink()
     except OSError as exc:

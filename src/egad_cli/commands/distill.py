@@ -31,7 +31,7 @@ def resumed_config(raw: DictConfig, overrides: list[str]) -> DictConfig:
 
     So the resume command egad prints works verbatim for a run started with any overrides, and a change
     that would break the run (another method, model, dataset, block size …) is refused by name."""
-    from egad_cli.engine.checkpoint import resolve_resume  # reads safetensors metadata: imports torch
+    from egad_cli.engine.checkpoint import resolve_resume  # here, not at the top: that module imports torch
 
     ckpt = resolve_resume(raw.trainer.resume)
     run = ckpt.parent.parent

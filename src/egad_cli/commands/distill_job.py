@@ -79,6 +79,8 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
                       f"blocks of {cfg.dataset.block_size} · {steps} steps on {runtime.device}")
 
     def kl() -> float:
+        if runtime.is_main:  # a pass of seconds to minutes: say so, on a terminal or in a log file alike
+            console.print(f"[dim]held-out KL(teacher ‖ student) over up to {cfg.eval.max_tokens or 'all'} tokens…[/]")
         return heldout_kl(teacher, student, vocab, splits.val, runtime, cfg.eval.batch_size, cfg.eval.max_tokens,
                           cfg.loss.chunk_size)
 

@@ -89,7 +89,7 @@ def check_run_dir(ref: str, need_student: bool) -> Path:
 
         ckpts = list_checkpoints(path / "checkpoints")
         hint = (f" Its latest checkpoint is {ckpts[-1].name}: finish the run with `egad distill "
-                f"trainer.resume={path} …` (same overrides as the run)." if ckpts else "")
+                f"trainer.resume={path}` (it takes the run's own config)." if ckpts else "")
         raise UserError(f"run_dir: {str(path)!r} has no exported student ({STUDENT_DIR}/ with config.json): "
                         f"the run did not finish, or it ran with trainer.export=false.{hint} "
                         f"To evaluate another model, set student.path=<a transformers model dir>.")
