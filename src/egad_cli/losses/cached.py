@@ -1,0 +1,98 @@
+"""Divergences against a cached teacher: top-k log-probabilities plus an explicit tail bucket (DESIGN §7).
+
+A teacher cache keeps, per token, the k most likely ids with their log-probabilities at T = 1 and a
+few *tail power sums* ``log S(a) = log Σ_{v ∉ top-k} p(v)^a`` on a grid of exponents ``a = 1/τ``.
+That is enough to compare teacher and student at any per-token temperature τ over the partition
+{top-k tokens} ∪ {one tail bucket}:
+
+* teacher, exactly on the top-k:  log p^τ(v) = a·log p(v) − log Z(a),  Z(a) = Σ_top p^a + S(a);
+  the tail bucket gets S(a)/Z(a) (S(a) interpolated between grid points, exact on them; τ = 1 is
+  always a grid point, where S is the tail mass itself);
+* student, exactly: its log-softmax at τ gathered at the same ids, and the rest of its mass as the
+  tail bucket.
+
+Any registered divergence then runs unchanged on these [N, k + 1] log-probabilities. Dropping the
+tail instead (a truncated KL over the top-k only) is biased; with the bucket the divergence is the
+one between the two distributions *coarse-grained* onto the partition, a lower bound of the full
+one for the KL family (data processing), and equal to it when k = V (the tail is empty: -inf on
+both sides, which the divergences treat as 0 · log 0 = 0).
+
+This module is the math only; writing and reading cache shards is not built yet (issue 8).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["TeacherTopK", "cached_divergence", "student_buckets", "teacher_buckets", "topk_from_logits"]
+
+#: exponents a = 1/τ at which tail power sums are stored by default: τ from 4 down to 0.25, with τ = 1 exact
+DEFAULT_EXPONENTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+@dataclass
+class TeacherTopK:
+    """What a cache stores per token for the divergence (N tokens, k kept, G tail exponents)."""
+
+    logp: Tensor  #: [N, k] log p(v) at T = 1 of the k most likely tokens (descending)
+    ids: Tensor  #: [N, k] int64 their token ids
+    exponents: Tensor  #: [G] increasing exponents a = 1/τ of the tail power sums (1.0 among them)
+    log_tail: Tensor  #: [N, G] log Σ_{v ∉ top-k} p(v)^a (−inf when the tail is empty, k = V)
+
+
+@torch.no_grad()
+def topk_from_logits(t_logits: Tensor, k: int, exponents: tuple[float, ...] = DEFAULT_EXPONENTS) -> TeacherTopK:
+    """The cached form of teacher logits [N, V] (computed in fp32 from the full vocabulary)."""
+    if 1.0 not in exponents or list(exponents) != sorted(set(exponents)):
+        raise ValueError(f"exponents must be increasing, without repeats, and include 1.0; got {exponents}")
+    logp = torch.log_softmax(t_logits.float(), dim=-1)  # [N, V]
+    k = min(int(k), logp.shape[-1])
+    top, ids = logp.topk(k, dim=-1)  # [N, k]
+    tail = logp.scatter(-1, ids, -math.inf)  # [N, V] the top-k removed
+    a = torch.tensor(exponents, dtype=torch.float32, device=logp.device)  # [G]
+    log_tail = torch.stack([torch.logsumexp(tail * e, dim=-1) for e in exponents], dim=-1)  # [N, G]
+    return TeacherTopK(logp=top, ids=ids, exponents=a, log_tail=log_tail)
+
+
+def _log_tail_at(top: TeacherTopK, a: Tensor) -> Tensor:
+    """log S(a) per token [N] for per-token exponents a [N]: linear in a between grid points (log S is
+    convex in a, so this is a slight over-estimate between points and exact on them); clamped to the grid."""
+    grid = top.exponents  # [G]
+    a = a.clamp(grid[0], grid[-1])
+    hi = torch.searchsorted(grid, a.contiguous()).clamp(1, grid.numel() - 1)  # [N]
+    lo = hi - 1
+    a_lo, a_hi = grid[lo], grid[hi]
+    y_lo = top.log_tail.gather(1, lo[:, None]).squeeze(1)  # [N]
+    y_hi = top.log_tail.gather(1, hi[:, None]).squeeze(1)
+    w = (a - a_lo) / (a_hi - a_lo)
+    # an empty tail is −inf at every exponent: keep it exactly −inf (no inf − inf)
+    return torch.where(torch.isneginf(y_lo) & torch.isneginf(y_hi), y_lo, y_lo + w * (y_hi - y_lo))
+
+
+def teacher_buckets(top: TeacherTopK, tau: Tensor) -> Tensor:
+    """Teacher log-probabilities at per-token τ [N] over (top-k, tail): [N, k + 1]."""
+    a = 1.0 / tau.float()  # [N]
+    scaled = top.logp * a[:, None]  # [N, k]
+    log_tail = _log_tail_at(top, a)  # [N]
+    log_z = torch.logaddexp(torch.logsumexp(scaled, dim=-1), log_tail)  # [N]
+    return torch.cat([scaled, log_tail[:, None]], dim=-1) - log_z[:, None]
+
+
+def student_buckets(s_logits: Tensor, ids: Tensor, tau: Tensor) -> Tensor:
+    """Student log-probabilities at per-token τ [N] over (the teacher's top-k ids, tail): [N, k + 1].
+    Differentiable w.r.t. s_logits [N, V]; the tail is a log-sum-exp over the other entries (no
+    1 − Σ cancellation when the tail is tiny)."""
+    logp = torch.log_softmax(s_logits.float() / tau.float()[:, None], dim=-1)  # [N, V]
+    top = logp.gather(-1, ids)  # [N, k]
+    tail = torch.logsumexp(logp.scatter(-1, ids, -math.inf), dim=-1)  # [N]
+    return torch.cat([top, tail[:, None]], dim=-1)
+
+
+def cached_divergence(top: TeacherTopK, s_logits: Tensor, tau: Tensor, divergence) -> Tensor:
+    """Per-token divergence [N] between the cached teacher and the student at τ, with the tail bucket.
+    divergence: ``fn(t_logp, s_logp) -> [N]`` (a ``loss=`` node's ``divergence()``)."""
+    return divergence(teacher_buckets(top, tau), student_buckets(s_logits, top.ids, tau))
