@@ -140,3 +140,23 @@ def test_kill_9_at_random_moments_always_leaves_a_loadable_latest_checkpoint(tmp
         latest = resolve_resume(str(root.parent))
         assert load_checkpoint(latest)["step"] == int(latest.name.split("-")[1].split(".")[0])
     assert time.monotonic() - t0 < 60
+
+
+def test_a_checkpoint_is_hashed_once_however_often_it_is_checked(tmp_path, monkeypatch):
+    """A resume checks the same checkpoint several times (entry, preflight, loop, load): each file is
+    hashed once, and a later change to it is still caught."""
+    root = tmp_path / "checkpoints"
+    path = save_checkpoint(root, 1, state(1), keep=2)
+    hashed = []
+    real = ckpt_mod._sha256
+    monkeypatch.setattr(ckpt_mod, "_sha256", lambda p: hashed.append(p.name) or real(p))
+    ckpt_mod._verified_sha256.cache_clear()
+    for _ in range(3):
+        assert resolve_resume(str(tmp_path)) == path
+    load_checkpoint(path)
+    assert sorted(hashed) == ["state.json", TENSORS]
+    data = (path / TENSORS).read_bytes()
+    time.sleep(0.01)  # a later write: a new mtime
+    (path / TENSORS).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(path)

@@ -19,6 +19,7 @@ previous one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -54,6 +55,14 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@functools.lru_cache(maxsize=64)
+def _verified_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a checkpoint file as it is now. Keyed by size and mtime: a resume asks for the same
+    checkpoint several times (the config entry, preflight, the loop, the load), and a multi-GB file
+    should be hashed once; any write to the file changes its mtime and so the key."""
+    return _sha256(Path(path))
 
 
 def _sha256(path: Path) -> str:
@@ -150,7 +159,8 @@ def checkpoint_problem(path: Path) -> str | None:
             return f"{name} is missing"
         if f.stat().st_size != want.get("size"):
             return f"{name} has {f.stat().st_size} bytes, the manifest says {want.get('size')} (truncated?)"
-        if _sha256(f) != want.get("sha256"):
+        stat = f.stat()
+        if _verified_sha256(str(f.resolve()), stat.st_size, stat.st_mtime_ns) != want.get("sha256"):
             return f"{name} does not match its SHA-256 in the manifest (damaged or altered)"
     return None
 
