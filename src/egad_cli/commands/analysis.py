@@ -9,8 +9,13 @@ from egad_cli.config.schema import TrainerConfig
 from egad_cli.data import Packed, build_splits, check_sources, pack_all
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError, check_writable
-from egad_cli.models import check_context, load_frozen_teacher, load_models, preflight_model_source
-from egad_cli.models.hub import resolve_model_ref
+from egad_cli.models import (
+    check_context,
+    load_frozen_teacher,
+    load_models,
+    preflight_model_source,
+    preflight_student_source,
+)
 from egad_cli.models.vocab import check_head_rows
 from egad_cli.ui.console import console
 
@@ -36,9 +41,7 @@ def preflight(cfg) -> Runtime:
     runtime = resolve_runtime(TrainerConfig(device=cfg.device, precision=cfg.precision), device_key="device")
     check_writable(cache_dir(cfg.cache_dir), "cache_dir")
     preflight_model_source(cfg.teacher)
-    if cfg.student is not None and cfg.student.init == "hf":
-        resolve_model_ref(cfg.student.path, "student.path", cfg.student.revision,
-                          cfg.student.trust_remote_code)
+    preflight_student_source(cfg.student)
     check_sources(cfg.dataset)
     return runtime
 

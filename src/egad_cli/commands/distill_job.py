@@ -18,8 +18,7 @@ from egad_cli.engine.metrics import tensorboard_available
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError, check_writable
 from egad_cli.evaluation.passes import heldout_kl
-from egad_cli.models import check_context, load_models, preflight_model_source
-from egad_cli.models.hub import resolve_model_ref
+from egad_cli.models import check_context, load_models, preflight_model_source, preflight_student_source
 from egad_cli.ui.console import console
 
 
@@ -27,13 +26,12 @@ def preflight(cfg: DistillConfig) -> Runtime:
     """Every cheap check before the expensive work: device, model sources, data files, resume path."""
     runtime = resolve_runtime(cfg.trainer)
     preflight_model_source(cfg.teacher)
-    if cfg.student.init == "hf":
-        resolve_model_ref(cfg.student.path, "student.path", cfg.student.revision,
-                          cfg.student.trust_remote_code)
+    preflight_student_source(cfg.student)
     check_sources(cfg.dataset)
     check_writable(cache_dir(cfg.cache_dir), "cache_dir")
     resumed = resolve_resume(cfg.trainer.resume) if cfg.trainer.resume else None
     refuse_to_overwrite(Path(cfg.run_dir), resumed)
+    check_writable(Path(cfg.run_dir), "hydra.run.dir")  # fail now, not after loading the models
     if cfg.logging.tensorboard:
         tensorboard_available()
     return runtime
@@ -48,7 +46,6 @@ def refuse_to_overwrite(run_dir: Path, resumed: Path | None) -> None:
                   if list_checkpoints(run_dir / "checkpoints") else " (it has no checkpoint to continue from)")
         raise UserError(f"hydra.run.dir: {run_dir} already holds a run ({', '.join(existing)}); nothing was "
                         f"changed. Pick a new hydra.run.dir{resume}")
-    check_writable(run_dir, "hydra.run.dir")  # fail now, not after loading the models
 
 
 def total_steps(cfg: DistillConfig, runtime: Runtime) -> int:

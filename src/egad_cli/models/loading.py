@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from egad_cli.config.schema import ArchConfig, TeacherConfig
+from egad_cli.config.schema import ArchConfig, StudentConfig, TeacherConfig
 from egad_cli.errors import UserError
 from egad_cli.models.hub import resolve_model_ref
 from egad_cli.models.tokenizers import byte_tokenizer
@@ -42,6 +42,12 @@ def preflight_model_source(cfg: TeacherConfig) -> None:
         gguf_path(cfg)
     elif cfg.source == "hf":
         resolve_model_ref(cfg.path, "teacher.path", cfg.revision, cfg.trust_remote_code)
+
+
+def preflight_student_source(cfg: StudentConfig | None) -> None:
+    """The same cheap checks for a student loaded from a directory or hub id (the other kinds are built)."""
+    if cfg is not None and cfg.init == "hf":
+        resolve_model_ref(cfg.path, "student.path", cfg.revision, cfg.trust_remote_code)
 
 
 def random_llama(arch: ArchConfig, vocab_size: int, tokenizer, seed: int, init_range: float = 0.02) -> LlamaForCausalLM:
