@@ -11,9 +11,11 @@ SUBCOMMANDS = {
     "eval": ("egad_cli.commands.evaluate", "measure a student against its teacher on held-out data"),
     "inspect-entropy": ("egad_cli.commands.inspect_entropy", "show the teacher's token-entropy distribution"),
     "report": ("egad_cli.commands.report", "gather the runs of a multirun sweep into one table"),
+    "cache": ("egad_cli.commands.cache", "run the teacher once and store what distillation reads from it"),
 }
 #: each subcommand's primary config in conf/
-CONFIG_NAMES = {"distill": "distill", "eval": "eval", "inspect-entropy": "inspect_entropy", "report": "report"}
+CONFIG_NAMES = {"distill": "distill", "eval": "eval", "inspect-entropy": "inspect_entropy", "report": "report",
+                "cache": "cache"}
 
 
 def usage() -> str:

@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from egad_cli.commands.common import run_task
-from egad_cli.commands.runs import RUN_CONFIG, overridden, task_overrides, with_run_dir
+from egad_cli.commands.runs import RUN_CONFIG, overridden, task_overrides, with_run_dir, with_teacher_cache
 from egad_cli.config import conf_dir, register_schemas, validate
 from egad_cli.errors import UserError
 
@@ -60,6 +60,8 @@ def resumed_config(raw: DictConfig, overrides: list[str]) -> DictConfig:
 def run_distill(raw: DictConfig) -> float:
     if raw.trainer.resume:
         raw = resumed_config(raw, task_overrides())
+    if raw.teacher_cache:
+        raw = with_teacher_cache(raw, task_overrides())
     cfg = validate(raw)
     from egad_cli.commands.distill_job import run  # the heavy imports, after the config is known to be good
 

@@ -12,22 +12,35 @@ from omegaconf import DictConfig, OmegaConf
 from egad_cli.config import DistillConfig, cache_dir
 from egad_cli.data import build_splits, check_sources
 from egad_cli.engine.checkpoint import list_checkpoints, resolve_resume
-from egad_cli.engine.distill_unit import DistillUnit
+from egad_cli.config.policies import PolicyContext
+from egad_cli.engine.distill_unit import DistillUnit, build_policies, policy_needs
 from egad_cli.engine.loop import train
 from egad_cli.engine.metrics import tensorboard_available
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError, check_writable
-from egad_cli.evaluation.passes import heldout_kl
-from egad_cli.models import check_context, load_models, preflight_model_source, preflight_student_source
+from egad_cli.evaluation.passes import cached_heldout_kl, heldout_kl
+from egad_cli.models import (
+    build_student,
+    check_context,
+    check_shared_vocab,
+    load_models,
+    preflight_model_source,
+    preflight_student_source,
+)
+from egad_cli.teacher_cache.use import check_fits, open_cached_teacher
 from egad_cli.ui.console import console
 
 
 def preflight(cfg: DistillConfig) -> Runtime:
     """Every cheap check before the expensive work: device, model sources, data files, resume path."""
     runtime = resolve_runtime(cfg.trainer)
-    preflight_model_source(cfg.teacher)
+    if cfg.teacher_cache is None:  # from a cache, neither the teacher nor the corpus is read
+        preflight_model_source(cfg.teacher)
+        check_sources(cfg.dataset)
+    elif cfg.student.init == "from_teacher":
+        raise UserError("student.init=from_teacher copies the teacher's layers, which a teacher cache does not "
+                        "hold; use student=tiny/small/hf with teacher_cache=…, or drop teacher_cache")
     preflight_student_source(cfg.student)
-    check_sources(cfg.dataset)
     check_writable(cache_dir(cfg.cache_dir), "cache_dir")
     resumed = resolve_resume(cfg.trainer.resume) if cfg.trainer.resume else None
     refuse_to_overwrite(Path(cfg.run_dir), resumed)
@@ -65,25 +78,46 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(raw, run_dir / "config.yaml", resolve=True)
         console.rule(f"egad distill · method={cfg.method.name} · teacher={cfg.teacher.name} · student={cfg.student.name}")
-    teacher, student, tokenizer, vocab = load_models(cfg, runtime, seed=cfg.trainer.seed)
-    check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher, student=student)
-    splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
     steps = total_steps(cfg, runtime)
+    if cfg.teacher_cache:
+        teacher, cached = None, open_cached_teacher(cfg.teacher_cache)
+        tokenizer, train_data = cached.tokenizer, cached.train.packed()
+        student, s_tok = build_student(cfg.student, None, tokenizer, default_seed=cfg.trainer.seed,
+                                       vocab_rows=int(cached.manifest["teacher_facts"]["vocab_rows"]))
+        vocab = check_shared_vocab(None, student, tokenizer, s_tok)
+        student = student.to(runtime.device)
+        check_context(cfg.dataset.block_size, "dataset.block_size", student=student)
+        needs = policy_needs(build_policies(cfg, PolicyContext(vocab_size=vocab, total_steps=steps)))
+        check_fits(cfg, cached.manifest, cached.root, needs, student.config.num_hidden_layers)
+        n_val = cached.val.n_blocks if cached.val is not None else 0
+        source = f"teacher cache {cached.root} (k={cached.manifest['k']})"
+    else:
+        cached = None
+        teacher, student, tokenizer, vocab = load_models(cfg, runtime, seed=cfg.trainer.seed)
+        check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher, student=student)
+        splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
+        train_data, n_val = splits.train, len(splits.val)
+        source = f"teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params"
     n_params = sum(p.numel() for p in student.parameters())
     if runtime.is_main:
-        console.print(f"teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params · student "
-                      f"{n_params / 1e6:.2f}M · vocab {vocab} · {len(splits.train)} train / {len(splits.val)} held-out "
-                      f"blocks of {cfg.dataset.block_size} · {steps} steps on {runtime.device}")
+        console.print(f"{source} · student {n_params / 1e6:.2f}M · vocab {vocab} · {len(train_data)} train / "
+                      f"{n_val} held-out blocks of {cfg.dataset.block_size} · {steps} steps on {runtime.device}")
 
-    def kl() -> float:
+    def kl() -> float | None:
+        if teacher is None and cached.val is None:
+            return None  # a cache without its val split: nothing to measure against
         if runtime.is_main:  # a pass of seconds to minutes: say so, on a terminal or in a log file alike
-            console.print(f"[dim]held-out KL(teacher ‖ student) over up to {cfg.eval.max_tokens or 'all'} tokens…[/]")
+            console.print(f"[dim]held-out KL(teacher ‖ student) over up to {cfg.eval.max_tokens or 'all'} tokens"
+                          f"{' (from the teacher cache: top-k + tail bucket)' if teacher is None else ''}…[/]")
+        if teacher is None:
+            return cached_heldout_kl(student, vocab, cached.val, runtime, cfg.eval.batch_size, cfg.eval.max_tokens,
+                                     cfg.loss.chunk_size)
         return heldout_kl(teacher, student, vocab, splits.val, runtime, cfg.eval.batch_size, cfg.eval.max_tokens,
                           cfg.loss.chunk_size)
 
     kl_before = kl() if cfg.eval.before else None
-    unit = DistillUnit(teacher, student, vocab, cfg, runtime, steps)
-    result = train(unit, splits.train, cfg.trainer, runtime, run_dir, steps, cfg.logging.progress, console,
+    unit = DistillUnit(teacher, student, vocab, cfg, runtime, steps, cache=cached.train if teacher is None else None)
+    result = train(unit, train_data, cfg.trainer, runtime, run_dir, steps, cfg.logging.progress, console,
                    tensorboard=cfg.logging.tensorboard, final_checkpoint=False)
     # The student and the summary are written before the final checkpoint: if the disk fills up, the
     # exported student is what must survive (the last periodic checkpoint still allows a resume).
@@ -91,7 +125,8 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         kl_after = kl()
         summary = {"method": cfg.method.name, "steps": result.steps, "train_seconds": round(result.seconds, 2),
                    "tokens": result.tokens, "kl_before": kl_before, "kl_after": kl_after,
-                   "final": result.last_logs, "student_dir": None}
+                   "final": result.last_logs, "student_dir": None,
+                   "teacher_cache": str(cached.root) if teacher is None else None}
         if runtime.is_main:
             write_outputs(cfg, run_dir, unit.student, tokenizer, summary)
     except BaseException:
@@ -103,7 +138,9 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
     result.save_checkpoint()
     if runtime.is_main:
         before = f"{kl_before:.4f}" if kl_before is not None else "n/a"
-        console.print(f"held-out KL(teacher ‖ student): before {before} → after {kl_after:.4f} nats/token")
+        after = f"{kl_after:.4f}" if kl_after is not None else "n/a (the cache has no val split)"
+        console.print(f"held-out KL(teacher ‖ student): before {before} → after {after} nats/token"
+                      f"{' (cached teacher: top-k + tail bucket, a lower bound of the full KL)' if teacher is None else ''}")
         console.print(f"student saved to {summary['student_dir'] or '(export disabled)'}; run dir {run_dir}")
     return kl_after
 

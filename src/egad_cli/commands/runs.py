@@ -134,3 +134,50 @@ def with_run_dir(raw: DictConfig, run_dir: Path, groups: tuple[str, ...], overri
     except (OmegaConfBaseException, KeyError) as exc:
         raise UserError(f"run_dir: {run_dir / RUN_CONFIG} does not fit this version of egad's config schema "
                         f"({exc}); override the teacher/dataset groups explicitly instead.") from None
+
+
+#: what a teacher cache fixes: a run from it uses the cache's teacher and data
+CACHE_GROUPS = ("teacher", "dataset")
+
+
+def with_teacher_cache(raw: DictConfig, overrides: list[str]) -> DictConfig:
+    """``teacher_cache=DIR``: the teacher and dataset groups come from the cache's manifest (what it was
+    built from). A value set on the command line must agree with the cache: another tokenizer, block
+    size, dataset or teacher is refused by name, with the command that would build a fitting cache."""
+    from egad_cli.teacher_cache.manifest import open_manifest, rebuild_hint
+
+    root, manifest = open_manifest(raw.teacher_cache)
+    chosen, keys = overridden(overrides)
+    patch = {}
+    differ, changes = [], {}
+    for group in CACHE_GROUPS:
+        cached = OmegaConf.create(manifest[group])
+        mine = [k for k in keys if k.startswith(group + ".")] + ([group] if group in chosen else [])
+        for key in mine:
+            here = OmegaConf.select(raw, key)
+            there = OmegaConf.select(cached, key[len(group) + 1:]) if "." in key else cached
+            if isinstance(here, DictConfig):  # a group choice: compare what the cache was built from
+                here, there = OmegaConf.to_container(here), OmegaConf.to_container(there)
+                here = {k: v for k, v in here.items() if k not in ("trust_remote_code", "dtype")}
+                there = {k: v for k, v in there.items() if k not in ("trust_remote_code", "dtype")}
+            elif key in ("teacher.trust_remote_code", "teacher.dtype"):  # how to run a teacher that is not run
+                continue
+            if here != there:
+                differ.append(f"{key}={here!r} (the cache has {there!r})" if "." in key else
+                              f"{key}={raw[group].name} (the cache was built with {group}={manifest[group]['name']})")
+                if "." in key:
+                    changes[key] = here
+        keep = OmegaConf.create(manifest[group])
+        keep_trust = OmegaConf.select(raw, f"{group}.trust_remote_code")
+        if keep_trust is not None:  # never taken from a file (see with_run_dir)
+            keep.trust_remote_code = keep_trust
+        patch[group] = keep
+    if differ:
+        raise UserError(f"teacher_cache: {root} was built from another teacher or dataset than this command asks "
+                        f"for: {'; '.join(differ)}. Drop those overrides to train from this cache, or build a "
+                        f"cache for them: {rebuild_hint(manifest, **changes)}")
+    try:
+        return OmegaConf.merge(raw, patch)
+    except OmegaConfBaseException as exc:
+        raise UserError(f"teacher_cache: {root}/manifest.json does not fit this version of egad's config schema "
+                        f"({exc}); rebuild the cache: {manifest.get('command', 'egad cache …')}") from None

@@ -31,6 +31,10 @@ from egad_cli.config.schema import (
 )
 
 SPLITS = ("train", "val", "all")
+CACHE_DTYPES = ("float16", "bfloat16", "float32")
+#: exponents a = 1/τ of the cached tail power sums: τ from 4 down to 0.25, with τ = 1 exact
+#: (the same grid as ``egad_cli.losses.cached.DEFAULT_EXPONENTS``; kept here so config needs no torch)
+TAIL_EXPONENTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 DEVICES_HELP = "valid: auto, cpu, cuda, cuda:N"
 
 
@@ -161,9 +165,66 @@ class ReportConfig:
         return out
 
 
+@dataclass
+class CacheCommandConfig:
+    """egad cache: one teacher pass over a dataset, stored so that distill runs (and sweeps) reuse it.
+
+    Per predicting token: the top-k log-probabilities at T = 1 and their ids, tail power sums on a grid
+    of exponents 1/τ (the tail bucket of every divergence at any per-token τ the grid covers), the exact
+    entropy at each of ``entropy_temps``, and (for the dual branch) hidden states at ``layers``.
+    """
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)  #: with state_pairs: the student the states are for
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    k: int = 48  #: top-k log-probabilities kept per token (k ≥ vocabulary: lossless)
+    exponents: list[float] = field(default_factory=lambda: list(TAIL_EXPONENTS))  #: tail sums at a = 1/τ; must include 1
+    entropy_temps: list[float] = field(default_factory=lambda: [1.0, 2.0])  #: exact entropies stored (EA-KD reads T′=2)
+    layers: list[int] = field(default_factory=list)  #: teacher hidden states stored (dual branch), 1..num_layers
+    state_pairs: int = 0  #: also store the states branch=dual with branch.n_pairs=state_pairs reads for `student`
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])  #: which splits of the dataset
+    dtype: str = "float16"  #: storage of log-probs, tail sums and states (float32: lossless, 2x the bytes)
+    shard_blocks: int = 64  #: blocks per shard file (the unit of atomic writes and of resuming)
+    batch_size: int = 4  #: sequences per teacher forward
+    chunk_size: int = 1024  #: tokens per chunk when computing vocabulary-sized logits
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N (under torchrun: each rank its local GPU)
+    precision: str = "auto"  #: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16: the teacher's forward
+    progress: bool = True  #: show progress bars
+    out_dir: Optional[str] = None  #: where the cache goes (default: <cache_dir>/teacher-cache/<key of the settings>)
+    cache_dir: str = "~/.cache/egad"  #: dequantised teachers, tokenised corpora, and (by default) teacher caches
+    command: str = "egad cache"  #: the command line that builds it (set by egad; printed in hints)
+    output_dir: str = "."  #: this command's Hydra output dir (set by Hydra)
+
+    def problems(self) -> Problems:
+        out = Problems()
+        self.teacher.problems(out)
+        self.dataset.problems(out)
+        out.check(self.k >= 1, "k", f"must be >= 1 (got {self.k})")
+        exps = list(self.exponents)
+        out.check(len(exps) > 0 and all(e > 0 for e in exps) and exps == sorted(set(exps)) and 1.0 in exps,
+                  "exponents", f"must be positive, increasing, without repeats, and include 1.0 (got {exps})")
+        out.check(len(self.entropy_temps) > 0 and all(t > 0 for t in self.entropy_temps)
+                  and 1.0 in self.entropy_temps, "entropy_temps",
+                  f"must be positive temperatures including 1.0 (got {list(self.entropy_temps)})")
+        out.check(self.state_pairs >= 0, "state_pairs", "must be >= 0 (0: no states for a student)")
+        if self.state_pairs > 0:
+            self.student.problems(out)
+        out.check(all(layer >= 1 for layer in self.layers), "layers",
+                  f"hidden-state indices start at 1 (0 is the embeddings; got {list(self.layers)})")
+        out.check(len(self.splits) > 0 and all(sp in ("train", "val") for sp in self.splits), "splits",
+                  f"must list train and/or val (got {list(self.splits)})")
+        out.choice(self.dtype, "dtype", CACHE_DTYPES)
+        out.check(self.shard_blocks >= 1, "shard_blocks", "must be >= 1")
+        out.check(self.batch_size >= 1, "batch_size", "must be positive")
+        out.check(self.chunk_size >= 1, "chunk_size", "must be positive")
+        _device_problems(self.device, self.precision, out)
+        return out
+
+
 def register_command_schemas() -> None:
     """Register the top-level schemas that conf/eval.yaml, inspect_entropy.yaml and report.yaml list first."""
     cs = ConfigStore.instance()
     cs.store(name="eval_schema", node=EvalCommandConfig)
     cs.store(name="inspect_entropy_schema", node=InspectEntropyConfig)
     cs.store(name="report_schema", node=ReportConfig)
+    cs.store(name="cache_schema", node=CacheCommandConfig)

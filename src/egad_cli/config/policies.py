@@ -207,6 +207,10 @@ class TemperatureConfig:
     def problems(self, out: Problems) -> None:
         out.check(self.base > 0, "temperature.base", f"must be > 0 (got {self.base})")
 
+    def tau_range(self) -> tuple[float, float]:
+        """The smallest and largest τ_i this policy can set (a teacher cache must cover them)."""
+        return self.base, self.base
+
     def build(self, ctx: PolicyContext):  # pragma: no cover - every option overrides it
         raise NotImplementedError
 
@@ -243,6 +247,9 @@ class EntropyTemperatureConfig(TemperatureConfig):
 
         return EntropyTemperature(self.base, self.kappa, self.t_min, self.t_max)
 
+    def tau_range(self) -> tuple[float, float]:
+        return self.t_min, self.t_max
+
 
 @TEMPERATURES.option
 @dataclass
@@ -262,6 +269,9 @@ class IDTSTemperatureConfig(TemperatureConfig):
         from egad_cli.policies.temperature import IDTSTemperature
 
         return IDTSTemperature(self.base, self.c, self.t_min, self.t_max)
+
+    def tau_range(self) -> tuple[float, float]:
+        return self.t_min, self.t_max
 
 
 # ============================================================================ curriculum

@@ -237,6 +237,7 @@ class DistillConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cache_dir: str = "~/.cache/egad"  #: dequantised teachers and tokenised corpora
+    teacher_cache: Optional[str] = None  #: a teacher cache dir (`egad cache`): train from it, the teacher unloaded
     run_dir: str = "."  #: where this run writes (set by Hydra)
 
     def problems(self) -> Problems:

@@ -13,6 +13,10 @@ One optimizer step is two phases:
 
 The unit never looks at a method's name: what a step computes follows from the policy objects the
 config nodes build (``egad_cli.config.policies``) and the statistics they declare.
+
+The teacher is either live (a model: its hidden states and lm_head give exact logits) or a teacher
+cache (``teacher_cache.SplitReader``: top-k log-probs + tail sums, exact entropies, stored states),
+read for the step's blocks in ``plan``; everything after that is the same code.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from egad_cli.engine.normalization import Denominators, step_denominators
 from egad_cli.engine.runtime import Runtime
 from egad_cli.errors import UserError
 from egad_cli.losses import FeatureProjectors, chunked_distill_loss, chunked_token_stats, default_layer_map
+from egad_cli.losses.cached import TeacherTopK, cached_hellinger
 from egad_cli.policies import DIFFICULTY, Stat, StepStats, TokenPolicy, stats_pass_request, teacher_entropy
 
 
@@ -47,7 +52,8 @@ class MicroPlan:
     ids: Tensor  #: [B, L]
     targets: Tensor  #: [N] next-token ids (N = B*(L-1))
     valid: Tensor  #: [N] bool
-    t_hidden: Tensor | None  #: [N, Dt] teacher final hidden states
+    t_hidden: Tensor | None  #: [N, Dt] teacher final hidden states (live teacher)
+    t_top: TeacherTopK | None  #: [N, k] cached teacher rows (teacher cache)
     tau: Tensor  #: [N] per-token temperature
     w: Tensor  #: [N] token weight of the logit term (0 on invalid / unselected tokens)
     hard_idx: Tensor  #: [M] positions of hard tokens (dual branch)
@@ -75,44 +81,54 @@ class TrainModules(nn.Module):
         return self.student.base_model(input_ids=ids, output_hidden_states=output_hidden_states, use_cache=False)
 
 
+def policy_needs(policies: dict[str, TokenPolicy]) -> frozenset[Stat]:
+    """What a step must compute for these policies (``DistillUnit.policies()``): the union of what they
+    read; the difficulty u is derived from the teacher's entropy by the difficulty policy, so asking for
+    u asks for what it reads."""
+    needs = set().union(*(p.needs for role, p in policies.items() if role != "difficulty"))
+    if DIFFICULTY in needs:
+        needs |= policies["difficulty"].needs
+    return frozenset(needs)
+
+
+def build_policies(cfg: DistillConfig, ctx: PolicyContext) -> dict[str, TokenPolicy]:
+    return {"difficulty": cfg.difficulty.build(ctx), "curriculum": cfg.curriculum.build(ctx),
+            "weighting": cfg.weighting.build(ctx), "temperature": cfg.temperature.build(ctx),
+            "routing": cfg.branch.build(ctx)}
+
+
 class DistillUnit:
-    def __init__(self, teacher: nn.Module, student: nn.Module, vocab_size: int, cfg: DistillConfig,
-                 runtime: Runtime, total_steps: int):
+    def __init__(self, teacher: nn.Module | None, student: nn.Module, vocab_size: int, cfg: DistillConfig,
+                 runtime: Runtime, total_steps: int, cache=None):
+        """teacher: the live teacher, or None with ``cache`` (a ``teacher_cache.SplitReader`` of the train split)."""
         self.cfg, self.runtime, self.vocab = cfg, runtime, vocab_size
-        self.teacher = teacher
+        self.teacher, self.cache = teacher, cache
         ctx = PolicyContext(vocab_size=vocab_size, total_steps=total_steps)
-        self.difficulty = cfg.difficulty.build(ctx)
-        self.curriculum = cfg.curriculum.build(ctx)
-        self.weighting = cfg.weighting.build(ctx)
-        self.temperature = cfg.temperature.build(ctx)
-        self.routing = cfg.branch.build(ctx)
+        built = build_policies(cfg, ctx)
+        self.difficulty, self.curriculum, self.weighting = built["difficulty"], built["curriculum"], built["weighting"]
+        self.temperature, self.routing = built["temperature"], built["routing"]
         self.divergence = cfg.loss.divergence()
         # The loss mix (see the module docstring).
         self.kd_weight, self.alpha = cfg.method.kd_weight, cfg.method.ce_weight
         self.features = cfg.branch.features
         self.mu = cfg.branch.mu if self.features else 0.0
 
-        # What the step must compute: the union of what the policies read; the difficulty u is derived
-        # from the teacher's entropy by the difficulty policy, so asking for u asks for what it reads.
-        needs = set().union(*(p.needs for p in (self.curriculum, self.weighting, self.temperature, self.routing)))
-        if DIFFICULTY in needs:
-            needs |= self.difficulty.needs
-        self.needs: frozenset[Stat] = frozenset(needs)
+        self.needs: frozenset[Stat] = policy_needs(built)
         self.stats_request = stats_pass_request(self.needs)
         self.student_stats = any(s.needs_student for s in self.needs)  # the no-grad student pass in `plan`
         self.needs_teacher = self.kd_weight > 0 or self.features or bool(self.needs)
         self.use_ce = self.alpha > 0  # without it the chunked loss skips the CE term and its gradient buffers
 
         projectors = None
+        t_layers, t_width = (cache.teacher_layers, cache.teacher_width) if cache is not None else \
+            (teacher.config.num_hidden_layers, teacher.config.hidden_size)
         if self.features:
-            self.layer_map = default_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers,
-                                               cfg.branch.n_pairs)
+            self.layer_map = default_layer_map(student.config.num_hidden_layers, t_layers, cfg.branch.n_pairs)
             # Seeded, independent of the global RNG (whose state here depends on what ran before): a run
             # is reproducible from its config, the projectors' initialisation included.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.trainer.seed)
-                projectors = FeatureProjectors(student.config.hidden_size, teacher.config.hidden_size,
-                                               self.layer_map)
+                projectors = FeatureProjectors(student.config.hidden_size, t_width, self.layer_map)
         self.train_modules = TrainModules(student, projectors).to(runtime.device)
         self.model = self.train_modules  # what runs forward (DDP-wrapped under strategy=ddp)
         if runtime.world_size > 1:
@@ -164,7 +180,8 @@ class DistillUnit:
                                                        hard.split(sizes)):
             idx = mb_hard.nonzero().squeeze(1)  # [M]
             micro.append(MicroPlan(
-                ids=p["ids"], targets=p["targets"], valid=p["valid"], t_hidden=p["t_hidden"], tau=mb_tau,
+                ids=p["ids"], targets=p["targets"], valid=p["valid"], t_hidden=p["t_hidden"], t_top=p["t_top"],
+                tau=mb_tau,
                 w=mb_logit, hard_idx=idx, w_hard=mb_w[idx], t_states=[s[idx].clone() for s in p["t_states"]]))
         n = n_valid.clamp_min(1)
         logs = {"tau_mean": float((tau * valid).sum() / n), "weight_mean": float((w * valid).sum() / n),
@@ -180,12 +197,12 @@ class DistillUnit:
         out = self.model(mp.ids, output_hidden_states=self.features)
         s_hidden = flat(out.last_hidden_state)  # [N, Ds]
         t_hidden, t_head = mp.t_hidden, (self.head(self.teacher) if mp.t_hidden is not None else None)
-        if t_hidden is None:  # plain fine-tuning: no teacher; w is all 0, so this only makes shapes line up
-            t_hidden, t_head = s_hidden.detach(), self.head(self.student).detach()
+        if t_hidden is None and mp.t_top is None:  # plain fine-tuning: no teacher; w is all 0, so this only
+            t_hidden, t_head = s_hidden.detach(), self.head(self.student).detach()  # makes shapes line up
         logit_sum, ce_sum = chunked_distill_loss(
             s_hidden, self.head(self.student), t_hidden, t_head, mp.tau, mp.w, divergence=self.divergence,
             labels=mp.targets if self.use_ce else None, ce_coef=mp.valid.float() if self.use_ce else None,
-            chunk_size=self.cfg.loss.chunk_size)
+            chunk_size=self.cfg.loss.chunk_size, cached=mp.t_top)
         feature_sum = torch.zeros((), device=s_hidden.device)
         if self.features and mp.hard_idx.numel() > 0:
             s_states = [flat(out.hidden_states[ls])[mp.hard_idx] for ls, _ in self.layer_map]  # [M, Ds] each
@@ -220,6 +237,8 @@ class DistillUnit:
     # -- the no-grad teacher (and student statistics) pass ------------------------------------
 
     def _teacher_pass(self, mb: dict) -> dict:
+        if self.cache is not None:
+            return self._cached_pass(mb)
         ids, mask = mb["ids"], mb["mask"]
         targets, valid = shift(ids, mask)
         t_hidden, t_states, stats = None, [], {}
@@ -237,5 +256,29 @@ class DistillUnit:
                     self.head(self.student) if s_hidden is not None else None,
                     **self.stats_request, chunk_size=self.cfg.loss.chunk_size)
                 stats = {s: by_key[s.key] for s in self.needs if s != DIFFICULTY}  # Stat -> [N]
-        return {"ids": ids, "targets": targets, "valid": valid, "t_hidden": t_hidden, "t_states": t_states,
-                "stats": stats}
+        return {"ids": ids, "targets": targets, "valid": valid, "t_hidden": t_hidden, "t_top": None,
+                "t_states": t_states, "stats": stats}
+
+    def _cached_pass(self, mb: dict) -> dict:
+        """The same as the live pass, read from the teacher cache: its rows for the micro-batch's blocks,
+        the teacher's entropies as stored (exact), the student's statistics computed here."""
+        ids, mask = mb["ids"], mb["mask"]
+        targets, valid = shift(ids, mask)
+        rows = self.cache.rows(mb["blocks"], self.runtime.device)
+        t_states = [rows["states"][lt] for _, lt in self.layer_map] if self.features else []
+        stats = {s: rows["entropy"][s.temperature] for s in self.needs if s.kind == "teacher_entropy"}
+        if self.student_stats:
+            with torch.no_grad():
+                s_hidden = flat(self.train_modules(ids).last_hidden_state)  # [N, Ds]
+            s_head = self.head(self.student).detach()
+            temps = self.stats_request["student_entropy_temps"]
+            if temps:  # the student's entropies: the same chunked pass, with the student as the model
+                own = chunked_token_stats(s_hidden, s_head, teacher_entropy_temps=temps,
+                                          chunk_size=self.cfg.loss.chunk_size)
+                stats.update({s: own[f"teacher_entropy@{s.temperature:g}"] for s in self.needs
+                              if s.kind == "student_entropy"})
+            if self.stats_request["hellinger"]:
+                stats[next(s for s in self.needs if s.kind == "hellinger")] = cached_hellinger(
+                    rows["top"], s_hidden, s_head, self.cfg.loss.chunk_size)
+        return {"ids": ids, "targets": targets, "valid": valid, "t_hidden": None, "t_top": rows["top"],
+                "t_states": t_states, "stats": stats}

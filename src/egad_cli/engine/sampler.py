@@ -28,4 +28,4 @@ class BlockSampler:
 
     def batch(self, data: Packed, micro_step: int, device: torch.device) -> dict[str, torch.Tensor]:
         idx = self.indices(micro_step)
-        return {"ids": data.ids[idx].to(device), "mask": data.mask[idx].to(device)}
+        return {"ids": data.ids[idx].to(device), "mask": data.mask[idx].to(device), "blocks": idx}

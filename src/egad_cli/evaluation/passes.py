@@ -119,3 +119,35 @@ def heldout_kl(teacher, student, vocab: int, val: Packed, runtime: Runtime, batc
     first = Packed(ids=val.ids[:n], mask=val.mask[:n])
     values = token_pass(teacher, vocab, first, runtime, batch_size, chunk_size, student=student, progress=False)
     return float(values["kl_forward"].mean())
+
+
+@torch.no_grad()
+def cached_heldout_kl(student, vocab: int, val, runtime: Runtime, batch_size: int, max_tokens: int,
+                      chunk_size: int = 1024) -> float:
+    """``heldout_kl`` against a teacher cache (val: a ``teacher_cache.SplitReader``): the same blocks, with
+    the teacher's top-k + tail bucket in place of its full distribution (a lower bound of the full KL,
+    equal to it when k = V)."""
+    from egad_cli.losses import chunked_distill_loss, forward_kl
+
+    n = val.n_blocks if max_tokens <= 0 else max(1, min(val.n_blocks, max_tokens // val.block_size))
+    data = val.packed()
+    head = student.get_output_embeddings().weight[:vocab]
+    was_training = student.training
+    student.eval()
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    for start in range(0, n, batch_size):
+        blocks = torch.arange(start, min(n, start + batch_size))
+        ids = data.ids[blocks].to(runtime.device)
+        valid = data.mask[blocks, 1:].reshape(-1).to(runtime.device)  # [N]
+        with runtime.autocast():
+            hidden = student.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
+        hidden = hidden.reshape(-1, hidden.shape[-1])  # [N, Ds]
+        top = val.rows(blocks, runtime.device)["top"]
+        div, _ = chunked_distill_loss(hidden, head, None, None, torch.ones_like(valid, dtype=torch.float32),
+                                      valid.float(), divergence=forward_kl, chunk_size=chunk_size, cached=top)
+        total += div.double().cpu()
+        count += int(valid.sum())
+    student.train(was_training)
+    if count == 0:
+        raise UserError("the held-out blocks of the teacher cache hold no valid (loss) tokens")
+    return float(total / count)

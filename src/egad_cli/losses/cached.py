@@ -17,7 +17,7 @@ one between the two distributions *coarse-grained* onto the partition, a lower b
 one for the KL family (data processing), and equal to it when k = V (the tail is empty: -inf on
 both sides, which the divergences treat as 0 · log 0 = 0).
 
-This module is the math only; writing and reading cache shards is not built yet (issue 8).
+This module is the math; ``egad_cli.teacher_cache`` writes and reads the shards.
 """
 
 from __future__ import annotations
@@ -42,6 +42,16 @@ class TeacherTopK:
     ids: Tensor  #: [N, k] int64 their token ids
     exponents: Tensor  #: [G] increasing exponents a = 1/τ of the tail power sums (1.0 among them)
     log_tail: Tensor  #: [N, G] log Σ_{v ∉ top-k} p(v)^a (−inf when the tail is empty, k = V)
+
+    def rows(self, r: Tensor) -> TeacherTopK:
+        """The rows r [C] (int64) of every per-token field."""
+        return TeacherTopK(self.logp.index_select(0, r), self.ids.index_select(0, r), self.exponents,
+                           self.log_tail.index_select(0, r))
+
+    @property
+    def tau_range(self) -> tuple[float, float]:
+        """The temperatures whose tail the grid covers: τ = 1/a for a in [a_min, a_max]."""
+        return 1.0 / float(self.exponents[-1]), 1.0 / float(self.exponents[0])
 
 
 @torch.no_grad()
@@ -96,3 +106,22 @@ def cached_divergence(top: TeacherTopK, s_logits: Tensor, tau: Tensor, divergenc
     """Per-token divergence [N] between the cached teacher and the student at τ, with the tail bucket.
     divergence: ``fn(t_logp, s_logp) -> [N]`` (a ``loss=`` node's ``divergence()``)."""
     return divergence(teacher_buckets(top, tau), student_buckets(s_logits, top.ids, tau))
+
+
+@torch.no_grad()
+def cached_hellinger(top: TeacherTopK, s_hidden: Tensor, s_head: Tensor, chunk_size: int = 1024) -> Tensor:
+    """Hellinger distance [N] at T = 1 between the cached teacher and the student (from its final hidden
+    states [N, Ds] and sliced head [V, Ds]), over the partition {top-k} ∪ {tail}: exact when k = V."""
+    from .divergences import hellinger
+
+    n = s_hidden.shape[0]
+    out = torch.empty(n, dtype=torch.float32, device=s_hidden.device)
+    one = torch.ones(min(chunk_size, n), device=s_hidden.device)
+    dt = torch.promote_types(s_hidden.dtype, s_head.dtype)
+    for start in range(0, n, chunk_size):
+        r = torch.arange(start, min(start + chunk_size, n), device=s_hidden.device)  # [C]
+        rows = top.rows(r)
+        s_logits = (s_hidden[r].to(dt) @ s_head.to(dt).T).float()  # [C, V]
+        tau = one[: r.numel()]
+        out[r] = hellinger(teacher_buckets(rows, tau), student_buckets(s_logits, rows.ids, tau))
+    return out

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .cached import TeacherTopK, student_buckets, teacher_buckets
 from .divergences import Divergence, entropy
 from .divergences import hellinger as hellinger_distance  # the stats function has a `hellinger` flag
 
@@ -71,6 +72,8 @@ def _check_inputs(
 ) -> None:
     """Fail early with the offending shapes (a silent broadcast here would be a wrong loss)."""
     problems = []
+    if t_hidden is None:  # a cached teacher: its rows stand in for the teacher's hidden states and head
+        t_hidden, t_head = s_hidden, s_head
     if s_hidden.dim() != 2 or t_hidden.dim() != 2:
         problems.append(f"hidden states must be [N, D], got {tuple(s_hidden.shape)}, {tuple(t_hidden.shape)}")
     elif s_hidden.shape[0] != t_hidden.shape[0]:
@@ -112,6 +115,7 @@ def _chunk_loop(
     ce_coef: Tensor | None,
     fn: Divergence,
     chunk_size: int,
+    cached: TeacherTopK | None,
     with_grads: bool,
 ) -> tuple[Tensor, Tensor, Tensor, _Grads | None, _Grads | None]:
     """Sum the weighted per-token losses over chunks of the active rows.
@@ -132,9 +136,11 @@ def _chunk_loop(
     rows = active.nonzero().squeeze(1)  # [A] int64 (one host sync per call)
     n_active = rows.numel()
 
-    s_dt, t_dt = _matmul_dtype(s_hidden, s_head), _matmul_dtype(t_hidden, t_head)
+    s_dt = _matmul_dtype(s_hidden, s_head)
     w_s = s_head.to(s_dt)  # [V, Ds] (no copy when already s_dt)
-    w_t = t_head.to(t_dt)  # [V, Dt]
+    if cached is None:
+        t_dt = _matmul_dtype(t_hidden, t_head)
+        w_t = t_head.to(t_dt)  # [V, Dt]
 
     div_sum = torch.zeros((), dtype=torch.float32, device=device)
     ce_sum = torch.zeros((), dtype=torch.float32, device=device)
@@ -150,15 +156,20 @@ def _chunk_loop(
     for start in range(0, n_active, chunk_size):
         r = rows[start : start + chunk_size]  # [C]
         h_s = s_hidden.index_select(0, r).to(s_dt)  # [C, Ds]
-        h_t = t_hidden.index_select(0, r).to(t_dt)  # [C, Dt]
         tau_c = tau.index_select(0, r).float().unsqueeze(1)  # [C, 1]
         coef_c = coef.index_select(0, r).float()  # [C]
 
-        t_logits = (h_t @ w_t.T).float()  # [C, V]
         s_logits = (h_s @ w_s.T).float().requires_grad_(with_grads)  # [C, V], local autograd leaf
         with torch.set_grad_enabled(with_grads):
-            t_logp = torch.log_softmax(t_logits / tau_c, dim=-1)  # [C, V]
-            s_logp = torch.log_softmax(s_logits / tau_c, dim=-1)  # [C, V]
+            if cached is None:
+                h_t = t_hidden.index_select(0, r).to(t_dt)  # [C, Dt]
+                t_logits = (h_t @ w_t.T).float()  # [C, V]
+                t_logp = torch.log_softmax(t_logits / tau_c, dim=-1)  # [C, V]
+                s_logp = torch.log_softmax(s_logits / tau_c, dim=-1)  # [C, V]
+            else:  # over the partition {the teacher's top-k} ∪ {tail}: [C, k + 1] on both sides
+                top_c = cached.rows(r)
+                t_logp = teacher_buckets(top_c, tau_c.squeeze(1))
+                s_logp = student_buckets(s_logits, top_c.ids, tau_c.squeeze(1))
             d = fn(t_logp, s_logp)  # [C]
             # where, not a bare product: a CE-only row (coef 0) must not turn an inf into nan.
             div_c = torch.where(coef_c != 0, coef_c * tau_c.squeeze(1).square() * d, 0.0).sum()
@@ -191,7 +202,7 @@ class _ChunkedDistillFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s_hidden, s_head, *rest):
-        # rest = (t_hidden, t_head, tau, coef, labels, ce_coef, fn, chunk_size)
+        # rest = (t_hidden, t_head, tau, coef, labels, ce_coef, fn, chunk_size, cached)
         with torch.autocast(device_type=s_hidden.device.type, enabled=False):
             div_sum, ce_sum, rows, div_grads, ce_grads = _chunk_loop(s_hidden, s_head, *rest, with_grads=True)
         # Intermediates (not inputs/outputs) are stored on ctx directly; nothing of the teacher is.
@@ -222,8 +233,8 @@ class _ChunkedDistillFn(torch.autograd.Function):
 def chunked_distill_loss(
     s_hidden: Tensor,
     s_head: Tensor,
-    t_hidden: Tensor,
-    t_head: Tensor,
+    t_hidden: Tensor | None,
+    t_head: Tensor | None,
     tau: Tensor,
     coef: Tensor,
     *,
@@ -231,6 +242,7 @@ def chunked_distill_loss(
     labels: Tensor | None = None,
     ce_coef: Tensor | None = None,
     chunk_size: int = 1024,
+    cached: TeacherTopK | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Weighted, per-token-temperature distillation loss without full-vocabulary logits.
 
@@ -247,6 +259,9 @@ def chunked_distill_loss(
         labels:   [N] int64 next-token ids for the CE term, -100 = ignore.
         ce_coef:  [N] per-token CE coefficient (0 where ignored); required with labels.
         chunk_size: tokens per chunk; peak extra memory is a few [chunk_size, V] fp32 tensors.
+        cached:   a teacher cache's rows for the N tokens (top-k log-probs, ids, tail sums) instead of
+                  t_hidden / t_head (pass None for both): the divergence is then taken over the
+                  partition {top-k} ∪ {tail bucket} (``losses.cached``), exact when k = V.
 
     Returns:
         (div_sum, ce_sum), scalar fp32: div_sum = Σ_i coef_i · τ_i² · D(p_i^τ ‖ q_i^τ) and
@@ -255,10 +270,15 @@ def chunked_distill_loss(
         global Σw of the optimizer step (DESIGN §3). Tokens whose coef and ce_coef are both 0
         are skipped; if all are, both sums are exactly 0 with zero gradients.
     """
+    if (cached is None) == (t_hidden is None):
+        raise ValueError("chunked_distill_loss: give the teacher as t_hidden and t_head, or as cached rows")
     _check_inputs(s_hidden, s_head, t_hidden, t_head, tau, coef, labels, ce_coef, chunk_size)
+    if cached is not None and cached.logp.shape[0] != s_hidden.shape[0]:
+        raise ValueError(f"chunked_distill_loss: {cached.logp.shape[0]} cached teacher rows for "
+                         f"{s_hidden.shape[0]} student tokens")
     ce_coef = None if ce_coef is None else ce_coef.detach()
     args = (s_hidden, s_head, t_hidden, t_head, tau.detach(), coef.detach(), labels, ce_coef)
-    args += (divergence, chunk_size)
+    args += (divergence, chunk_size, cached)
 
     needs_grad = torch.is_grad_enabled() and (s_hidden.requires_grad or s_head.requires_grad)
     if needs_grad:

@@ -134,3 +134,17 @@ def load_teacher(cfg: TeacherConfig, cache_dir: Path, dtype: torch.dtype, consol
     except Exception as exc:  # noqa: BLE001 - a user's files: any failure to parse them is a message, not a traceback
         raise load_error("teacher.path", ref, exc) from None
     return model.eval(), tokenizer
+
+
+def load_teacher_tokenizer(cfg: TeacherConfig, cache_dir: Path, console=None):
+    """The teacher's tokenizer alone (a teacher cache's fingerprints need it before any weights load)."""
+    if cfg.source == "random":
+        return byte_tokenizer()
+    if cfg.source == "gguf":
+        ref, revision = str(load_gguf(gguf_path(cfg), cache_dir, console)), None
+    else:
+        ref, revision = resolve_model_ref(cfg.path, "teacher.path", cfg.revision, cfg.trust_remote_code), cfg.revision
+    try:
+        return AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=cfg.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - a user's files: any failure to parse them is a message, not a traceback
+        raise load_error("teacher.path", ref, exc) from None

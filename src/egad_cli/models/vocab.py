@@ -24,7 +24,8 @@ def check_shared_vocab(teacher, student, t_tok, s_tok, *, student_key: str = "st
             f"tokens, {differing} entries differ). Logit distillation needs one shared vocabulary: use "
             f"student=tiny/small/from_teacher (built on the teacher's tokenizer) or a student trained with it.")
     vocab = len(t_tok)
-    check_head_rows(teacher, vocab, "teacher")
+    if teacher is not None:  # None: a teacher cache, whose rows were checked when it was written
+        check_head_rows(teacher, vocab, "teacher")
     check_head_rows(student, vocab, student_key)
     return vocab
 

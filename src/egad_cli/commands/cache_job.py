@@ -1,0 +1,259 @@
+"""The work of `egad cache` once its config is valid: fingerprints, then the teacher pass, shard by shard."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from egad_cli.config import cache_dir
+from egad_cli.config.commands import CacheCommandConfig
+from egad_cli.config.schema import TrainerConfig
+from egad_cli.data import build_splits, check_sources
+from egad_cli.data.packing import tokenizer_fingerprint
+from egad_cli.engine.runtime import Runtime, resolve_runtime
+from egad_cli.errors import UserError, check_writable
+from egad_cli.models import check_context, load_frozen_teacher, preflight_model_source
+from egad_cli.models.loading import load_teacher_tokenizer
+from egad_cli.models.vocab import check_head_rows
+from egad_cli.teacher_cache.build import teacher_fingerprint, teacher_rows, tensor_sha256
+from egad_cli.teacher_cache.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    PLAN,
+    TOKENIZER_DIR,
+    n_shards,
+    read_json,
+    shard_name,
+    shard_of_rank,
+)
+from egad_cli.teacher_cache.shards import file_sha256, is_complete_shard, remove_stale_temporaries, write_shard
+from egad_cli.ui.console import console
+
+#: plan keys that decide the cache's contents (the directory key hashes them; a resume must match them)
+CONTENT_KEYS = ("format_version", "teacher_fingerprint", "tokenizer_fingerprint", "data_fingerprints", "block_size",
+                "k", "exponents", "entropy_temps", "layers", "dtype", "shard_blocks")
+
+
+def runtime_of(cfg: CacheCommandConfig) -> Runtime:
+    strategy = "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
+    return resolve_runtime(TrainerConfig(device=cfg.device, precision=cfg.precision, strategy=strategy),
+                           device_key="device")
+
+
+def barrier(runtime: Runtime) -> None:
+    if runtime.world_size > 1:
+        dist.barrier()
+
+
+def make_plan(cfg: CacheCommandConfig, tokenizer, splits, vocab: int) -> dict:
+    data = {name: {"n_blocks": len(part), "fingerprint": tensor_sha256(part.ids, part.mask)}
+            for name, part in splits.items()}
+    return {
+        "format_version": FORMAT_VERSION,
+        "egad_version": version("egad-cli"),
+        "command": cfg.command,
+        "teacher": asdict(cfg.teacher),
+        "teacher_fingerprint": teacher_fingerprint(cfg.teacher, cache_dir(cfg.cache_dir)),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "vocab_size": vocab,
+        "teacher_facts": teacher_facts(cfg),
+        "dataset": asdict(cfg.dataset),
+        "data_fingerprints": {name: d["fingerprint"] for name, d in data.items()},
+        "block_size": cfg.dataset.block_size,
+        "k": min(cfg.k, vocab),
+        "exponents": [float(e) for e in cfg.exponents],
+        "entropy_temps": sorted(float(t) for t in cfg.entropy_temps),
+        "layers": stored_layers(cfg),
+        "dtype": cfg.dtype,
+        "shard_blocks": cfg.shard_blocks,
+        "splits": {name: {"n_blocks": d["n_blocks"]} for name, d in data.items()},
+    }
+
+
+def stored_layers(cfg: CacheCommandConfig) -> list[int]:
+    """The teacher hidden states to store: `layers`, plus those the dual branch maps to for `student` with
+    branch.n_pairs = state_pairs."""
+    layers = {int(layer) for layer in cfg.layers}
+    if cfg.state_pairs > 0:
+        from egad_cli.losses.feature import default_layer_map
+
+        teacher_layers = teacher_facts(cfg)["num_hidden_layers"]
+        layers |= {lt for _, lt in default_layer_map(student_layer_count(cfg.student), teacher_layers,
+                                                     cfg.state_pairs)}
+    return sorted(layers)
+
+
+def student_layer_count(student) -> int:
+    if student.init == "scratch":
+        return student.arch.num_layers
+    if student.init == "from_teacher":
+        return student.num_layers
+    from transformers import AutoConfig
+
+    from egad_cli.models.hub import resolve_model_ref
+
+    ref = resolve_model_ref(student.path, "student.path", student.revision, student.trust_remote_code)
+    return AutoConfig.from_pretrained(ref, revision=student.revision,
+                                      trust_remote_code=student.trust_remote_code).num_hidden_layers
+
+
+def teacher_facts(cfg: CacheCommandConfig) -> dict:
+    """What a run from the cache needs to know of the teacher, from its config alone (its weights load
+    later, only if shards remain to be written)."""
+    if cfg.teacher.source == "random":
+        from egad_cli.models.tokenizers import byte_tokenizer
+
+        arch = cfg.teacher.arch
+        return {"num_hidden_layers": arch.num_layers, "hidden_size": arch.hidden_size,
+                "vocab_rows": len(byte_tokenizer()), "max_position_embeddings": arch.max_position_embeddings}
+    from transformers import AutoConfig
+
+    from egad_cli.models.hub import resolve_model_ref
+    from egad_cli.models.loading import gguf_path, load_gguf
+
+    if cfg.teacher.source == "gguf":
+        ref = str(load_gguf(gguf_path(cfg.teacher), cache_dir(cfg.cache_dir)))
+    else:
+        ref = resolve_model_ref(cfg.teacher.path, "teacher.path", cfg.teacher.revision, cfg.teacher.trust_remote_code)
+    config = AutoConfig.from_pretrained(ref, revision=cfg.teacher.revision,
+                                        trust_remote_code=cfg.teacher.trust_remote_code)
+    return {"num_hidden_layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
+            "vocab_rows": config.vocab_size, "max_position_embeddings": getattr(config, "max_position_embeddings", None)}
+
+
+def content_key(plan: dict) -> str:
+    blob = json.dumps({k: plan[k] for k in CONTENT_KEYS}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def resolve_root(cfg: CacheCommandConfig, plan: dict) -> Path:
+    if cfg.out_dir:
+        return Path(cfg.out_dir).expanduser()
+    return cache_dir(cfg.cache_dir) / "teacher-cache" / f"{cfg.teacher.name}-{content_key(plan)}"
+
+
+def check_same_plan(root: Path, plan: dict) -> None:
+    """An existing (partial or complete) cache in root must hold what this command would write."""
+    for name in (MANIFEST, PLAN):
+        if (root / name).is_file():
+            old = read_json(root / name, "out_dir")
+            differ = [k for k in CONTENT_KEYS if old.get(k) != plan[k]]
+            if differ:
+                raise UserError(f"out_dir: {root} already holds a teacher cache with other {', '.join(differ)} "
+                                f"(built by: {old.get('command', '?')}); nothing was changed. Choose another "
+                                f"out_dir, or remove that directory to rebuild it.")
+            return
+
+
+def bytes_per_token(manifest: dict) -> float:
+    tokens = sum(s["n_blocks"] * (manifest["block_size"] - 1) for s in manifest["splits"].values())
+    total = sum(e["bytes"] for s in manifest["splits"].values() for e in s["shards"])
+    return total / max(tokens, 1)
+
+
+def run(cfg: CacheCommandConfig) -> Path:
+    started = time.perf_counter()
+    runtime = runtime_of(cfg)
+    preflight_model_source(cfg.teacher)
+    check_sources(cfg.dataset)
+    check_writable(cache_dir(cfg.cache_dir), "cache_dir")
+    tokenizer = load_teacher_tokenizer(cfg.teacher, cache_dir(cfg.cache_dir), console if runtime.is_main else None)
+    packed = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
+    splits = {name: getattr(packed, name) for name in ("train", "val") if name in cfg.splits}
+    vocab = len(tokenizer)
+    plan = make_plan(cfg, tokenizer, splits, vocab)
+    root = resolve_root(cfg, plan)
+    check_writable(root, "out_dir")
+    check_same_plan(root, plan)
+    if (root / MANIFEST).is_file():
+        if runtime.is_main:
+            console.print(f"teacher cache already complete: {root}")
+        return root
+    if runtime.is_main:
+        (root / PLAN).write_text(json.dumps(plan, indent=2))
+        if not (root / TOKENIZER_DIR / "tokenizer_config.json").is_file():
+            tmp = root / f".{TOKENIZER_DIR}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tokenizer.save_pretrained(tmp)
+            shutil.rmtree(root / TOKENIZER_DIR, ignore_errors=True)
+            tmp.replace(root / TOKENIZER_DIR)
+        remove_stale_temporaries(root)
+    barrier(runtime)
+
+    todo = [(name, i) for name, part in splits.items() for i in range(n_shards(len(part), cfg.shard_blocks))
+            if shard_of_rank(i, runtime.rank, runtime.world_size) and not is_complete_shard(root / shard_name(name, i))]
+    if runtime.is_main:
+        every = [root / shard_name(n, i) for n, p in splits.items() for i in range(n_shards(len(p), cfg.shard_blocks))]
+        written = sum(is_complete_shard(path) for path in every)
+        console.rule(f"egad cache · teacher={cfg.teacher.name} · dataset={cfg.dataset.name} · k={plan['k']}")
+        console.print(f"{root}: {written} of {len(every)} shard(s) already written"
+                      + (f"; {runtime.world_size} ranks write the rest" if runtime.world_size > 1 else ""))
+    if todo:
+        write_shards(cfg, plan, root, splits, todo, runtime, vocab)
+    barrier(runtime)
+    if runtime.is_main:
+        manifest = finish(root, plan, splits)
+        blocks = ", ".join(f"{n}: {s['n_blocks']} blocks" for n, s in manifest["splits"].items())
+        console.print(f"teacher cache complete in {time.perf_counter() - started:.0f} s: {root}\n{blocks} of "
+                      f"{plan['block_size']} tokens · k={plan['k']} · {bytes_per_token(manifest):.0f} bytes/token\n"
+                      f"use it with: egad distill teacher_cache={root}")
+    barrier(runtime)
+    return root
+
+
+def write_shards(cfg: CacheCommandConfig, plan: dict, root: Path, splits: dict, todo: list, runtime: Runtime,
+                 vocab: int) -> None:
+    teacher, _ = load_frozen_teacher(cfg, runtime)
+    check_head_rows(teacher, vocab, "teacher")
+    check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher)
+    n_layers = teacher.config.num_hidden_layers
+    bad = [layer for layer in plan["layers"] if layer > n_layers]
+    if bad:
+        raise UserError(f"layers: the teacher has {n_layers} layers; {bad} do not exist (valid: 1..{n_layers})")
+    store_dtype = getattr(torch, cfg.dtype)
+    for n_done, (name, index) in enumerate(todo):
+        part = splits[name]
+        first = index * cfg.shard_blocks
+        ids, mask = part.ids[first:first + cfg.shard_blocks], part.mask[first:first + cfg.shard_blocks]
+        fields: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, ids.shape[0], cfg.batch_size):  # batches aligned to the shard: resumable bit for bit
+            with runtime.autocast():
+                rows = teacher_rows(teacher, ids[start:start + cfg.batch_size].to(runtime.device), vocab, plan["k"],
+                                    tuple(plan["exponents"]), tuple(plan["entropy_temps"]), tuple(plan["layers"]),
+                                    store_dtype, cfg.chunk_size)
+            for key, value in rows.items():
+                fields.setdefault(key, []).append(value)
+        tensors = {"ids": ids.to(torch.int32), "mask": mask.bool(), **{k: torch.cat(v) for k, v in fields.items()}}
+        write_shard(root / shard_name(name, index), tensors,
+                    {"split": name, "first_block": str(first), "n_blocks": str(ids.shape[0]),
+                     "format_version": str(FORMAT_VERSION)})
+        if runtime.is_main and cfg.progress:
+            console.print(f"[dim]shard {n_done + 1}/{len(todo)}: {shard_name(name, index)}[/]")
+
+
+def finish(root: Path, plan: dict, splits: dict) -> dict:
+    """Check every shard, record sizes and hashes, and write the manifest (atomically): the cache is complete."""
+    manifest = dict(plan)
+    manifest["splits"] = {}
+    for name, part in splits.items():
+        shards = []
+        for i in range(n_shards(len(part), plan["shard_blocks"])):
+            path = root / shard_name(name, i)
+            if not is_complete_shard(path):
+                raise UserError(f"teacher cache: shard {path} is missing after the build (did a rank fail?); run "
+                                f"the same command again to write it: {plan['command']}")
+            shards.append({"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
+        manifest["splits"][name] = {"n_blocks": len(part), "shards": shards}
+    tmp = root / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(root / MANIFEST)
+    return manifest

@@ -1,0 +1,87 @@
+"""The teacher cache's directory layout and manifest (no torch: the config layer reads it).
+
+A cache directory holds::
+
+    plan.json                       what is being written (settings + fingerprints + the command); first
+    tokenizer/                      the teacher's tokenizer (save_pretrained: JSON files)
+    train-00000.safetensors …       one shard per `shard_blocks` blocks of a split, written atomically
+    val-00000.safetensors …
+    manifest.json                   written last, once every shard exists: the cache is complete
+
+A directory without manifest.json is an interrupted build: the same `egad cache` command continues it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from egad_cli.errors import UserError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PLAN = "plan.json"
+TOKENIZER_DIR = "tokenizer"
+#: the fields of a shard (per block b, predicting position t = 0 … L-2, kept entry j, exponent g, temperature e)
+FIELDS = {
+    "ids": "[B, L] int32 token ids of the block",
+    "mask": "[B, L] bool: token t is a loss token",
+    "topk_logp": "[B, L-1, k] log p(v) at T = 1 of the k most likely next tokens, descending",
+    "topk_ids": "[B, L-1, k] their token ids (uint16 when V <= 65,536, else int32)",
+    "log_tail": "[B, L-1, G] log Σ_{v not in top-k} p(v)^a for each exponent a = 1/τ of `exponents`",
+    "entropy": "[B, L-1, E] exact full-vocabulary entropy (nats) at each temperature of `entropy_temps`",
+    "states.<l>": "[B, L-1, D] teacher hidden states (output_hidden_states index l), for the dual branch",
+}
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.safetensors"
+
+
+def n_shards(n_blocks: int, shard_blocks: int) -> int:
+    return -(-n_blocks // shard_blocks)
+
+
+def shard_of_rank(index: int, rank: int, world_size: int) -> bool:
+    """Under torchrun each rank writes the shards i with i mod world_size == rank."""
+    return index % world_size == rank
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{what}: {path} could not be read ({exc}); rebuild the cache with `egad cache`") from None
+
+
+def open_manifest(ref: str | Path, key: str = "teacher_cache") -> tuple[Path, dict]:
+    """(cache dir, its manifest) of a complete cache, or a UserError saying what is wrong and what to run."""
+    root = Path(ref).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{key}: {str(root)!r} is not a directory; build a teacher cache with `egad cache` "
+                        f"(it prints the directory to pass here).")
+    if not (root / MANIFEST).is_file():
+        if (root / PLAN).is_file():
+            plan = read_json(root / PLAN, key)
+            done = len(list(root.glob("*.safetensors")))
+            raise UserError(f"{key}: {root} is an unfinished teacher cache ({done} shard(s) written, no {MANIFEST}); "
+                            f"finish it by running the command that started it again: {plan.get('command', 'egad cache …')}")
+        raise UserError(f"{key}: {root} is not a teacher cache (no {MANIFEST}); build one with `egad cache`.")
+    manifest = read_json(root / MANIFEST, key)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{key}: {root} was written in cache format {manifest.get('format_version')!r}; this egad "
+                        f"reads format {FORMAT_VERSION}. Rebuild it: {manifest.get('command', 'egad cache …')}")
+    return root, manifest
+
+
+def tau_support(manifest: dict) -> tuple[float, float]:
+    """The per-token temperatures the cache's tail grid covers: τ = 1/a, a in [min, max] of the exponents."""
+    exps = manifest["exponents"]
+    return 1.0 / max(exps), 1.0 / min(exps)
+
+
+def rebuild_hint(manifest: dict, **changes) -> str:
+    """The cache's own command with `changes` (key=value) in place of its values: what would build a
+    cache that fits."""
+    words = [w for w in manifest.get("command", "egad cache").split() if w.split("=")[0] not in changes]
+    return " ".join(words + [f"{k}={v}" for k, v in changes.items()])

@@ -1,0 +1,225 @@
+"""The teacher cache end to end through argv: `egad cache`, then `egad distill teacher_cache=…`.
+
+Identity (a lossless cache reproduces the live run), round trip of every stored field, a killed
+writer resuming to the same bytes, every refusal naming its key, a sweep from one cache, and no
+teacher weights loaded when distilling from a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import egad, losses_by_step, read_jsonl
+
+SMOKE = ("debug=smoke",)
+
+
+def build_cache(out: Path, *extra: str) -> Path:
+    assert egad("cache", *SMOKE, f"out_dir={out}", *extra) == 0
+    assert (out / "manifest.json").is_file()
+    return out
+
+
+def distill(run: Path, *extra: str) -> int:
+    return egad("distill", *SMOKE, f"hydra.run.dir={run}", "trainer.export=false", *extra)
+
+
+@pytest.fixture(scope="module")
+def lossless(tmp_path_factory) -> Path:
+    """k ≥ V (the byte tokenizer's 259 tokens), fp32, the states the smoke student's dual branch reads."""
+    root = tmp_path_factory.mktemp("lossless")
+    return build_cache(root / "cache", "k=100000", "dtype=float32", "state_pairs=2", f"cache_dir={root / 'egad'}")
+
+
+@pytest.fixture(scope="module")
+def lossy(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lossy")
+    return build_cache(root / "cache", "k=8", "state_pairs=2", f"cache_dir={root / 'egad'}")
+
+
+@pytest.mark.parametrize("method", ["kd", "egad", "eakd", "adakd", "jsd"])
+def test_a_lossless_cache_reproduces_the_live_run(tmp_path, lossless, method):
+    assert distill(tmp_path / "live", f"method={method}") == 0
+    assert distill(tmp_path / "cached", f"method={method}", f"teacher_cache={lossless}") == 0
+    live, cached = losses_by_step(tmp_path / "live"), losses_by_step(tmp_path / "cached")
+    assert live.keys() == cached.keys() and len(live) == 4
+    for step in live:
+        assert cached[step] == pytest.approx(live[step], rel=1e-5, abs=1e-6), step
+    a = json.loads((tmp_path / "live" / "summary.json").read_text())
+    b = json.loads((tmp_path / "cached" / "summary.json").read_text())
+    assert b["teacher_cache"] == str(lossless) and a["teacher_cache"] is None
+    assert b["kl_after"] == pytest.approx(a["kl_after"], rel=1e-5)  # held-out KL from the cache's val split
+
+
+def test_every_stored_field_round_trips(lossy):
+    """What a reader gets back for any blocks is what the teacher computes for them (fp16 rounding only)."""
+    from egad_cli.config.commands import CacheCommandConfig  # noqa: F401 - the schema the cache was built with
+    from egad_cli.data import build_splits
+    from egad_cli.models import load_teacher
+    from egad_cli.teacher_cache.build import teacher_rows
+    from egad_cli.teacher_cache.manifest import open_manifest
+    from egad_cli.teacher_cache.shards import SplitReader
+
+    root, manifest = open_manifest(lossy)
+    from omegaconf import OmegaConf
+
+    from egad_cli.config.schema import DatasetConfig, TeacherConfig
+
+    teacher_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TeacherConfig), manifest["teacher"]))
+    data_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), manifest["dataset"]))
+    teacher, tok = load_teacher(teacher_cfg, Path(os.environ["EGAD_CACHE_DIR"]), torch.float32)
+    splits = build_splits(data_cfg, tok)
+    for name, part in (("train", splits.train), ("val", splits.val)):
+        reader = SplitReader(root, manifest, name)
+        packed = reader.packed()
+        assert torch.equal(packed.ids, part.ids) and torch.equal(packed.mask, part.mask)
+        blocks = torch.tensor([len(part) - 1, 0, 17 % len(part)])  # across shards, out of order
+        got = reader.rows(blocks, torch.device("cpu"))
+        want = teacher_rows(teacher, part.ids[blocks], len(tok), manifest["k"], tuple(manifest["exponents"]),
+                            tuple(manifest["entropy_temps"]), tuple(manifest["layers"]), torch.float32, 1024)
+        n = blocks.numel() * (part.ids.shape[1] - 1)
+        assert got["top"].logp.shape == (n, 8) and got["top"].ids.dtype == torch.int64
+        assert torch.equal(got["top"].ids, want["topk_ids"].reshape(n, -1).long())
+        torch.testing.assert_close(got["top"].logp, want["topk_logp"].reshape(n, -1), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(got["top"].log_tail, want["log_tail"].reshape(n, -1), rtol=1e-3, atol=1e-3)
+        for i, t in enumerate(manifest["entropy_temps"]):  # stored in fp32: exact
+            torch.testing.assert_close(got["entropy"][t], want["entropy"].reshape(n, -1)[:, i])
+        assert manifest["layers"] and set(got["states"]) == set(manifest["layers"])
+        for layer in manifest["layers"]:
+            torch.testing.assert_close(got["states"][layer], want[f"states.{layer}"].reshape(n, -1).float(),
+                                       rtol=1e-3, atol=1e-3)
+
+
+def _shard_digests(root: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.glob("*.safetensors"))}
+
+
+def test_a_killed_writer_resumes_to_the_same_bytes(tmp_path):
+    env = dict(os.environ, EGAD_CACHE_DIR=str(tmp_path / "egad-cache"))
+    argv = [sys.executable, "-m", "egad_cli", "cache", *SMOKE, "shard_blocks=2", "batch_size=1"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run([*argv, f"out_dir={whole}"], env=env, check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen([*argv, f"out_dir={killed}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(list(killed.glob("*.safetensors"))) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "manifest.json").exists(), "killed before the end: the cache must not look complete"
+    written = len(list(killed.glob("*.safetensors")))
+    assert 0 < written < len(_shard_digests(whole))
+    # an unfinished cache is refused by name, with the command that finishes it
+    code = distill(tmp_path / "run", f"teacher_cache={killed}")
+    assert code == 2
+    done = subprocess.run([*argv, f"out_dir={killed}"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{written} of" in done.stdout  # it continued, it did not start over
+    assert _shard_digests(killed) == _shard_digests(whole)
+    assert not list(killed.glob(".*.tmp-*"))
+
+
+def test_a_sweep_runs_every_job_from_one_cache(tmp_path, lossy, monkeypatch):
+    from egad_cli.models import loading
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("a run from a teacher cache loaded the teacher's weights")
+
+    monkeypatch.setattr(loading, "load_teacher", no_teacher)
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", no_teacher)
+    sweep = tmp_path / "sweep"
+    assert egad("distill", "-m", *SMOKE, f"teacher_cache={lossy}", "method=kd,egad", "trainer.export=false",
+                f"hydra.sweep.dir={sweep}") == 0
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+    assert [s["method"] for s in summaries] == ["kd", "egad"]
+    assert all(s["teacher_cache"] == str(lossy) for s in summaries)
+    assert all(len(read_jsonl(p)) == 4 for p in sweep.glob("*/metrics.jsonl"))
+    assert not list(sweep.glob("*/error.txt"))
+
+
+def refusal(capsys, tmp_path, *argv) -> str:
+    code = distill(tmp_path / "run", *argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before training
+    return " ".join(err.split())
+
+
+def test_refuses_another_block_size_or_dataset_naming_the_key(capsys, tmp_path, lossy):
+    err = refusal(capsys, tmp_path, f"teacher_cache={lossy}", "dataset.block_size=64")
+    assert "dataset.block_size=64" in err and "(the cache has 32)" in err and "egad cache" in err
+    assert "dataset.block_size=64" in err.split("build a cache for them:")[1]
+    err = refusal(capsys, tmp_path, f"teacher_cache={lossy}", "teacher=smollm2")
+    assert "teacher=smollm2" in err and "teacher=random" in err
+
+
+def test_refuses_a_policy_that_needs_an_entropy_the_cache_lacks(capsys, tmp_path):
+    cache = build_cache(tmp_path / "c", "entropy_temps=[1.0]")
+    err = refusal(capsys, tmp_path, f"teacher_cache={cache}", "method=eakd")
+    assert "T=2" in err and "entropy_temps='[1,2]'" in err
+
+
+def test_refuses_temperatures_outside_the_tail_grid(capsys, tmp_path):
+    cache = build_cache(tmp_path / "c", "exponents=[0.5,1.0,2.0]")
+    err = refusal(capsys, tmp_path, f"teacher_cache={cache}", "method=kd", "temperature.base=4")
+    assert "temperature=fixed" in err and "[0.5, 2]" in err and "exponents=" in err
+
+
+def test_refuses_the_dual_branch_without_its_states(capsys, tmp_path):
+    cache = build_cache(tmp_path / "c")
+    err = refusal(capsys, tmp_path, f"teacher_cache={cache}", "method=egad")
+    assert "branch=dual" in err and "layers=" in err
+    err = refusal(capsys, tmp_path, f"teacher_cache={cache}", "student=from_teacher")
+    assert "student.init=from_teacher" in err
+
+
+def test_refuses_what_is_not_a_complete_cache(capsys, tmp_path, lossy):
+    err = refusal(capsys, tmp_path, f"teacher_cache={tmp_path / 'nowhere'}")
+    assert "teacher_cache" in err and "egad cache" in err
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    assert "not a teacher cache" in refusal(capsys, tmp_path, f"teacher_cache={fake}")
+    shard = next(lossy.glob("train-*.safetensors"))
+    (tmp_path / "copy").mkdir()
+    for p in lossy.iterdir():
+        if p.is_file():
+            (tmp_path / "copy" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "copy" / "tokenizer").mkdir()
+    for p in (lossy / "tokenizer").iterdir():
+        (tmp_path / "copy" / "tokenizer" / p.name).write_bytes(p.read_bytes())
+    with open(tmp_path / "copy" / shard.name, "ab") as f:
+        f.write(b"x")
+    err = refusal(capsys, tmp_path, f"teacher_cache={tmp_path / 'copy'}")
+    assert shard.name in err and "size" in err
+
+
+def test_a_cache_dir_with_other_settings_is_not_overwritten(capsys, tmp_path):
+    cache = build_cache(tmp_path / "c", "k=4")
+    before = _shard_digests(cache)
+    assert egad("cache", *SMOKE, f"out_dir={cache}", "k=6") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "out_dir" in err and "k" in err and "nothing was changed" in err
+    assert _shard_digests(cache) == before
+    assert egad("cache", *SMOKE, f"out_dir={cache}", "k=4") == 0  # the same command: already complete
+    assert "already complete" in capsys.readouterr().out
+
+
+def test_the_default_location_is_keyed_by_the_settings(tmp_path, capsys):
+    assert egad("cache", *SMOKE) == 0
+    first = capsys.readouterr().out
+    assert egad("cache", *SMOKE, "k=4") == 0
+    second = capsys.readouterr().out
+    dirs = sorted((Path(os.environ["EGAD_CACHE_DIR"]) / "teacher-cache").iterdir())
+    assert len(dirs) == 2 and all((d / "manifest.json").is_file() for d in dirs)
+    assert egad("cache", *SMOKE) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert first != second
