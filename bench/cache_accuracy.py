@@ -1,11 +1,13 @@
-"""How close a top-k + tail-bucket teacher (the planned teacher cache) is to the live teacher.
+"""How close a teacher cache (top-k + tail bucket, as `egad cache` stores it) is to the live teacher.
 
 Real SmolLM2 teacher logits over the embedded corpus, a student (the random `tiny` one, or
---student DIR, e.g. a distilled student/), per divergence, τ ∈ {0.5, 1, 2} and k ∈ {16, 64, 256}:
-relative error of the loss Σ τ² D / n against the live full-vocabulary loss, and the cosine between
-their gradients w.r.t. the student logits. Also the bytes per token a cache would store.
+--student DIR, e.g. a distilled student/), per divergence, τ ∈ {0.5, 1, 2} and k ∈ {16, 48 (the
+default), 64, 256}: relative error of the loss Σ τ² D / n against the live full-vocabulary loss, and
+the cosine between their gradients w.r.t. the student logits. The cached log-probs and tail sums are
+rounded to fp16 as the cache stores them (--fp32: cache dtype=float32). Also the bytes per token of
+the cache's format (without dual-branch states).
 
-Usage: python bench/cache_accuracy.py [--blocks 4] [--student DIR] [--fp16]
+Usage: python bench/cache_accuracy.py [--blocks 4] [--student DIR] [--fp32]
 """
 
 from __future__ import annotations
@@ -22,22 +24,23 @@ from egad_cli.engine.runtime import resolve_runtime
 from egad_cli.losses.cached import DEFAULT_EXPONENTS, cached_divergence, topk_from_logits
 from egad_cli.models import load_models
 
-KS = (16, 64, 256)
+KS = (16, 48, 64, 256)
 TAUS = (0.5, 1.0, 2.0)
 
 
-def bytes_per_token(k: int, vocab: int, n_exponents: int) -> int:
-    """top-k log-probs in fp16 + ids (uint16 when V ≤ 65,536, else int32) + tail power sums and the
-    exact entropy in fp32."""
+def bytes_per_token(k: int, vocab: int, n_exponents: int, n_entropies: int = 2, value_bytes: int = 2) -> int:
+    """The cache's format per predicting token: top-k log-probs and the tail power sums in the cache
+    dtype (fp16: 2 bytes), ids (uint16 when V ≤ 65,536, else int32), the exact entropies in fp32 (T = 1
+    and EA-KD's T′ = 2 by default), and the block's token id (int32) and loss mask (1 byte)."""
     id_bytes = 2 if vocab <= 65_536 else 4
-    return k * (2 + id_bytes) + 4 * n_exponents + 4
+    return k * (value_bytes + id_bytes) + value_bytes * n_exponents + 4 * n_entropies + 5
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--blocks", type=int, default=4)
     ap.add_argument("--student", default=None, help="a transformers student dir (default: the random tiny student)")
-    ap.add_argument("--fp16", action="store_true", help="round the cached log-probs to fp16, as a cache would store them")
+    ap.add_argument("--fp32", action="store_true", help="keep the cached values in fp32 (cache dtype=float32)")
     args = ap.parse_args()
     register_schemas()
     overrides = ["run_dir=/tmp/egad-bench"]
@@ -56,14 +59,16 @@ def main() -> None:
     n = t_logits.shape[0]
     print(f"cache accuracy: SmolLM2 teacher, {'student ' + args.student if args.student else 'random tiny student'}, "
           f"{n} tokens, V = {vocab}, tail exponents {DEFAULT_EXPONENTS}, cached log-probs in "
-          f"{'fp16' if args.fp16 else 'fp32'}")
-    print("bytes/token: " + ", ".join(f"k={k}: {bytes_per_token(k, vocab, len(DEFAULT_EXPONENTS))}" for k in KS))
+          f"{'fp32' if args.fp32 else 'fp16'}")
+    value_bytes = 4 if args.fp32 else 2
+    print("bytes/token: " + ", ".join(f"k={k}: {bytes_per_token(k, vocab, len(DEFAULT_EXPONENTS), value_bytes=value_bytes)}"
+                                      for k in KS))
     print(f"{'divergence':<11} {'tau':>4} " + " ".join(f"{'k=' + str(k) + ' rel.err':>13} {'cos':>9}" for k in KS))
     tops = {}
     for k in KS:
         top = topk_from_logits(t_logits, k)
-        if args.fp16:
-            top.logp = top.logp.half().float()
+        if not args.fp32:
+            top.logp, top.log_tail = top.logp.half().float(), top.log_tail.half().float()
         tops[k] = top
     for name in LOSSES.names():
         fn = LOSSES[name]().divergence()

@@ -11,9 +11,9 @@ from egad_cli.cli import SUBCOMMANDS
 def test_top_level_help_lists_subcommands(capsys):
     assert egad("--help") == 0
     out = capsys.readouterr().out
-    for name in ("distill", "eval", "inspect-entropy", "report"):
+    for name in ("distill", "eval", "inspect-entropy", "report", "cache"):
         assert name in out
-    assert set(SUBCOMMANDS) == {"distill", "eval", "inspect-entropy", "report"}
+    assert set(SUBCOMMANDS) == {"distill", "eval", "inspect-entropy", "report", "cache"}
 
 
 def test_no_arguments_prints_usage(capsys):

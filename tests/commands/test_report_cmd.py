@@ -105,3 +105,25 @@ def test_one_bad_sweep_point_does_not_stop_the_sweep(tmp_path, capsys):
     assert "trainer.lr" in (sweep / jobs[1] / "error.txt").read_text()
     assert egad("report", f"sweep_dir={sweep}") == 0
     assert "failed" in capsys.readouterr().out
+
+
+def test_seed_summary_gives_mean_sd_and_paired_differences_to_the_baseline(tmp_path, capsys):
+    import statistics
+    from pathlib import Path
+
+    from egad_cli.commands.sweep import Run, seed_summary
+
+    values = {("kd", "0"): 1.0, ("kd", "1"): 2.0, ("kd", "2"): 3.5, ("egad", "0"): 0.5, ("egad", "1"): 1.7,
+              ("egad", "2"): 2.0, ("eakd", "0"): 9.0}
+    runs = [Run(Path(f"/sweep/{i}"), str(i), i, "done", {"method": m, "trainer.seed": s}, {"kl_after": v})
+            for i, ((m, s), v) in enumerate(values.items())]
+    runs.append(Run(Path("/sweep/9"), "9", 9, "failed", {"method": "eakd", "trainer.seed": "1"}, {}))
+    columns, rows = seed_summary(runs, "kl_after", "kd")
+    assert columns[0] == "group" and "paired" in columns[3]
+    by_group = {row[0]: row for row in rows}
+    kd = [1.0, 2.0, 3.5]
+    assert by_group["method=kd"][1:] == [3, f"{statistics.mean(kd):.4f} ± {statistics.stdev(kd):.4f}", "—"]
+    diffs = [0.5 - 1.0, 1.7 - 2.0, 2.0 - 3.5]
+    assert by_group["method=egad"][3] == f"{statistics.mean(diffs):.4f} ± {statistics.stdev(diffs):.4f} (n=3)"
+    assert by_group["method=eakd"][1:] == [1, "9.0000", "8.0000 (n=1)"]  # one seed: no sd; the failed run is left out
+    assert seed_summary([r for r in runs if r.overrides["trainer.seed"] == "0"], "kl_after", "kd") is None

@@ -24,7 +24,7 @@ SMOKE = ("debug=smoke",)
 
 
 def build_cache(out: Path, *extra: str) -> Path:
-    assert egad("cache", *SMOKE, f"out_dir={out}", *extra) == 0
+    assert egad("cache", *SMOKE, f"out_dir={out}", f"hydra.run.dir={out}-log", *extra) == 0
     assert (out / "manifest.json").is_file()
     return out
 
@@ -105,7 +105,8 @@ def _shard_digests(root: Path) -> dict[str, str]:
 
 def test_a_killed_writer_resumes_to_the_same_bytes(tmp_path):
     env = dict(os.environ, EGAD_CACHE_DIR=str(tmp_path / "egad-cache"))
-    argv = [sys.executable, "-m", "egad_cli", "cache", *SMOKE, "shard_blocks=2", "batch_size=1"]
+    argv = [sys.executable, "-m", "egad_cli", "cache", *SMOKE, "shard_blocks=2", "batch_size=1",
+            f"hydra.run.dir={tmp_path / 'log'}"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run([*argv, f"out_dir={whole}"], env=env, check=True, capture_output=True, timeout=300)
     proc = subprocess.Popen([*argv, f"out_dir={killed}"], env=env, stdout=subprocess.DEVNULL,
@@ -205,21 +206,44 @@ def test_refuses_what_is_not_a_complete_cache(capsys, tmp_path, lossy):
 def test_a_cache_dir_with_other_settings_is_not_overwritten(capsys, tmp_path):
     cache = build_cache(tmp_path / "c", "k=4")
     before = _shard_digests(cache)
-    assert egad("cache", *SMOKE, f"out_dir={cache}", "k=6") == 2
+    assert egad("cache", *SMOKE, f"out_dir={cache}", "k=6", f"hydra.run.dir={tmp_path / 'log'}") == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "out_dir" in err and "k" in err and "nothing was changed" in err
     assert _shard_digests(cache) == before
-    assert egad("cache", *SMOKE, f"out_dir={cache}", "k=4") == 0  # the same command: already complete
+    assert egad("cache", *SMOKE, f"out_dir={cache}", "k=4", f"hydra.run.dir={tmp_path / 'log'}") == 0  # complete
     assert "already complete" in capsys.readouterr().out
 
 
 def test_the_default_location_is_keyed_by_the_settings(tmp_path, capsys):
-    assert egad("cache", *SMOKE) == 0
+    log = f"hydra.run.dir={tmp_path / 'log'}"
+    assert egad("cache", *SMOKE, log) == 0
     first = capsys.readouterr().out
-    assert egad("cache", *SMOKE, "k=4") == 0
+    assert egad("cache", *SMOKE, "k=4", log) == 0
     second = capsys.readouterr().out
     dirs = sorted((Path(os.environ["EGAD_CACHE_DIR"]) / "teacher-cache").iterdir())
     assert len(dirs) == 2 and all((d / "manifest.json").is_file() for d in dirs)
-    assert egad("cache", *SMOKE) == 0
+    assert egad("cache", *SMOKE, log) == 0
     assert "already complete" in capsys.readouterr().out
     assert first != second
+
+
+def test_inspect_entropy_reads_the_entropies_from_the_cache(tmp_path, lossless, monkeypatch):
+    """The same histogram and quantiles as the live teacher pass, with no model loaded."""
+    # debug=smoke's teacher and data, without its student (inspect-entropy's default has none)
+    small = ("max_tokens=512", "progress=false", f"hydra.run.dir={tmp_path / 'log'}")
+    assert egad("inspect-entropy", "teacher=random", "dataset.block_size=32", "dataset.max_train_tokens=8192",
+                "dataset.max_val_tokens=1024", *small, f"out_dir={tmp_path / 'live'}") == 0
+    from egad_cli.models import loading
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("inspect-entropy from a teacher cache loaded the teacher")
+
+    monkeypatch.setattr(loading, "load_teacher", no_teacher)
+    assert egad("inspect-entropy", *small, f"teacher_cache={lossless}",
+                f"out_dir={tmp_path / 'cached'}") == 0
+    live = json.loads((tmp_path / "live" / "entropy.json").read_text())
+    cached = json.loads((tmp_path / "cached" / "entropy.json").read_text())
+    assert cached["n_tokens"] == live["n_tokens"] and cached["histogram"]["teacher"] == live["histogram"]["teacher"]
+    for key, value in live["quantiles"]["teacher"].items():
+        assert cached["quantiles"]["teacher"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert cached["setup"]["teacher_cache"] == str(lossless)

@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from egad_cli.commands.common import run_task
-from egad_cli.commands.runs import check_run_dir, has_student, task_overrides, with_run_dir
+from egad_cli.commands.runs import check_run_dir, has_student, task_overrides, with_run_dir, with_teacher_cache
 from egad_cli.config import conf_dir, register_schemas, validate
 from egad_cli.config.commands import InspectEntropyConfig
 
@@ -36,6 +36,12 @@ def run_inspect(raw: DictConfig) -> float:
         raw = with_run_dir(raw, run_dir, RUN_GROUPS, task_overrides())
         if not has_student(run_dir):
             note = f"{run_dir} has no exported student; showing the teacher only"
+    if raw.teacher_cache:
+        raw = with_teacher_cache(raw, task_overrides())
+        if raw.student is not None:
+            note = "teacher_cache: the entropies come from the cache; the student is left out (its entropy needs a " \
+                   "model pass: drop teacher_cache to see it)"
+            raw.student = None
     cfg: InspectEntropyConfig = validate(raw, InspectEntropyConfig)
     from egad_cli.commands.inspect_job import run
 

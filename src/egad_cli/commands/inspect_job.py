@@ -25,7 +25,8 @@ from egad_cli.evaluation.entropy import (
     thresholds,
     token_ranking,
 )
-from egad_cli.evaluation.passes import spread_blocks, token_pass
+from egad_cli.errors import UserError
+from egad_cli.evaluation.passes import cached_token_pass, spread_blocks, spread_index, token_pass
 from egad_cli.ui.console import console
 from egad_cli.ui.histogram import bar, render_histogram
 from egad_cli.ui.tables import rich_table
@@ -233,23 +234,44 @@ def save(a: dict, m: dict[str, torch.Tensor], tokenizer, cfg: InspectEntropyConf
     return paths
 
 
+def from_cache(cfg: InspectEntropyConfig):
+    """(blocks, per-token values, tokenizer, vocabulary) read from a teacher cache: no model runs."""
+    from egad_cli.teacher_cache.use import open_cached_teacher
+
+    cached = open_cached_teacher(cfg.teacher_cache)
+    if cfg.split == "all":
+        raise UserError("split=all: a teacher cache holds the train and val splits; use split=train or split=val")
+    reader = cached.train if cfg.split == "train" else cached.val
+    if reader is None:
+        raise UserError(f"split=val: the teacher cache {cached.root} was built without the val split; use "
+                        f"split=train, or build it with splits='[train,val]'")
+    index = spread_index(reader.n_blocks, reader.block_size, cfg.max_tokens)
+    packed = reader.packed()
+    data = Packed(ids=packed.ids[index], mask=packed.mask[index])
+    return data, cached_token_pass(reader, index), cached.tokenizer, int(cached.manifest["vocab_size"])
+
+
 def run(cfg: InspectEntropyConfig, started: float, note: str | None = None) -> float:
     torch.set_float32_matmul_precision("high")
     if note:
         console.print(f"[yellow]note:[/] {escape(note)}")
-    runtime = preflight(cfg)
     who = f" · student={cfg.student.path or cfg.student.name}" if cfg.student is not None else ""
     console.rule(escape(f"egad inspect-entropy · teacher={cfg.teacher.name}{who} · "
                         f"dataset={cfg.dataset.name} ({cfg.split}) · method={cfg.method.name}"))
-    teacher, student, tokenizer, vocab = load(cfg, runtime)
-    data = spread_blocks(split_of(cfg, tokenizer), cfg.max_tokens)
     t0 = time.perf_counter()
-    m = token_pass(teacher, vocab, data, runtime, cfg.batch_size, cfg.chunk_size, student=student,
-                   progress=show_progress(cfg.progress), console=console)
+    if cfg.teacher_cache:
+        runtime, (data, m, tokenizer, vocab) = None, from_cache(cfg)
+    else:
+        runtime = preflight(cfg)
+        teacher, student, tokenizer, vocab = load(cfg, runtime)
+        data = spread_blocks(split_of(cfg, tokenizer), cfg.max_tokens)
+        t0 = time.perf_counter()
+        m = token_pass(teacher, vocab, data, runtime, cfg.batch_size, cfg.chunk_size, student=student,
+                       progress=show_progress(cfg.progress), console=console)
     block_size = int(data.ids.shape[1])
+    where = f"on {runtime.device}" if runtime is not None else f"(read from the teacher cache {cfg.teacher_cache})"
     console.print(f"{m['target'].numel():,} tokens from {len(data)} blocks of {block_size} (spread over the "
-                  f"{cfg.split} split) · vocab {vocab} · pass {time.perf_counter() - t0:.1f} s on "
-                  f"{runtime.device}")
+                  f"{cfg.split} split) · vocab {vocab} · pass {time.perf_counter() - t0:.1f} s {where}")
     a = analyse(m, cfg, vocab, block_size)
     for entries in a["tokens"].values():
         describe_tokens(entries, m, data, tokenizer, cfg.context_tokens)
@@ -260,7 +282,8 @@ def run(cfg: InspectEntropyConfig, started: float, note: str | None = None) -> f
                       "blocks": len(data), "block_size": block_size, "vocab": vocab,
                       "method": cfg.method.name,
                       "student": (cfg.student.path or cfg.student.name) if cfg.student is not None else None,
-                      "device": str(runtime.device), "seconds": round(time.perf_counter() - started, 2)}
+                      "device": str(runtime.device) if runtime is not None else None,
+                      "teacher_cache": cfg.teacher_cache, "seconds": round(time.perf_counter() - started, 2)}
         paths = save(a, m, tokenizer, cfg, out_dir)
         console.print(escape("wrote " + ", ".join(str(p) for p in paths)))
     return a["quantiles"]["teacher"]["mean"]

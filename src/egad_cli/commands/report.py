@@ -4,6 +4,10 @@
     egad report sweep_dir=multirun/… sort_by=eval.kl_forward         # after `egad eval` on each run
     egad report sweep_dir=outputs columns='[kl_after,final.loss]' export=false
 
+When the sweep varies trainer.seed, a second table gives per group of seeds (the runs that differ
+only in their seed) the mean ± sample sd of the sort metric and the paired difference to the same
+group with method=<baseline> (default kd), seed by seed.
+
 Columns: the job, its status (done / failed / running), the overrides that differ between runs,
 then metrics: summary.json's (``kl_before``, ``kl_after``, ``steps``, ``final.<name>``…) and, for
 runs that `egad eval` has seen, eval.json's as ``eval.<name>``. Writes report.csv (every metric)
@@ -29,6 +33,7 @@ from egad_cli.commands.sweep import (
     metric_columns,
     newest_sweep,
     read_run,
+    seed_summary,
     sort_runs,
     to_csv,
 )
@@ -118,6 +123,10 @@ def run_report(raw: DictConfig) -> int:
     if [c for c in unknown if not c.startswith("eval.")]:
         console.print(f"[dim]columns not in any run (left out): "
                       f"{', '.join(c for c in unknown if not c.startswith('eval.'))}[/]")
+    summary_metric = cfg.sort_by if cfg.sort_by in available else "kl_after"
+    seeds = seed_summary(runs, summary_metric, cfg.baseline) if summary_metric in available else None
+    if seeds is not None:
+        console.print(rich_table(seeds[0], seeds[1], title=f"over seeds: {summary_metric} (mean ± sample sd)"))
     if cfg.export:
         out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else root
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +135,9 @@ def run_report(raw: DictConfig) -> int:
         if caption:
             md += f"{caption}\n\n"
         md += markdown_table(columns, rows)
+        if seeds is not None:
+            md += f"\n\nOver seeds: {summary_metric} (mean ± sample sd; Δ paired by seed)\n\n"
+            md += markdown_table(*seeds)
         (out_dir / "report.md").write_text(md)
         console.print(escape(f"wrote {out_dir / 'report.csv'} and {out_dir / 'report.md'}"))
     return 0

@@ -220,3 +220,70 @@ def newest_sweep(cwd: Path) -> Path | None:
     """The most recent multirun/<date>/<time> directory under cwd."""
     sweeps = [p for p in cwd.glob("multirun/*/*") if p.is_dir()]
     return max(sweeps, key=lambda p: (p.parent.name, p.name), default=None)
+
+
+SEED_KEY = "trainer.seed"
+
+
+@dataclass
+class SeedGroup:
+    """The runs of a sweep that differ only in trainer.seed."""
+
+    label: str  #: the group's other overrides, as key=value
+    key: tuple  #: the group's other overrides, as sorted (key, value) pairs
+    values: dict[str, float]  #: seed -> metric
+
+
+def seed_groups(runs: list[Run], metric: str) -> list[SeedGroup]:
+    """Finished runs grouped by every differing override except the seed (in first-seen order)."""
+    differ, _ = differing_overrides(runs)
+    others = [k for k in differ if k != SEED_KEY]
+    groups: dict[tuple, SeedGroup] = {}
+    for run in sorted(runs, key=lambda r: (r.job is None, r.job or 0, r.name)):
+        value = run.metrics.get(metric)
+        if run.status != "done" or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        key = tuple((k, run.overrides.get(k)) for k in others)
+        label = " ".join(f"{k}={v}" for k, v in key) or "(all runs)"
+        group = groups.setdefault(key, SeedGroup(label, key, {}))
+        group.values[str(run.overrides.get(SEED_KEY))] = float(value)
+    return list(groups.values())
+
+
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def fmt_mean_sd(values: list[float], digits: int = 4) -> str:
+    mean, sd = mean_sd(values)
+    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def seed_summary(runs: list[Run], metric: str, baseline: str | None) -> tuple[list[str], list[list]] | None:
+    """Per group of seeds: n, mean ± sd of `metric`, and the paired difference to the baseline group
+    (the group with method=<baseline> and the same other overrides), seed by seed: mean ± sd over the
+    seeds both ran. None when the sweep does not vary trainer.seed."""
+    differ, _ = differing_overrides(runs)
+    if SEED_KEY not in differ:
+        return None
+    groups = seed_groups(runs, metric)
+    columns = ["group", "seeds", f"{metric} mean ± sd"]
+    if baseline:
+        columns.append(f"Δ vs method={baseline} (paired)")
+    rows = []
+    for g in groups:
+        row: list = [g.label, len(g.values), fmt_mean_sd(list(g.values.values()))]
+        if baseline:
+            base_key = tuple((k, baseline if k == "method" else v) for k, v in g.key)
+            base = next((b for b in groups if b.key == base_key), None)
+            if base is None or base is g:
+                row.append("—")
+            else:
+                paired = [g.values[s] - base.values[s] for s in g.values if s in base.values]
+                row.append(f"{fmt_mean_sd(paired)} (n={len(paired)})" if paired else "—")
+        rows.append(row)
+    return columns, rows

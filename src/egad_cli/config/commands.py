@@ -107,6 +107,7 @@ class InspectEntropyConfig:
     weighting: WeightingConfig = MISSING
     branch: BranchConfig = MISSING
     run_dir: Optional[str] = None  #: a distill run dir: its teacher, dataset, method groups and student/
+    teacher_cache: Optional[str] = None  #: a teacher cache dir (`egad cache`): entropies read from it, no teacher pass
     split: str = "train"  #: train (what distillation sees, the default) | val | all (every block of the files)
     max_tokens: int = 4096  #: token budget of the pass (0 = the whole split), in blocks spread over the split
     batch_size: int = 4  #: sequences per forward pass
@@ -158,6 +159,7 @@ class ReportConfig:
         "eval.kl_reverse", "eval.top1_agreement", "eval.ece", "eval.kl_forward_top_decile"])
     export: bool = True  #: write report.csv and report.md
     out_dir: Optional[str] = None  #: where report.csv / report.md go (default: sweep_dir)
+    baseline: Optional[str] = "kd"  #: seed sweeps: paired differences to the runs with method=<baseline> (null: none)
 
     def problems(self) -> Problems:
         out = Problems()

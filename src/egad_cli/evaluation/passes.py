@@ -19,13 +19,16 @@ def spread_blocks(data: Packed, max_tokens: int) -> Packed:
     Documents are packed one after another, so the first blocks would often come from one or
     two files; evenly spaced blocks sample the whole split at the same cost.
     """
-    n = len(data)
-    if n == 0:
+    if len(data) == 0:
         return data
-    block = data.ids.shape[1]
-    k = n if max_tokens <= 0 else max(1, min(n, max_tokens // block))
-    index = torch.linspace(0, n - 1, k).round().long() if k < n else torch.arange(n)
+    index = spread_index(len(data), data.ids.shape[1], max_tokens)
     return Packed(ids=data.ids[index], mask=data.mask[index])
+
+
+def spread_index(n: int, block: int, max_tokens: int) -> Tensor:
+    """The block indices ``spread_blocks`` keeps out of n blocks of `block` tokens."""
+    k = n if max_tokens <= 0 else max(1, min(n, max_tokens // block))
+    return torch.linspace(0, n - 1, k).round().long() if k < n else torch.arange(n)
 
 
 def _teacher_only(t_logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
@@ -151,3 +154,25 @@ def cached_heldout_kl(student, vocab: int, val, runtime: Runtime, batch_size: in
     if count == 0:
         raise UserError("the held-out blocks of the teacher cache hold no valid (loss) tokens")
     return float(total / count)
+
+
+def cached_token_pass(reader, index: Tensor) -> dict[str, Tensor]:
+    """``token_pass``'s teacher values for the blocks `index` [B] of a teacher cache's split (reader: a
+    ``teacher_cache.SplitReader``), read, not computed: ``block`` (position in `index`), ``position``,
+    ``target``, ``entropy_teacher`` (the stored exact entropy at T = 1) and the teacher's top-1
+    ``confidence_teacher`` / ``correct_teacher`` (the top-1 is always among the cached top-k)."""
+    data = reader.packed()
+    ids, mask = data.ids[index], data.mask[index]  # [B, L]
+    rows = reader.rows(index, torch.device("cpu"))
+    valid = mask[:, 1:].reshape(-1)  # [N]
+    b, length = ids.shape
+    top = rows["top"]
+    targets = ids[:, 1:].reshape(-1)
+    out = {"block": torch.arange(b)[:, None].expand(-1, length - 1).reshape(-1),
+           "position": torch.arange(length - 1).expand(b, -1).reshape(-1), "target": targets,
+           "entropy_teacher": rows["entropy"][1.0], "confidence_teacher": top.logp[:, 0].exp(),
+           "correct_teacher": (top.ids[:, 0] == targets).float()}
+    out = {k: v[valid] for k, v in out.items()}
+    if out["target"].numel() == 0:
+        raise UserError("the selected blocks hold no valid (loss) tokens: every token is masked out")
+    return out
