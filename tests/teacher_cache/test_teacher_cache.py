@@ -247,3 +247,23 @@ def test_inspect_entropy_reads_the_entropies_from_the_cache(tmp_path, lossless, 
     for key, value in live["quantiles"]["teacher"].items():
         assert cached["quantiles"]["teacher"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert cached["setup"]["teacher_cache"] == str(lossless)
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "torchrun").exists(), reason="needs torchrun")
+def test_two_ranks_write_the_same_cache_as_one(tmp_path):
+    """Under torchrun each rank writes its own shards; the result is byte for byte the one-process cache."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, EGAD_CACHE_DIR=str(tmp_path / "egad-cache"))
+    common = ["cache", *SMOKE, f"hydra.run.dir={tmp_path / 'log'}"]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    two = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", str(port), "-m", "egad_cli",
+                          *common, f"out_dir={tmp_path / 'two'}"], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = build_cache(tmp_path / "one")
+    assert _shard_digests(tmp_path / "two") == _shard_digests(one) and len(_shard_digests(one)) > 2
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "two", one)]
+    assert manifests[0]["splits"] == manifests[1]["splits"]

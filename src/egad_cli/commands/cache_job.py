@@ -179,7 +179,7 @@ def run(cfg: CacheCommandConfig) -> Path:
             console.print(f"teacher cache already complete: {root}")
         return root
     if runtime.is_main:
-        (root / PLAN).write_text(json.dumps(plan, indent=2))
+        write_json(root / PLAN, plan)
         if not (root / TOKENIZER_DIR / "tokenizer_config.json").is_file():
             tmp = root / f".{TOKENIZER_DIR}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -253,7 +253,12 @@ def finish(root: Path, plan: dict, splits: dict) -> dict:
                                 f"the same command again to write it: {plan['command']}")
             shards.append({"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
         manifest["splits"][name] = {"n_blocks": len(part), "shards": shards}
-    tmp = root / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(root / MANIFEST)
+    write_json(root / MANIFEST, manifest)
     return manifest
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomically: other ranks (and a later resume) read it while it may be rewritten."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
