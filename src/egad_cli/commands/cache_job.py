@@ -35,7 +35,12 @@ from egad_cli.teacher_cache.manifest import (
     shard_name,
     shard_of_rank,
 )
-from egad_cli.teacher_cache.shards import file_sha256, is_complete_shard, remove_stale_temporaries, write_shard
+from egad_cli.teacher_cache.shards import (
+    file_sha256,
+    is_complete_shard,
+    remove_stale_temporaries,
+    write_shard,
+)
 from egad_cli.ui.console import console
 
 #: plan keys that decide the cache's contents (the directory key hashes them; a resume must match them)
@@ -55,6 +60,14 @@ def barrier(runtime: Runtime) -> None:
 
 
 def make_plan(cfg: CacheCommandConfig, tokenizer, splits, vocab: int) -> dict:
+    facts = teacher_facts(cfg)
+    bad = [layer for layer in cfg.layers if layer > facts["num_hidden_layers"]]
+    if bad:
+        raise UserError(f"layers: the teacher has {facts['num_hidden_layers']} layers; {bad} do not exist "
+                        f"(valid: 1..{facts['num_hidden_layers']})")
+    if facts["max_position_embeddings"] and cfg.dataset.block_size > facts["max_position_embeddings"]:
+        raise UserError(f"dataset.block_size: sequences of {cfg.dataset.block_size} tokens are longer than the "
+                        f"teacher's max_position_embeddings={facts['max_position_embeddings']}; lower it")
     data = {name: {"n_blocks": len(part), "fingerprint": tensor_sha256(part.ids, part.mask)}
             for name, part in splits.items()}
     return {
@@ -65,7 +78,7 @@ def make_plan(cfg: CacheCommandConfig, tokenizer, splits, vocab: int) -> dict:
         "teacher_fingerprint": teacher_fingerprint(cfg.teacher, cache_dir(cfg.cache_dir)),
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "vocab_size": vocab,
-        "teacher_facts": teacher_facts(cfg),
+        "teacher_facts": facts,
         "dataset": asdict(cfg.dataset),
         "data_fingerprints": {name: d["fingerprint"] for name, d in data.items()},
         "block_size": cfg.dataset.block_size,
@@ -85,25 +98,12 @@ def stored_layers(cfg: CacheCommandConfig) -> list[int]:
     layers = {int(layer) for layer in cfg.layers}
     if cfg.state_pairs > 0:
         from egad_cli.losses.feature import default_layer_map
+        from egad_cli.models.students import student_layer_count
 
         teacher_layers = teacher_facts(cfg)["num_hidden_layers"]
         layers |= {lt for _, lt in default_layer_map(student_layer_count(cfg.student), teacher_layers,
                                                      cfg.state_pairs)}
     return sorted(layers)
-
-
-def student_layer_count(student) -> int:
-    if student.init == "scratch":
-        return student.arch.num_layers
-    if student.init == "from_teacher":
-        return student.num_layers
-    from transformers import AutoConfig
-
-    from egad_cli.models.hub import resolve_model_ref
-
-    ref = resolve_model_ref(student.path, "student.path", student.revision, student.trust_remote_code)
-    return AutoConfig.from_pretrained(ref, revision=student.revision,
-                                      trust_remote_code=student.trust_remote_code).num_hidden_layers
 
 
 def teacher_facts(cfg: CacheCommandConfig) -> dict:
@@ -189,8 +189,12 @@ def run(cfg: CacheCommandConfig) -> Path:
         remove_stale_temporaries(root)
     barrier(runtime)
 
-    todo = [(name, i) for name, part in splits.items() for i in range(n_shards(len(part), cfg.shard_blocks))
-            if shard_of_rank(i, runtime.rank, runtime.world_size) and not is_complete_shard(root / shard_name(name, i))]
+    # What is missing, then split among the ranks (all ranks list it before any writes: one more barrier),
+    # so a resumed build shares the rest evenly whatever was written before.
+    missing = [(name, i) for name, part in splits.items() for i in range(n_shards(len(part), cfg.shard_blocks))
+               if not is_complete_shard(root / shard_name(name, i))]
+    barrier(runtime)
+    todo = [item for j, item in enumerate(missing) if shard_of_rank(j, runtime.rank, runtime.world_size)]
     if runtime.is_main:
         every = [root / shard_name(n, i) for n, p in splits.items() for i in range(n_shards(len(p), cfg.shard_blocks))]
         written = sum(is_complete_shard(path) for path in every)
@@ -215,10 +219,6 @@ def write_shards(cfg: CacheCommandConfig, plan: dict, root: Path, splits: dict, 
     teacher, _ = load_frozen_teacher(cfg, runtime)
     check_head_rows(teacher, vocab, "teacher")
     check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher)
-    n_layers = teacher.config.num_hidden_layers
-    bad = [layer for layer in plan["layers"] if layer > n_layers]
-    if bad:
-        raise UserError(f"layers: the teacher has {n_layers} layers; {bad} do not exist (valid: 1..{n_layers})")
     store_dtype = getattr(torch, cfg.dtype)
     for n_done, (name, index) in enumerate(todo):
         part = splits[name]

@@ -49,6 +49,10 @@ def resumed_config(raw: DictConfig, overrides: list[str]) -> DictConfig:
             before, after = OmegaConf.to_container(before), OmegaConf.to_container(after)
         if before != after:
             changed.append(key)
+    saved_cache = OmegaConf.select(saved, "teacher_cache", default=None)
+    if "teacher_cache" in chosen and (merged.teacher_cache or None) != saved_cache:
+        changed.append("teacher_cache")
+    merged.teacher_cache = saved_cache  # a run trained from a cache resumes from it, never from the live teacher
     if changed:
         raise UserError(f"trainer.resume: {', '.join(changed)} differ(s) from the run being resumed ({run / RUN_CONFIG}); "
                         f"a resumed run keeps its models, data, method and optimisation settings. Drop "

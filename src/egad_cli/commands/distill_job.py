@@ -10,9 +10,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from egad_cli.config import DistillConfig, cache_dir
+from egad_cli.config.policies import PolicyContext
 from egad_cli.data import build_splits, check_sources
 from egad_cli.engine.checkpoint import list_checkpoints, resolve_resume
-from egad_cli.config.policies import PolicyContext
 from egad_cli.engine.distill_unit import DistillUnit, build_policies, policy_needs
 from egad_cli.engine.loop import train
 from egad_cli.engine.metrics import tensorboard_available
@@ -27,6 +27,7 @@ from egad_cli.models import (
     preflight_model_source,
     preflight_student_source,
 )
+from egad_cli.models.students import student_layer_count
 from egad_cli.teacher_cache.use import check_fits, open_cached_teacher
 from egad_cli.ui.console import console
 
@@ -34,7 +35,7 @@ from egad_cli.ui.console import console
 def preflight(cfg: DistillConfig) -> Runtime:
     """Every cheap check before the expensive work: device, model sources, data files, resume path."""
     runtime = resolve_runtime(cfg.trainer)
-    if cfg.teacher_cache is None:  # from a cache, neither the teacher nor the corpus is read
+    if not cfg.teacher_cache:  # from a cache, neither the teacher nor the corpus is read
         preflight_model_source(cfg.teacher)
         check_sources(cfg.dataset)
     elif cfg.student.init == "from_teacher":
@@ -73,26 +74,32 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
     """Train and export, for a validated config (``raw``: the same, as saved to config.yaml)."""
     torch.set_float32_matmul_precision("high")
     runtime = preflight(cfg)
+    steps = total_steps(cfg, runtime)
+    cached = None
+    if cfg.teacher_cache:  # can the cache serve this run? (before anything is written or built)
+        cached = open_cached_teacher(cfg.teacher_cache)
+        ctx = PolicyContext(vocab_size=int(cached.manifest["vocab_size"]), total_steps=steps)
+        check_fits(cfg, cached.manifest, cached.root, policy_needs(build_policies(cfg, ctx)),
+                   student_layer_count(cfg.student))
     run_dir = Path(cfg.run_dir)
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(raw, run_dir / "config.yaml", resolve=True)
         console.rule(f"egad distill · method={cfg.method.name} · teacher={cfg.teacher.name} · student={cfg.student.name}")
-    steps = total_steps(cfg, runtime)
-    if cfg.teacher_cache:
-        teacher, cached = None, open_cached_teacher(cfg.teacher_cache)
-        tokenizer, train_data = cached.tokenizer, cached.train.packed()
+    if cached is not None:
+        teacher, tokenizer, train_data = None, cached.tokenizer, cached.train.packed()
         student, s_tok = build_student(cfg.student, None, tokenizer, default_seed=cfg.trainer.seed,
                                        vocab_rows=int(cached.manifest["teacher_facts"]["vocab_rows"]))
         vocab = check_shared_vocab(None, student, tokenizer, s_tok)
+        if vocab != int(cached.manifest["vocab_size"]):
+            raise UserError(f"teacher_cache: its tokenizer has {vocab} tokens but the cache was written for "
+                            f"{cached.manifest['vocab_size']}; the cache is damaged: rebuild it "
+                            f"({cached.manifest.get('command', 'egad cache …')})")
         student = student.to(runtime.device)
         check_context(cfg.dataset.block_size, "dataset.block_size", student=student)
-        needs = policy_needs(build_policies(cfg, PolicyContext(vocab_size=vocab, total_steps=steps)))
-        check_fits(cfg, cached.manifest, cached.root, needs, student.config.num_hidden_layers)
         n_val = cached.val.n_blocks if cached.val is not None else 0
         source = f"teacher cache {cached.root} (k={cached.manifest['k']})"
     else:
-        cached = None
         teacher, student, tokenizer, vocab = load_models(cfg, runtime, seed=cfg.trainer.seed)
         check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher, student=student)
         splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))

@@ -17,7 +17,13 @@ import hydra
 from omegaconf import DictConfig
 
 from egad_cli.commands.common import run_task
-from egad_cli.commands.runs import check_run_dir, has_student, task_overrides, with_run_dir, with_teacher_cache
+from egad_cli.commands.runs import (
+    check_run_dir,
+    has_student,
+    task_overrides,
+    with_run_dir,
+    with_teacher_cache,
+)
 from egad_cli.config import conf_dir, register_schemas, validate
 from egad_cli.config.commands import InspectEntropyConfig
 

@@ -17,6 +17,7 @@ from rich.text import Text
 from egad_cli.commands.analysis import clean, load, preflight, show_progress, split_of
 from egad_cli.config.commands import InspectEntropyConfig
 from egad_cli.data import Packed
+from egad_cli.errors import UserError
 from egad_cli.evaluation.entropy import (
     histogram,
     position_profile,
@@ -25,7 +26,6 @@ from egad_cli.evaluation.entropy import (
     thresholds,
     token_ranking,
 )
-from egad_cli.errors import UserError
 from egad_cli.evaluation.passes import cached_token_pass, spread_blocks, spread_index, token_pass
 from egad_cli.ui.console import console
 from egad_cli.ui.histogram import bar, render_histogram

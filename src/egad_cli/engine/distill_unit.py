@@ -264,7 +264,7 @@ class DistillUnit:
         the teacher's entropies as stored (exact), the student's statistics computed here."""
         ids, mask = mb["ids"], mb["mask"]
         targets, valid = shift(ids, mask)
-        rows = self.cache.rows(mb["blocks"], self.runtime.device)
+        rows = self.cache.rows(mb["blocks"], self.runtime.device, states=self.features)
         t_states = [rows["states"][lt] for _, lt in self.layer_map] if self.features else []
         stats = {s: rows["entropy"][s.temperature] for s in self.needs if s.kind == "teacher_entropy"}
         if self.student_stats:

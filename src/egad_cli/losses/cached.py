@@ -56,16 +56,54 @@ class TeacherTopK:
 
 @torch.no_grad()
 def topk_from_logits(t_logits: Tensor, k: int, exponents: tuple[float, ...] = DEFAULT_EXPONENTS) -> TeacherTopK:
-    """The cached form of teacher logits [N, V] (computed in fp32 from the full vocabulary)."""
+    """The cached form of teacher logits [N, V] (computed in fp32 from the full vocabulary).
+
+    The tail sums are taken relative to the largest tail probability m (the (k+1)-th): with
+    q = p / m ≤ 1 on the tail, S(a) = m^a · Σ q^a and Σ q^a ≥ 1, so nothing under- or overflows, and
+    for the default grid (multiples of 1/4) every q^a is a product of q, √q and ⁴√q: one exp pass
+    over the vocabulary instead of one per exponent (the cost of `egad cache` is mostly this)."""
     if 1.0 not in exponents or list(exponents) != sorted(set(exponents)):
         raise ValueError(f"exponents must be increasing, without repeats, and include 1.0; got {exponents}")
     logp = torch.log_softmax(t_logits.float(), dim=-1)  # [N, V]
-    k = min(int(k), logp.shape[-1])
-    top, ids = logp.topk(k, dim=-1)  # [N, k]
-    tail = logp.scatter(-1, ids, -math.inf)  # [N, V] the top-k removed
+    n, v = logp.shape
+    k = min(int(k), v)
     a = torch.tensor(exponents, dtype=torch.float32, device=logp.device)  # [G]
-    log_tail = torch.stack([torch.logsumexp(tail * e, dim=-1) for e in exponents], dim=-1)  # [N, G]
+    if k == v:  # lossless: the tail is empty
+        top, ids = logp.topk(k, dim=-1)
+        return TeacherTopK(logp=top, ids=ids, exponents=a,
+                           log_tail=torch.full((n, len(exponents)), -math.inf, device=logp.device))
+    values, order = logp.topk(k + 1, dim=-1)  # [N, k + 1]
+    top, ids, log_m = values[:, :k], order[:, :k], values[:, k]  # log_m: [N] the largest tail log-prob
+    q = (logp - log_m[:, None]).exp_()  # [N, V]: p / m
+    q.scatter_(-1, ids, 0.0)  # the tail only
+    sums = torch.stack(_power_sums(q, exponents), dim=-1)  # [N, G] Σ_tail q^a, each ≥ 1
+    log_tail = sums.log() + a[None, :] * log_m[:, None]  # log S(a) = log Σ q^a + a · log m
     return TeacherTopK(logp=top, ids=ids, exponents=a, log_tail=log_tail)
+
+
+def _power_sums(q: Tensor, exponents: tuple[float, ...]) -> list[Tensor]:
+    """[Σ_v q(v)^a for a in exponents], each [N], for q [N, V] in [0, 1]. Multiples of 1/4 (up to 16) are
+    products of powers r^(2^j) of r = q^(1/4) (square roots and squarings, no exp); others use pow."""
+    if not all(float(4 * a).is_integer() and 0 < a <= 16 for a in exponents):
+        return [q.pow(a).sum(dim=-1) for a in exponents]
+    half = q.sqrt()
+    powers = {1: half.sqrt(), 2: half, 4: q}  # r^n for n = 2^j
+
+    def power_of_two(n: int) -> Tensor:
+        if n not in powers:
+            root = power_of_two(n // 2)
+            powers[n] = root * root
+        return powers[n]
+
+    sums = []
+    for e in exponents:
+        n, bit, product = int(4 * e), 1, None
+        while n:
+            if n & 1:
+                product = power_of_two(bit) if product is None else product * power_of_two(bit)
+            n, bit = n >> 1, bit << 1
+        sums.append(product.sum(dim=-1))
+    return sums
 
 
 def _log_tail_at(top: TeacherTopK, a: Tensor) -> Tensor:

@@ -64,3 +64,16 @@ def build_student(cfg: StudentConfig, teacher, t_tok, default_seed: int = 0, voc
     except Exception as exc:  # noqa: BLE001 - a user's files: any failure to parse them is a message, not a traceback
         raise load_error("student.path", ref, exc) from None
     return student, s_tok
+
+
+def student_layer_count(student: StudentConfig) -> int:
+    """Decoder layers of the student a config describes, without building it (an HF one: its config.json)."""
+    if student.init == "scratch":
+        return student.arch.num_layers
+    if student.init == "from_teacher":
+        return student.num_layers
+    from transformers import AutoConfig
+
+    ref = resolve_model_ref(student.path, "student.path", student.revision, student.trust_remote_code)
+    return AutoConfig.from_pretrained(ref, revision=student.revision,
+                                      trust_remote_code=student.trust_remote_code).num_hidden_layers

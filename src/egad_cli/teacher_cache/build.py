@@ -16,7 +16,8 @@ from egad_cli.losses.divergences import entropy
 def teacher_fingerprint(cfg: TeacherConfig, cache_dir: Path) -> str:
     """Identity of the teacher's weights without reading them all: a random teacher's architecture and
     seed; a GGUF file's content key (size, header and tail); an HF directory's config.json and the
-    names and sizes of its weight files; a hub id with its revision."""
+    names, sizes, first and last MiB of its weight files; a hub id with its revision (null: main, which
+    moves: pin teacher.revision for a cache that must stay valid)."""
     from egad_cli.models.loading import _gguf_cache_dir, gguf_path
 
     h = hashlib.sha256(cfg.source.encode())
@@ -32,6 +33,11 @@ def teacher_fingerprint(cfg: TeacherConfig, cache_dir: Path) -> str:
             h.update((path / "config.json").read_bytes() if (path / "config.json").is_file() else b"")
             weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
             h.update(json.dumps([(p.name, p.stat().st_size) for p in weights]).encode())
+            for p in weights:  # the first and last MiB of each (header and data): a retrained teacher differs
+                with open(p, "rb") as f:
+                    h.update(f.read(1 << 20))
+                    f.seek(max(0, p.stat().st_size - (1 << 20)))
+                    h.update(f.read(1 << 20))
         else:
             h.update(f"{cfg.path}@{cfg.revision}".encode())
     return h.hexdigest()[:16]
@@ -55,8 +61,10 @@ def teacher_rows(teacher, ids: torch.Tensor, vocab: int, k: int, exponents: tupl
     head = teacher.get_output_embeddings().weight[:vocab]  # [V, Dt]
     parts: dict[str, list[torch.Tensor]] = {"topk_logp": [], "topk_ids": [], "log_tail": [], "entropy": []}
     id_dtype = torch.uint16 if vocab <= 65_536 else torch.int32
+    dt = torch.promote_types(hidden.dtype, head.dtype)
     for start in range(0, hidden.shape[0], chunk_size):
-        logits = (hidden[start:start + chunk_size] @ head.T).float()  # [C, V]
+        with torch.autocast(device_type=hidden.device.type, enabled=False):  # as the live loss computes them
+            logits = (hidden[start:start + chunk_size].to(dt) @ head.to(dt).T).float()  # [C, V]
         top = topk_from_logits(logits, k, exponents)
         parts["topk_logp"].append(top.logp.to(store_dtype).cpu())
         parts["topk_ids"].append(top.ids.to(id_dtype).cpu())

@@ -14,6 +14,7 @@ A directory without manifest.json is an interrupted build: the same `egad cache`
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from egad_cli.errors import UserError
@@ -43,7 +44,7 @@ def n_shards(n_blocks: int, shard_blocks: int) -> int:
 
 
 def shard_of_rank(index: int, rank: int, world_size: int) -> bool:
-    """Under torchrun each rank writes the shards i with i mod world_size == rank."""
+    """Under torchrun each rank writes the i-th missing shard when i mod world_size == rank."""
     return index % world_size == rank
 
 
@@ -82,6 +83,15 @@ def tau_support(manifest: dict) -> tuple[float, float]:
 
 def rebuild_hint(manifest: dict, **changes) -> str:
     """The cache's own command with `changes` (key=value) in place of its values: what would build a
-    cache that fits."""
-    words = [w for w in manifest.get("command", "egad cache").split() if w.split("=")[0] not in changes]
-    return " ".join(words + [f"{k}={v}" for k, v in changes.items()])
+    cache that fits, quoted for a shell."""
+    words = [w for w in shlex.split(manifest.get("command", "egad cache")) if w.split("=")[0] not in changes]
+    return shlex.join(words + [f"{k}={hydra_value(v)}" for k, v in changes.items()])
+
+
+def hydra_value(value) -> str:
+    """A value as Hydra's override grammar writes it: lists as [a,b] (no spaces), floats short."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "null" if value is None else str(value)

@@ -21,7 +21,6 @@ from egad_cli.errors import UserError
 from egad_cli.losses.cached import TeacherTopK
 from egad_cli.teacher_cache.manifest import shard_name
 
-
 #: torch dtype -> safetensors dtype name
 SAFETENSORS_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.int32: "I32",
                       torch.int64: "I64", torch.uint16: "U16", torch.uint8: "U8", torch.bool: "BOOL"}
@@ -72,7 +71,8 @@ def is_complete_shard(path: Path) -> bool:
         return False
     try:
         with safe_open(str(path), framework="pt") as f:
-            return "ids" in f.keys()
+            names = f.keys()  # a list (safe_open is not a mapping)
+            return "ids" in names
     except Exception:  # noqa: BLE001 - any unreadable file is simply not a complete shard: it is rewritten
         return False
 
@@ -125,9 +125,10 @@ class SplitReader:
             parts.append(self._handles[shard].get_slice(name)[row:row + 1])
         return torch.cat(parts)
 
-    def rows(self, blocks: torch.Tensor, device: torch.device) -> dict:
+    def rows(self, blocks: torch.Tensor, device: torch.device, states: bool = False) -> dict:
         """The teacher's cached outputs for the predicting positions of `blocks` [B], flattened to N = B·(L-1):
-        ``top`` (TeacherTopK, fp32 on device), ``entropy`` {T: [N]}, ``states`` {layer: [N, D]} (fp32)."""
+        ``top`` (TeacherTopK, fp32 on device), ``entropy`` {T: [N]}, and with `states` (the dual branch)
+        ``states`` {layer: [N, D]} (fp32; the largest field, so read only when asked for)."""
         def flat(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(-1, *t.shape[2:]).to(device)
 
@@ -137,7 +138,8 @@ class SplitReader:
                           log_tail=flat(self._take("log_tail", blocks)).float())
         entropy = flat(self._take("entropy", blocks)).float()  # [N, E]
         return {"top": top, "entropy": {t: entropy[:, i] for i, t in enumerate(self.entropy_temps)},
-                "states": {layer: flat(self._take(f"states.{layer}", blocks)).float() for layer in self.layers}}
+                "states": {layer: flat(self._take(f"states.{layer}", blocks)).float()
+                           for layer in (self.layers if states else ())}}
 
 
 def shard_path(root: Path, split: str, index: int) -> Path:

@@ -45,14 +45,14 @@ def fit_problems(cfg, manifest: dict, needs, student_layers: int) -> list[str]:
         grid = sorted({*manifest["exponents"], 1.0 / lo, 1.0 / hi})
         problems.append(f"temperature={cfg.temperature.name}: τ reaches [{lo:g}, {hi:g}], but the cache's tail sums "
                         f"cover τ in [{c_lo:g}, {c_hi:g}] only (exponents {manifest['exponents']}). Build a cache for "
-                        f"it: {rebuild_hint(manifest, exponents=_listing(grid))}")
+                        f"it: {rebuild_hint(manifest, exponents=grid)}")
     wanted = {s.temperature for s in needs if s.kind == "teacher_entropy"}
     missing = sorted(wanted - {float(t) for t in manifest["entropy_temps"]})
     if missing:
         temps = sorted(wanted | {float(t) for t in manifest["entropy_temps"]})
         problems.append(f"the policies read the teacher's entropy at T={', '.join(f'{t:g}' for t in missing)}, which "
                         f"the cache does not hold (it has T={manifest['entropy_temps']}). Build a cache with it: "
-                        f"{rebuild_hint(manifest, entropy_temps=_listing(temps))}")
+                        f"{rebuild_hint(manifest, entropy_temps=temps)}")
     if cfg.branch.features:
         facts = manifest["teacher_facts"]
         layers = {lt for _, lt in default_layer_map(student_layers, int(facts["num_hidden_layers"]), cfg.branch.n_pairs)}
@@ -61,12 +61,8 @@ def fit_problems(cfg, manifest: dict, needs, student_layers: int) -> list[str]:
             problems.append(f"branch={cfg.branch.name}: the dual branch reads the teacher's hidden states at layers "
                             f"{sorted(layers)}, and the cache lacks {absent} (it has {manifest['layers'] or 'none'}). "
                             f"Build a cache with them: "
-                            f"{rebuild_hint(manifest, layers=_listing(sorted(layers | set(manifest['layers']))))}")
+                            f"{rebuild_hint(manifest, layers=sorted(layers | set(manifest['layers'])))}")
     return problems
-
-
-def _listing(values) -> str:
-    return "'[" + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) + "]'"
 
 
 def check_fits(cfg, manifest: dict, root: Path, needs, student_layers: int) -> None:
