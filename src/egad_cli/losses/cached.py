@@ -132,11 +132,21 @@ def teacher_buckets(top: TeacherTopK, tau: Tensor) -> Tensor:
 
 def student_buckets(s_logits: Tensor, ids: Tensor, tau: Tensor) -> Tensor:
     """Student log-probabilities at per-token τ [N] over (the teacher's top-k ids, tail): [N, k + 1].
-    Differentiable w.r.t. s_logits [N, V]; the tail is a log-sum-exp over the other entries (no
-    1 − Σ cancellation when the tail is tiny)."""
+    Differentiable w.r.t. s_logits [N, V].
+
+    The tail is log(1 − Σ_top q), summed in fp64, where the tail holds at least 1 % of the mass (the
+    fp32 rounding of the log-probs then costs < 1e-5 relative); rows more confident than that take
+    a log-sum-exp over their other entries (no cancellation when the tail is tiny). The first is one
+    [N, k] sum instead of a [N, V] masked copy and reduction: most rows of a learning student."""
     logp = torch.log_softmax(s_logits.float() / tau.float()[:, None], dim=-1)  # [N, V]
     top = logp.gather(-1, ids)  # [N, k]
-    tail = torch.logsumexp(logp.scatter(-1, ids, -math.inf), dim=-1)  # [N]
+    mass = top.double().exp().sum(dim=-1)  # [N]
+    confident = mass >= 0.99
+    tail = torch.log1p(-torch.where(confident, 0.0, mass)).float()  # [N]
+    if bool(confident.any()):
+        rows = confident.nonzero().squeeze(1)  # [M]
+        rest = logp.index_select(0, rows).scatter(-1, ids.index_select(0, rows), -math.inf)  # [M, V]
+        tail = tail.index_put((rows,), torch.logsumexp(rest, dim=-1))
     return torch.cat([top, tail[:, None]], dim=-1)
 
 
