@@ -86,23 +86,24 @@ def _power_sums(q: Tensor, exponents: tuple[float, ...]) -> list[Tensor]:
     products of powers r^(2^j) of r = q^(1/4) (square roots and squarings, no exp); others use pow."""
     if not all(float(4 * a).is_integer() and 0 < a <= 16 for a in exponents):
         return [q.pow(a).sum(dim=-1) for a in exponents]
+    # r^(2^j) for r = q^(1/4), built by squaring; a plain dict and loop (a recursive closure would be a
+    # reference cycle holding [N, V] tensors until the cyclic GC happens to run: gigabytes per shard)
+    n_max = max(int(4 * e) for e in exponents)
     half = q.sqrt()
-    powers = {1: half.sqrt(), 2: half, 4: q}  # r^n for n = 2^j
-
-    def power_of_two(n: int) -> Tensor:
-        if n not in powers:
-            root = power_of_two(n // 2)
-            powers[n] = root * root
-        return powers[n]
-
+    powers = {1: half.sqrt(), 2: half, 4: q}
+    bit = 4
+    while bit * 2 <= n_max:
+        powers[bit * 2] = powers[bit] * powers[bit]
+        bit *= 2
     sums = []
     for e in exponents:
         n, bit, product = int(4 * e), 1, None
         while n:
             if n & 1:
-                product = power_of_two(bit) if product is None else product * power_of_two(bit)
+                product = powers[bit] if product is None else product * powers[bit]
             n, bit = n >> 1, bit << 1
         sums.append(product.sum(dim=-1))
+    powers.clear()
     return sums
 
 
