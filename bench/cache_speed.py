@@ -16,39 +16,17 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from method_overhead import timed_steps  # bench/ is on sys.path when a script here runs
 
 from egad_cli.commands import cache_job
 from egad_cli.config import conf_dir, register_schemas, validate
 from egad_cli.config.commands import CacheCommandConfig
 from egad_cli.engine.distill_unit import DistillUnit
-from egad_cli.engine.optim import build_optimizer
 from egad_cli.engine.runtime import resolve_runtime
-from egad_cli.engine.sampler import BlockSampler
 from egad_cli.models import load_models
 from egad_cli.teacher_cache.use import open_cached_teacher
 
 METHODS = ("kd", "egad")
-
-
-def step_times(unit: DistillUnit, cfg, data, steps: int, runtime) -> list[float]:
-    opt, _ = build_optimizer(unit.named_trainable(), cfg.trainer, steps + 1)
-    sampler = BlockSampler(len(data), cfg.trainer.batch_size, 0)
-    times = []
-    for step in range(steps + 1):
-        mb = [sampler.batch(data, step, runtime.device)]
-        t0 = time.perf_counter()
-        with torch.no_grad(), runtime.autocast():
-            plan = unit.plan(mb, step / (steps + 1))
-        with runtime.autocast():
-            loss, _ = unit.loss(plan, 0)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        unit.end_step(step + 1, {"loss_logit": float(loss.detach())})
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return times[1:]  # the first step warms up
 
 
 def main() -> None:
@@ -84,7 +62,7 @@ def main() -> None:
             torch.manual_seed(0)
             unit = DistillUnit(teacher if source == "live" else None, student, vocab, cfg, runtime, args.steps + 1,
                                cache=cached.train if source == "cache" else None)
-            medians.append(statistics.median(step_times(unit, cfg, data_blocks, args.steps, runtime)))
+            medians.append(statistics.median(timed_steps(unit, cfg, data_blocks, args.steps, runtime)))
         rows.append((method, *medians))
     tokens = base.trainer.batch_size * (base.dataset.block_size - 1)
     print(f"cache speed: SmolLM2 teacher, tiny student, {base.trainer.batch_size}x{base.dataset.block_size} tokens a "

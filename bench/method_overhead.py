@@ -41,11 +41,16 @@ def time_variant(overrides: list[str], steps: int, shared: dict) -> list[float]:
     torch.manual_seed(0)
     student = shared["build_student"]()
     unit = DistillUnit(shared["teacher"], student, shared["vocab"], cfg, runtime, steps + 1)
+    return timed_steps(unit, cfg, shared["train"], steps, runtime)
+
+
+def timed_steps(unit: DistillUnit, cfg, data, steps: int, runtime) -> list[float]:
+    """Seconds of each full engine step (plan, loss, backward, AdamW) after one warm-up step."""
     opt, _ = build_optimizer(unit.named_trainable(), cfg.trainer, steps + 1)
-    sampler = BlockSampler(len(shared["train"]), cfg.trainer.batch_size, 0)
+    sampler = BlockSampler(len(data), cfg.trainer.batch_size, 0)
     times = []
     for step in range(steps + 1):
-        mb = [sampler.batch(shared["train"], step, runtime.device)]
+        mb = [sampler.batch(data, step, runtime.device)]
         t0 = time.perf_counter()
         with torch.no_grad(), runtime.autocast():
             plan = unit.plan(mb, step / (steps + 1))
