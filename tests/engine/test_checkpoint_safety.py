@@ -148,8 +148,8 @@ def test_a_checkpoint_is_hashed_once_however_often_it_is_checked(tmp_path, monke
     root = tmp_path / "checkpoints"
     path = save_checkpoint(root, 1, state(1), keep=2)
     hashed = []
-    real = ckpt_mod._sha256
-    monkeypatch.setattr(ckpt_mod, "_sha256", lambda p: hashed.append(p.name) or real(p))
+    real = ckpt_mod.file_sha256
+    monkeypatch.setattr(ckpt_mod, "file_sha256", lambda p: hashed.append(p.name) or real(p))
     ckpt_mod._verified_sha256.cache_clear()
     for _ in range(3):
         assert resolve_resume(str(tmp_path)) == path

@@ -19,6 +19,7 @@ from egad_cli.config.commands import CacheCommandConfig
 from egad_cli.config.schema import TrainerConfig
 from egad_cli.data import build_splits, check_sources
 from egad_cli.data.packing import tokenizer_fingerprint
+from egad_cli.engine.checkpoint import file_sha256
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError, check_writable
 from egad_cli.models import check_context, load_frozen_teacher, preflight_model_source
@@ -36,7 +37,6 @@ from egad_cli.teacher_cache.manifest import (
     shard_of_rank,
 )
 from egad_cli.teacher_cache.shards import (
-    file_sha256,
     is_complete_shard,
     remove_stale_temporaries,
     write_shard,

@@ -62,10 +62,11 @@ def _verified_sha256(path: str, size: int, mtime_ns: int) -> str:
     """SHA-256 of a checkpoint file as it is now. Keyed by size and mtime: a resume asks for the same
     checkpoint several times (the config entry, preflight, the loop, the load), and a multi-GB file
     should be hashed once; any write to the file changes its mtime and so the key."""
-    return _sha256(Path(path))
+    return file_sha256(Path(path))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (checkpoint manifests, teacher-cache manifests)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -89,7 +90,7 @@ def save_checkpoint(ckpt_root: Path, step: int, state: dict, keep: int) -> Path:
         save_file(tensors, str(writing), metadata={"format": FORMAT})
         writing = tmp / STATE_JSON
         writing.write_text(payload)
-        files = {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+        files = {name: {"size": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
                  for name in (TENSORS, STATE_JSON)}
         writing = tmp / MANIFEST
         writing.write_text(json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1))

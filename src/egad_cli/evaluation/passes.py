@@ -114,11 +114,16 @@ def token_pass(teacher, vocab: int, data: Packed, runtime: Runtime, batch_size: 
     return result
 
 
+def heldout_blocks(n_blocks: int, block_size: int, max_tokens: int) -> int:
+    """How many of the first held-out blocks make `max_tokens` (0 = all; at least one)."""
+    return n_blocks if max_tokens <= 0 else max(1, min(n_blocks, max_tokens // block_size))
+
+
 def heldout_kl(teacher, student, vocab: int, val: Packed, runtime: Runtime, batch_size: int, max_tokens: int,
                chunk_size: int = 1024) -> float:
     """Mean forward KL(teacher ‖ student) per valid token over the first blocks of the held-out split
     worth `max_tokens` (0 = all): the before/after number `egad distill` prints."""
-    n = len(val) if max_tokens <= 0 else max(1, min(len(val), max_tokens // val.ids.shape[1]))
+    n = heldout_blocks(len(val), val.ids.shape[1], max_tokens)
     first = Packed(ids=val.ids[:n], mask=val.mask[:n])
     values = token_pass(teacher, vocab, first, runtime, batch_size, chunk_size, student=student, progress=False)
     return float(values["kl_forward"].mean())
@@ -132,7 +137,7 @@ def cached_heldout_kl(student, vocab: int, val, runtime: Runtime, batch_size: in
     equal to it when k = V)."""
     from egad_cli.losses import chunked_distill_loss, forward_kl
 
-    n = val.n_blocks if max_tokens <= 0 else max(1, min(val.n_blocks, max_tokens // val.block_size))
+    n = heldout_blocks(val.n_blocks, val.block_size, max_tokens)
     data = val.packed()
     head = student.get_output_embeddings().weight[:vocab]
     was_training = student.training

@@ -7,7 +7,6 @@ leaves at most a temporary file, which the next build removes and rewrites.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -77,14 +76,6 @@ def is_complete_shard(path: Path) -> bool:
         return False
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class SplitReader:
     """One split of a complete cache: its blocks (ids, mask) and the teacher's rows for any blocks."""
 
@@ -103,6 +94,7 @@ class SplitReader:
         facts = manifest["teacher_facts"]
         self.teacher_layers, self.teacher_width = int(facts["num_hidden_layers"]), int(facts["hidden_size"])
         self._handles = []
+        self._packed: Packed | None = None
         for entry in info["shards"]:
             path = root / entry["file"]
             if not path.is_file() or path.stat().st_size != entry["bytes"]:
@@ -112,10 +104,13 @@ class SplitReader:
             self._handles.append(safe_open(str(path), framework="pt"))
 
     def packed(self) -> Packed:
-        """Every block of the split, as the training data (the cache's token ids are the dataset)."""
-        ids = torch.cat([h.get_tensor("ids") for h in self._handles]).long()
-        mask = torch.cat([h.get_tensor("mask") for h in self._handles]).bool()
-        return Packed(ids=ids, mask=mask)
+        """Every block of the split, as the training data (the cache's token ids are the dataset); read
+        from the shards once (distill's held-out KL and inspect-entropy ask more than once)."""
+        if self._packed is None:
+            ids = torch.cat([h.get_tensor("ids") for h in self._handles]).long()
+            mask = torch.cat([h.get_tensor("mask") for h in self._handles]).bool()
+            self._packed = Packed(ids=ids, mask=mask)
+        return self._packed
 
     def _take(self, name: str, blocks: torch.Tensor) -> torch.Tensor:
         """Rows of field `name` for the blocks [B] (int64): [B, ...], read from the memory-mapped shards."""
