@@ -93,27 +93,8 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
         with bar:
             for step in range(start, total_steps):
                 micro = [sampler.batch(data, step * cfg.grad_accum + i, runtime.device) for i in range(cfg.grad_accum)]
-                with torch.no_grad(), runtime.autocast():
-                    plan = unit.plan(micro, step / total_steps)
-                optimizer.zero_grad(set_to_none=True)
-                logs: dict[str, float] = {}
-                for i in range(cfg.grad_accum):
-                    last = i == cfg.grad_accum - 1
-                    with contextlib.nullcontext() if last else unit.no_sync():  # DDP: one all-reduce a step
-                        with runtime.autocast():
-                            loss, parts = unit.loss(plan, i)
-                        backward(loss, runtime)  # global denominators: see engine.normalization
-                    for k, v in parts.items():  # parts are already globally normalised: sums are step values
-                        logs[k] = logs.get(k, 0.0) + v
-                logs = runtime.reduce_logs(logs)
-                if not math.isfinite(logs["loss"]):
-                    raise NonFiniteLoss(f"non-finite loss at step {step + 1} ({_fmt(logs)}); lower trainer.lr, "
-                                        f"raise temperature.t_min, or use trainer.precision=fp32. "
-                                        f"Checkpoints so far are in {ckpt_root}")
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                optimizer.step()
-                scheduler.step()
-                logs.update(unit.end_step(step + 1, logs))
+                logs, grad_norm = train_step(unit, micro, step, total_steps, optimizer, scheduler, params, cfg, runtime,
+                                             checkpoints=ckpt_root)
                 tokens = sum(int(mb["ids"].numel()) for mb in micro) * runtime.world_size
                 window_tokens += tokens
                 result.tokens += tokens
@@ -138,6 +119,36 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
                           f"trainer.resume={run_dir}") from None
     result.seconds = done_seconds + time.perf_counter() - t_start
     return result
+
+
+def train_step(unit: Unit, micro: list[dict], step: int, total_steps: int, optimizer, scheduler,
+               params: list[nn.Parameter], cfg: TrainerConfig, runtime: Runtime, checkpoints: Path | None = None
+               ) -> tuple[dict[str, float], torch.Tensor]:
+    """One optimizer step on the step's micro-batches: plan, loss + backward per micro-batch, clip,
+    AdamW, schedule, the policies' step end. Returns (the step's logs, the pre-clip grad norm).
+    The loop and the benchmarks (bench/) run this same function."""
+    with torch.no_grad(), runtime.autocast():
+        plan = unit.plan(micro, step / total_steps)
+    optimizer.zero_grad(set_to_none=True)
+    logs: dict[str, float] = {}
+    for i in range(len(micro)):
+        last = i == len(micro) - 1
+        with contextlib.nullcontext() if last else unit.no_sync():  # DDP: one all-reduce a step
+            with runtime.autocast():
+                loss, parts = unit.loss(plan, i)
+            backward(loss, runtime)  # global denominators: see engine.normalization
+        for k, v in parts.items():  # parts are already globally normalised: sums are step values
+            logs[k] = logs.get(k, 0.0) + v
+    logs = runtime.reduce_logs(logs)
+    if not math.isfinite(logs["loss"]):
+        where = f". Checkpoints so far are in {checkpoints}" if checkpoints is not None else ""
+        raise NonFiniteLoss(f"non-finite loss at step {step + 1} ({_fmt(logs)}); lower trainer.lr, "
+                            f"raise temperature.t_min, or use trainer.precision=fp32{where}")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    optimizer.step()
+    scheduler.step()
+    logs.update(unit.end_step(step + 1, logs))
+    return logs, grad_norm
 
 
 def _restore(path: Path, unit: Unit, optimizer, scheduler) -> dict:
