@@ -36,7 +36,8 @@ BOUNDED = {
     "branch.mu": (["branch=dual"], -1),
     "branch.n_pairs": (["branch=dual"], 0),
     "branch.projector_lr_mult": (["branch=dual"], -1),
-    "loss.chunk_size": ([], 0),
+    "loss.memory_mb": ([], 0),
+    "loss.keep_teacher_logits_mb": ([], -1),
     "loss.beta": (["loss=jsd"], 1.0),
     "loss.alpha": (["loss=skew_rkl"], 0),
     "method.kd_weight": ([], -1),
@@ -112,6 +113,15 @@ def test_out_of_range_value_is_reported_by_validate_naming_the_key(key):
         typed_config([*overrides, f"{key}={bad}"])
     assert f"{key}:" in str(err.value)
     typed_config(overrides)  # and the same config without the bad value is valid
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "big", "true", "1.5"])
+def test_chunk_size_is_auto_or_a_positive_count(bad):
+    with pytest.raises(ConfigError) as err:
+        typed_config([f"loss.chunk_size={bad}"])
+    assert "loss.chunk_size: must be auto or a positive number of tokens" in str(err.value)
+    assert typed_config(["loss.chunk_size=256"]).loss.chunk_rows(49152) == 256
+    assert typed_config([]).loss.chunk_rows(49152) == 2**30 // (4 * 49152 * 4)  # auto, loss.memory_mb=1024
 
 
 @pytest.mark.parametrize("key,value", [("temperature.base", "inf"), ("trainer.lr", "inf"),

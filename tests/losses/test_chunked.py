@@ -97,6 +97,58 @@ def test_without_labels_ce_is_zero_and_div_grads_match(chunk_size):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("unit_tau", [False, True])
+def test_a_divergence_without_analytic_gradient_takes_the_autograd_path(unit_tau):
+    """A user-added divergence (no entry in divergences.value_and_grad) still trains, by autograd;
+    and τ ≡ 1 (no division by τ) gives the naive value too, on both paths."""
+    s_hidden, s_head, t_hidden, t_head, tau, coef, labels, ce_coef = _problem(seed=5)
+    if unit_tau:
+        tau = torch.ones(N)
+
+    def doubled_kl(t_logp, s_logp):
+        return 2.0 * forward_kl(t_logp, s_logp)
+
+    kw = {"labels": labels, "ce_coef": ce_coef, "chunk_size": 4}
+    custom, ce = chunked_distill_loss(s_hidden, s_head, t_hidden, t_head, tau, coef, divergence=doubled_kl, **kw)
+    builtin, _ = chunked_distill_loss(s_hidden, s_head, t_hidden, t_head, tau, coef, divergence=forward_kl, **kw)
+    ref, ref_ce = _naive(s_hidden, s_head, t_hidden, t_head, tau, coef, labels, ce_coef, "forward_kl", 0.5, 0.1)
+    torch.testing.assert_close(custom, 2 * ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(builtin, ref, rtol=1e-5, atol=1e-5)
+    want_custom = _grads(2 * ref + ref_ce, s_hidden, s_head)
+    ref, _ = _naive(s_hidden, s_head, t_hidden, t_head, tau, coef, labels, ce_coef, "forward_kl", 0.5, 0.1)
+    for got, want in ((_grads(custom + ce, s_hidden, s_head), want_custom),
+                      (_grads(builtin, s_hidden, s_head), _grads(ref, s_hidden, s_head))):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_kept_teacher_logits_give_the_same_loss():
+    """t_logits (the stats pass's teacher logits, kept) replace the teacher's head matmul: same sums, same grads."""
+    s_hidden, s_head, t_hidden, t_head, tau, coef, labels, ce_coef = _problem(seed=6)
+    kw = {"divergence": forward_kl, "labels": labels, "ce_coef": ce_coef, "chunk_size": 4}
+    kept = chunked_token_stats(t_hidden, t_head, keep_teacher_logits=True, chunk_size=5)["teacher_logits"]
+    assert kept.shape == (N, V)
+    a = chunked_distill_loss(s_hidden, s_head, t_hidden, t_head, tau, coef, **kw)
+    b = chunked_distill_loss(s_hidden, s_head, t_hidden, t_head, tau, coef, t_logits=kept, **kw)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+    for g, w in zip(_grads(a[0] + a[1], s_hidden, s_head), _grads(b[0] + b[1], s_hidden, s_head)):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="t_logits"):
+        chunked_distill_loss(s_hidden, s_head, t_hidden, t_head, tau, coef, t_logits=kept[:, :-1], **kw)
+    # handed over (consume_t_logits) with every row active, the chunks are views overwritten in place
+    every = torch.rand(N) + 0.1
+    a = chunked_distill_loss(s_hidden, s_head, t_hidden, t_head, tau, every, **kw)
+    handed = kept.clone()
+    b = chunked_distill_loss(s_hidden, s_head, t_hidden, t_head, tau, every, t_logits=handed, consume_t_logits=True,
+                             **kw)
+    assert not torch.equal(handed, kept)  # it was used as scratch
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+    for g, w in zip(_grads(a[0] + a[1], s_hidden, s_head), _grads(b[0] + b[1], s_hidden, s_head)):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+
+
 def test_fully_masked_gives_exact_zero_and_zero_grads():
     s_hidden, s_head, t_hidden, t_head, tau, _, labels, _ = _problem()
     zeros = torch.zeros(N)

@@ -118,9 +118,9 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
                           f"{' (from the teacher cache: top-k + tail bucket)' if teacher is None else ''}…[/]")
         if teacher is None:
             return cached_heldout_kl(student, vocab, cached.val, runtime, cfg.eval.batch_size, cfg.eval.max_tokens,
-                                     cfg.loss.chunk_size)
+                                     cfg.loss.chunk_rows(vocab))
         return heldout_kl(teacher, student, vocab, splits.val, runtime, cfg.eval.batch_size, cfg.eval.max_tokens,
-                          cfg.loss.chunk_size)
+                          cfg.loss.chunk_rows(vocab))
 
     kl_before = kl() if cfg.eval.before else None
     unit = DistillUnit(teacher, student, vocab, cfg, runtime, steps, cache=cached.train if teacher is None else None)

@@ -434,10 +434,27 @@ class LossConfig:
     """The per-token divergence D(p ‖ q) and how the vocabulary-sized logits are chunked."""
 
     name: str = MISSING  #: the option (set by the group choice)
-    chunk_size: int = 1024  #: tokens per chunk when computing vocabulary-sized logits
+    chunk_size: Any = "auto"  #: tokens per chunk of vocabulary-sized logits: auto (from memory_mb and V) or a number
+    memory_mb: float = 1024  #: chunk_size=auto: MiB for the loss's vocabulary-sized fp32 temporaries
+    keep_teacher_logits_mb: float = 512  #: reuse the stats pass's teacher logits in the loss up to this many MiB a step
+
+    #: fp32 [chunk, V] tensors the chunked loss holds at once (built-in divergences, live teacher; ``losses.chunked``)
+    LIVE_TEMPORARIES: ClassVar[int] = 4
 
     def problems(self, out: Problems) -> None:
-        out.check(self.chunk_size > 0, "loss.chunk_size", f"must be positive (got {self.chunk_size})")
+        size = self.chunk_size
+        out.check(size == "auto" or (isinstance(size, int) and not isinstance(size, bool) and size > 0),
+                  "loss.chunk_size", f"must be auto or a positive number of tokens (got {size!r})")
+        out.check(self.memory_mb > 0, "loss.memory_mb", f"must be > 0 (got {self.memory_mb})")
+        out.check(self.keep_teacher_logits_mb >= 0, "loss.keep_teacher_logits_mb",
+                  f"must be >= 0 (0: always recompute; got {self.keep_teacher_logits_mb})")
+
+    def chunk_rows(self, vocab_size: int) -> int:
+        """Tokens per chunk: chunk_size, or (auto) as many as fit LIVE_TEMPORARIES fp32 [chunk, V]
+        tensors in memory_mb (1,365 at V = 49,152 and 1 GiB; 523 at V = 128,256)."""
+        if self.chunk_size != "auto":
+            return int(self.chunk_size)
+        return max(1, int(self.memory_mb * 2**20) // (self.LIVE_TEMPORARIES * vocab_size * 4))
 
     def divergence(self) -> Callable:  # pragma: no cover - every option overrides it
         """fn(t_logp [N, V], s_logp [N, V]) -> [N], with this node's hyperparameters bound."""

@@ -54,6 +54,7 @@ class MicroPlan:
     valid: Tensor  #: [N] bool
     t_hidden: Tensor | None  #: [N, Dt] teacher final hidden states (live teacher)
     t_top: TeacherTopK | None  #: [N, k] cached teacher rows (teacher cache)
+    t_logits: Tensor | None  #: [N, V] teacher logits kept from the statistics pass (see _keeps_logits); the loss consumes them
     tau: Tensor  #: [N] per-token temperature
     w: Tensor  #: [N] token weight of the logit term (0 on invalid / unselected tokens)
     hard_idx: Tensor  #: [M] positions of hard tokens (dual branch)
@@ -118,6 +119,10 @@ class DistillUnit:
         self.student_stats = any(s.needs_student for s in self.needs)  # the no-grad student pass in `plan`
         self.needs_teacher = self.kd_weight > 0 or self.features or bool(self.needs)
         self.use_ce = self.alpha > 0  # without it the chunked loss skips the CE term and its gradient buffers
+        self.chunk_size = cfg.loss.chunk_rows(vocab_size)
+        # The statistics pass and the loss both need the teacher's logits: keep the pass's for the loss
+        # when a step's fit keep_teacher_logits_mb (the rule, README "Performance").
+        self.keep_budget = cfg.loss.keep_teacher_logits_mb * 2**20
 
         projectors = None
         t_layers, t_width = (cache.teacher_layers, cache.teacher_width) if cache is not None else \
@@ -181,7 +186,7 @@ class DistillUnit:
             idx = mb_hard.nonzero().squeeze(1)  # [M]
             micro.append(MicroPlan(
                 ids=p["ids"], targets=p["targets"], valid=p["valid"], t_hidden=p["t_hidden"], t_top=p["t_top"],
-                tau=mb_tau,
+                t_logits=p["t_logits"], tau=mb_tau,
                 w=mb_logit, hard_idx=idx, w_hard=mb_w[idx], t_states=[s[idx].clone() for s in p["t_states"]]))
         n = n_valid.clamp_min(1)
         logs = {"tau_mean": float((tau * valid).sum() / n), "weight_mean": float((w * valid).sum() / n),
@@ -199,10 +204,13 @@ class DistillUnit:
         t_hidden, t_head = mp.t_hidden, (self.head(self.teacher) if mp.t_hidden is not None else None)
         if t_hidden is None and mp.t_top is None:  # plain fine-tuning: no teacher; w is all 0, so this only
             t_hidden, t_head = s_hidden.detach(), self.head(self.student).detach()  # makes shapes line up
+        # Kept teacher logits are handed to the loss once, which overwrites them; a second loss() on the same
+        # plan recomputes them from t_hidden.
+        t_logits, mp.t_logits = mp.t_logits, None
         logit_sum, ce_sum = chunked_distill_loss(
             s_hidden, self.head(self.student), t_hidden, t_head, mp.tau, mp.w, divergence=self.divergence,
             labels=mp.targets if self.use_ce else None, ce_coef=mp.valid.float() if self.use_ce else None,
-            chunk_size=self.cfg.loss.chunk_size, cached=mp.t_top)
+            chunk_size=self.chunk_size, cached=mp.t_top, t_logits=t_logits, consume_t_logits=True)
         feature_sum = torch.zeros((), device=s_hidden.device)
         if self.features and mp.hard_idx.numel() > 0:
             s_states = [flat(out.hidden_states[ls])[mp.hard_idx] for ls, _ in self.layer_map]  # [M, Ds] each
@@ -241,7 +249,7 @@ class DistillUnit:
             return self._cached_pass(mb)
         ids, mask = mb["ids"], mb["mask"]
         targets, valid = shift(ids, mask)
-        t_hidden, t_states, stats = None, [], {}
+        t_hidden, t_states, stats, t_logits = None, [], {}, None
         if self.needs_teacher:
             with torch.inference_mode():
                 out = self.teacher.base_model(input_ids=ids, output_hidden_states=self.features, use_cache=False)
@@ -254,10 +262,21 @@ class DistillUnit:
                 by_key = chunked_token_stats(
                     t_hidden, self.head(self.teacher), s_hidden,
                     self.head(self.student) if s_hidden is not None else None,
-                    **self.stats_request, chunk_size=self.cfg.loss.chunk_size)
+                    **self.stats_request, keep_teacher_logits=self._keeps_logits(t_hidden),
+                    chunk_size=self.chunk_size)
                 stats = {s: by_key[s.key] for s in self.needs if s != DIFFICULTY}  # Stat -> [N]
+                t_logits = by_key.get("teacher_logits")
         return {"ids": ids, "targets": targets, "valid": valid, "t_hidden": t_hidden, "t_top": None,
-                "t_states": t_states, "stats": stats}
+                "t_logits": t_logits, "t_states": t_states, "stats": stats}
+
+    def _keeps_logits(self, t_hidden: Tensor) -> bool:
+        """Keep the statistics pass's teacher logits [N, V] for the loss (no second teacher head matmul)
+        when the loss uses them and the step's (all its micro-batches) fit loss.keep_teacher_logits_mb:
+        N · V · itemsize · grad_accum. Above the budget the loss recomputes them chunk by chunk."""
+        if self.kd_weight == 0:
+            return False
+        itemsize = torch.promote_types(t_hidden.dtype, self.head(self.teacher).dtype).itemsize
+        return t_hidden.shape[0] * self.vocab * itemsize * self.cfg.trainer.grad_accum <= self.keep_budget
 
     def _cached_pass(self, mb: dict) -> dict:
         """The same as the live pass, read from the teacher cache: its rows for the micro-batch's blocks,
@@ -274,11 +293,11 @@ class DistillUnit:
             temps = self.stats_request["student_entropy_temps"]
             if temps:  # the student's entropies: the same chunked pass, with the student as the model
                 own = chunked_token_stats(s_hidden, s_head, teacher_entropy_temps=temps,
-                                          chunk_size=self.cfg.loss.chunk_size)
+                                          chunk_size=self.chunk_size)
                 stats.update({s: own[f"teacher_entropy@{s.temperature:g}"] for s in self.needs
                               if s.kind == "student_entropy"})
             if self.stats_request["hellinger"]:
                 stats[next(s for s in self.needs if s.kind == "hellinger")] = cached_hellinger(
-                    rows["top"], s_hidden, s_head, self.cfg.loss.chunk_size)
+                    rows["top"], s_hidden, s_head, self.chunk_size)
         return {"ids": ids, "targets": targets, "valid": valid, "t_hidden": None, "t_top": rows["top"],
-                "t_states": t_states, "stats": stats}
+                "t_logits": None, "t_states": t_states, "stats": stats}

@@ -18,6 +18,13 @@ chunk. Why:
 * the teacher tensors are never saved for backward, so inference tensors (made under
   ``torch.inference_mode()``) can be passed directly.
 
+Within a chunk, the gradient w.r.t. the student logits z [C, V] is analytic for the built-in
+divergences (``divergences.value_and_grad``: g = ∂D/∂log q, then ∂/∂z = coef·τ·(g − q·Σg)) and for
+CE (softmax − onehot), computed with in-place arithmetic: forward KL holds 3 fp32 [C, V] tensors
+(z, the teacher's, the gradient), against ~8 through autograd (measured: peak RSS). A divergence without an analytic
+gradient (a user's) and a cached teacher's buckets take a local autograd call instead.
+``LossConfig.chunk_rows`` sizes chunks for 4 such tensors (``loss.chunk_size=auto``).
+
 Costs of the choice: the forward does the backward's work even if ``.backward()`` is never
 called (so a call without grad mode, or without any input requiring grad, takes a value-only path),
 double backward is not supported, and because the two outputs (divergence and CE) may be weighted
@@ -39,7 +46,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .cached import TeacherTopK, student_buckets, teacher_buckets
-from .divergences import Divergence, entropy
+from .divergences import Divergence, entropy_, value_and_grad
 from .divergences import hellinger as hellinger_distance  # the stats function has a `hellinger` flag
 
 __all__ = ["chunked_distill_loss", "chunked_token_stats"]
@@ -116,13 +123,16 @@ def _chunk_loop(
     fn: Divergence,
     chunk_size: int,
     cached: TeacherTopK | None,
+    t_logits: Tensor | None,
+    consume_t_logits: bool,
     with_grads: bool,
 ) -> tuple[Tensor, Tensor, Tensor, _Grads | None, _Grads | None]:
     """Sum the weighted per-token losses over chunks of the active rows.
 
     Returns (div_sum, ce_sum, rows, div_grads, ce_grads); the grads are None unless with_grads.
-    Must be called with grad mode off: gradients are taken locally, chunk by chunk, w.r.t. the
-    chunk's student logits only, then pushed through the lm_head matmul by hand.
+    Must be called with grad mode off: each chunk's gradient w.r.t. its student logits z [C, V] is
+    formed here (analytically for the built-in divergences and CE, by a local autograd call for the
+    others and for a cached teacher), then pushed through the lm_head matmul by hand.
     """
     device = s_hidden.device
     v, ds = s_head.shape
@@ -135,12 +145,28 @@ def _chunk_loop(
         active = active | (ce_coef != 0)
     rows = active.nonzero().squeeze(1)  # [A] int64 (one host sync per call)
     n_active = rows.numel()
+    analytic = value_and_grad(fn) if cached is None else None
+    unit_tau = bool((tau.index_select(0, rows) == 1).all())  # plain KD at T = 1: no divisions by τ
 
     s_dt = _matmul_dtype(s_hidden, s_head)
     w_s = s_head.to(s_dt)  # [V, Ds] (no copy when already s_dt)
-    if cached is None:
+    if cached is None and t_logits is None:
         t_dt = _matmul_dtype(t_hidden, t_head)
         w_t = t_head.to(t_dt)  # [V, Dt]
+
+    # Kept logits handed over (consume_t_logits) with every row active: each chunk is a view of its rows,
+    # overwritten in place, instead of a copy.
+    in_place = consume_t_logits and t_logits is not None and t_logits.dtype == torch.float32 \
+        and n_active == coef.numel()
+
+    def teacher_logits(start: int, r: Tensor) -> Tensor:
+        """The chunk's teacher logits, fp32 [C, V], which the caller may overwrite."""
+        if t_logits is not None:  # kept from the statistics pass (see DistillUnit)
+            if in_place:
+                return t_logits[start : start + r.numel()]
+            out = t_logits.index_select(0, r)
+            return out if out.dtype == torch.float32 else out.float()
+        return (t_hidden.index_select(0, r).to(t_dt) @ w_t.T).float()
 
     div_sum = torch.zeros((), dtype=torch.float32, device=device)
     ce_sum = torch.zeros((), dtype=torch.float32, device=device)
@@ -158,43 +184,101 @@ def _chunk_loop(
         h_s = s_hidden.index_select(0, r).to(s_dt)  # [C, Ds]
         tau_c = tau.index_select(0, r).float().unsqueeze(1)  # [C, 1]
         coef_c = coef.index_select(0, r).float()  # [C]
+        z = (h_s @ w_s.T).float()  # [C, V] student logits
 
-        s_logits = (h_s @ w_s.T).float().requires_grad_(with_grads)  # [C, V], local autograd leaf
-        with torch.set_grad_enabled(with_grads):
+        if use_ce:  # first, while z is still the logits at T = 1
+            ce_c, g = _cross_entropy(z, labels.index_select(0, r), ce_coef.index_select(0, r).float(), with_grads)
+            ce_sum += ce_c
+            if with_grads:
+                _push(g, ce_grads, start, h_s, w_s)
+            del g
+
+        top_c = None
+        if analytic is not None:
+            div_c, g = _analytic_divergence(z, teacher_logits(start, r), tau_c, coef_c, unit_tau, analytic, with_grads)
+        else:
             if cached is None:
-                h_t = t_hidden.index_select(0, r).to(t_dt)  # [C, Dt]
-                t_logits = (h_t @ w_t.T).float()  # [C, V]
-                t_logp = torch.log_softmax(t_logits / tau_c, dim=-1)  # [C, V]
-                s_logp = torch.log_softmax(s_logits / tau_c, dim=-1)  # [C, V]
-            else:  # over the partition {the teacher's top-k} ∪ {tail}: [C, k + 1] on both sides
+                t_logp = torch.log_softmax(teacher_logits(start, r) / tau_c, dim=-1)  # [C, V]
+            else:
                 top_c = cached.rows(r)
-                t_logp = teacher_buckets(top_c, tau_c.squeeze(1))
-                s_logp = student_buckets(s_logits, top_c.ids, tau_c.squeeze(1))
-            d = fn(t_logp, s_logp)  # [C]
-            # where, not a bare product: a CE-only row (coef 0) must not turn an inf into nan.
-            div_c = torch.where(coef_c != 0, coef_c * tau_c.squeeze(1).square() * d, 0.0).sum()
-            if use_ce:
-                lab_c = labels.index_select(0, r)  # [C]
-                cc_c = ce_coef.index_select(0, r).float()  # [C]
-                ce_tok = F.cross_entropy(s_logits, lab_c, reduction="none", ignore_index=IGNORE_INDEX)
-                ce_c = torch.where(cc_c != 0, cc_c * ce_tok, 0.0).sum()
-        div_sum += div_c.detach()
-        if use_ce:
-            ce_sum += ce_c.detach()
-
+                t_logp = teacher_buckets(top_c, tau_c.squeeze(1))  # [C, k + 1]
+            div_c, g = _autograd_divergence(z, t_logp, tau_c, coef_c, fn, top_c, with_grads)
+        div_sum += div_c
         if with_grads:
-            # d loss / d logits: [C, V] fp32, then through logits = h_s @ w_s.T by hand:
-            #   dh = g @ w_s  [C, Ds],  dW = g.T @ h_s  [V, Ds].
-            pairs = [(div_c, div_grads)] + ([(ce_c, ce_grads)] if use_ce else [])
-            for loss_c, grads in pairs:
-                (g,) = torch.autograd.grad(loss_c, s_logits)
-                g = g.to(s_dt)  # [C, V]
-                grads.h[start : start + r.numel()] = g @ w_s
-                if s_dt == torch.float32:
-                    grads.w.addmm_(g.T, h_s)  # in place, no [V, Ds] temporary
-                else:
-                    grads.w += g.T @ h_s
+            _push(g, div_grads, start, h_s, w_s)
     return div_sum, ce_sum, rows, div_grads, ce_grads
+
+
+def _weighted_sum(d: Tensor, coef_c: Tensor, tau_c: Tensor) -> Tensor:
+    """Σ_c coef_c · τ_c² · d_c; where, not a bare product: a CE-only row (coef 0) must not turn an inf into nan."""
+    return torch.where(coef_c != 0, coef_c * tau_c.squeeze(1).square() * d, 0.0).sum()
+
+
+def _analytic_divergence(z: Tensor, t_logits: Tensor, tau_c: Tensor, coef_c: Tensor, unit_tau: bool,
+                         analytic, with_grads: bool) -> tuple[Tensor, Tensor | None]:
+    """A built-in divergence with its analytic gradient, in place: 3 fp32 [C, V] tensors live for
+    forward KL (z, the teacher's, the gradient; the mixture divergences a few more, briefly).
+
+    z, t_logits: [C, V] fp32 scratch (both are overwritten). Returns (the chunk's weighted sum,
+    ∂sum/∂z [C, V] or None)."""
+    if not unit_tau:
+        z.div_(tau_c)
+        t_logits.div_(tau_c)
+    # In place (out= the input: the CPU and CUDA kernels reduce a row before writing it; the same
+    # values as the out-of-place call): the chunk holds z, t_logits and the gradient, nothing else.
+    s_logp = torch.log_softmax(z, dim=-1, out=z)  # [C, V]
+    t_logp = torch.log_softmax(t_logits, dim=-1, out=t_logits)  # [C, V]
+    d, g = analytic(t_logp, s_logp)  # [C], ∂d/∂s_logp [C, V] (t_logp is consumed)
+    div_c = _weighted_sum(d, coef_c, tau_c)
+    if not with_grads:
+        return div_c, None
+    # Through s_logp = log_softmax(z / τ) and the weight coef · τ²:  ∂/∂z = coef · τ · (g − q Σ_v g).
+    g_sum = g.sum(dim=-1, keepdim=True)  # [C, 1]
+    q = s_logp.exp_()  # [C, V], in place of s_logp
+    g.sub_(q.mul_(g_sum))
+    scale = torch.where(coef_c != 0, coef_c * tau_c.squeeze(1), 0.0).unsqueeze(1)  # [C, 1]
+    return div_c, g.mul_(scale).masked_fill_(scale == 0, 0.0)  # a coef-0 row gets exactly 0, even next to an inf
+
+
+def _autograd_divergence(z: Tensor, t_logp: Tensor, tau_c: Tensor, coef_c: Tensor, fn: Divergence,
+                         top_c: TeacherTopK | None, with_grads: bool) -> tuple[Tensor, Tensor | None]:
+    """Any divergence, by a local autograd call w.r.t. the chunk's student logits z [C, V]; the path of
+    a user-added divergence without an analytic gradient and of a cached teacher's buckets."""
+    z = z.requires_grad_(with_grads)  # a local autograd leaf
+    with torch.set_grad_enabled(with_grads):
+        if top_c is None:
+            s_logp = torch.log_softmax(z / tau_c, dim=-1)  # [C, V]
+        else:  # over the partition {the teacher's top-k} ∪ {tail}: [C, k + 1] on both sides
+            s_logp = student_buckets(z, top_c.ids, tau_c.squeeze(1))
+        div_c = _weighted_sum(fn(t_logp, s_logp), coef_c, tau_c)
+    if not with_grads:
+        return div_c, None
+    (g,) = torch.autograd.grad(div_c, z)
+    return div_c.detach(), g
+
+
+def _cross_entropy(z: Tensor, labels: Tensor, ce_coef: Tensor, with_grads: bool) -> tuple[Tensor, Tensor | None]:
+    """Σ ce_coef · CE(z, label) at T = 1 and its gradient ce_coef · (softmax(z) − onehot) [C, V] (0 on
+    ignored rows). z is not modified."""
+    ce_tok = F.cross_entropy(z, labels, reduction="none", ignore_index=IGNORE_INDEX)  # [C]
+    ce_c = torch.where(ce_coef != 0, ce_coef * ce_tok, 0.0).sum()
+    if not with_grads:
+        return ce_c, None
+    weight = torch.where((ce_coef != 0) & (labels != IGNORE_INDEX), ce_coef, 0.0)  # [C]
+    g = torch.softmax(z, dim=-1)  # [C, V]
+    hit = weight.nonzero().squeeze(1)
+    g[hit, labels[hit]] -= 1.0
+    return ce_c, g.mul_(weight.unsqueeze(1))
+
+
+def _push(g: Tensor, grads: _Grads, start: int, h_s: Tensor, w_s: Tensor) -> None:
+    """Through logits = h_s @ w_s.T by hand: dh = g @ w_s [C, Ds], dW += g.T @ h_s [V, Ds]."""
+    g = g.to(w_s.dtype)  # [C, V]
+    grads.h[start : start + g.shape[0]] = g @ w_s
+    if w_s.dtype == torch.float32:
+        grads.w.addmm_(g.T, h_s)  # in place, no [V, Ds] temporary
+    else:
+        grads.w += g.T @ h_s
 
 
 class _ChunkedDistillFn(torch.autograd.Function):
@@ -202,7 +286,7 @@ class _ChunkedDistillFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s_hidden, s_head, *rest):
-        # rest = (t_hidden, t_head, tau, coef, labels, ce_coef, fn, chunk_size, cached)
+        # rest = (t_hidden, t_head, tau, coef, labels, ce_coef, fn, chunk_size, cached, t_logits, consume_t_logits)
         with torch.autocast(device_type=s_hidden.device.type, enabled=False):
             div_sum, ce_sum, rows, div_grads, ce_grads = _chunk_loop(s_hidden, s_head, *rest, with_grads=True)
         # Intermediates (not inputs/outputs) are stored on ctx directly; nothing of the teacher is.
@@ -243,6 +327,8 @@ def chunked_distill_loss(
     ce_coef: Tensor | None = None,
     chunk_size: int = 1024,
     cached: TeacherTopK | None = None,
+    t_logits: Tensor | None = None,
+    consume_t_logits: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Weighted, per-token-temperature distillation loss without full-vocabulary logits.
 
@@ -262,6 +348,10 @@ def chunked_distill_loss(
         cached:   a teacher cache's rows for the N tokens (top-k log-probs, ids, tail sums) instead of
                   t_hidden / t_head (pass None for both): the divergence is then taken over the
                   partition {top-k} ∪ {tail bucket} (``losses.cached``), exact when k = V.
+        t_logits: [N, V] the teacher's logits, already computed (``chunked_token_stats(keep_teacher_logits=
+                  True)``, any float dtype): used instead of the t_hidden @ t_head matmul, which is then
+                  skipped (t_hidden and t_head are still checked for shapes).
+        consume_t_logits: the caller hands t_logits over: the loss may overwrite them (no copy per chunk).
 
     Returns:
         (div_sum, ce_sum), scalar fp32: div_sum = Σ_i coef_i · τ_i² · D(p_i^τ ‖ q_i^τ) and
@@ -273,12 +363,15 @@ def chunked_distill_loss(
     if (cached is None) == (t_hidden is None):
         raise ValueError("chunked_distill_loss: give the teacher as t_hidden and t_head, or as cached rows")
     _check_inputs(s_hidden, s_head, t_hidden, t_head, tau, coef, labels, ce_coef, chunk_size)
+    if t_logits is not None and (cached is not None or tuple(t_logits.shape) != (s_hidden.shape[0], s_head.shape[0])):
+        raise ValueError(f"chunked_distill_loss: t_logits must be [N, V] = [{s_hidden.shape[0]}, {s_head.shape[0]}] "
+                         f"with a live teacher, got {tuple(t_logits.shape)}")
     if cached is not None and cached.logp.shape[0] != s_hidden.shape[0]:
         raise ValueError(f"chunked_distill_loss: {cached.logp.shape[0]} cached teacher rows for "
                          f"{s_hidden.shape[0]} student tokens")
     ce_coef = None if ce_coef is None else ce_coef.detach()
     args = (s_hidden, s_head, t_hidden, t_head, tau.detach(), coef.detach(), labels, ce_coef)
-    args += (divergence, chunk_size, cached)
+    args += (divergence, chunk_size, cached, t_logits, consume_t_logits)
 
     needs_grad = torch.is_grad_enabled() and (s_hidden.requires_grad or s_head.requires_grad)
     if needs_grad:
@@ -287,6 +380,17 @@ def chunked_distill_loss(
     with torch.no_grad(), torch.autocast(device_type=s_hidden.device.type, enabled=False):
         div_sum, ce_sum, *_ = _chunk_loop(*args, with_grads=False)
     return div_sum, ce_sum
+
+
+def _entropy_at(logits: Tensor, temp: float, consume: bool = False) -> Tensor:
+    """H(softmax(logits / temp)) [C] from logits [C, V] with in-place arithmetic: the same values as
+    ``entropy(log_softmax(logits / temp))``. consume=True overwrites logits instead of allocating."""
+    if temp != 1.0:
+        logp = logits.div_(temp) if consume else logits / temp  # [C, V]
+        torch.log_softmax(logp, dim=-1, out=logp)
+    else:
+        logp = torch.log_softmax(logits, dim=-1, out=logits) if consume else torch.log_softmax(logits, dim=-1)
+    return entropy_(logp)
 
 
 @torch.no_grad()
@@ -300,6 +404,7 @@ def chunked_token_stats(
     student_entropy_temps: tuple[float, ...] = (),
     hellinger: bool = False,
     teacher_nll_labels: Tensor | None = None,
+    keep_teacher_logits: bool = False,
     chunk_size: int = 1024,
 ) -> dict[str, Tensor]:
     """Per-token statistics the policies need (entropies, Hellinger), chunked like the loss.
@@ -311,10 +416,12 @@ def chunked_token_stats(
             H(softmax(logits / T)) (EGAD uses T = 1 for the teacher; EA-KD T' = 2 for both).
         hellinger: Hellinger distance between teacher and student at T = 1 (AdaKD difficulty).
         teacher_nll_labels: [N] int64 ids, -100 = ignore; adds "teacher_nll" (0 where ignored).
+        keep_teacher_logits: adds "teacher_logits" [N, V], the teacher's logits as the matmul made them
+            (its dtype), for ``chunked_distill_loss(t_logits=...)`` to skip a second head matmul.
 
     Returns:
         dict of [N] fp32 tensors: f"teacher_entropy@{T:g}", f"student_entropy@{T:g}",
-        "hellinger", "teacher_nll" (only the requested ones). No gradients.
+        "hellinger", "teacher_nll" (only the requested ones), and "teacher_logits". No gradients.
     """
     need_student = bool(student_entropy_temps) or hellinger
     if need_student and (s_hidden is None or s_head is None):
@@ -338,6 +445,8 @@ def chunked_token_stats(
 
     t_dt = _matmul_dtype(t_hidden, t_head)
     w_t = t_head.to(t_dt)  # [V, Dt]
+    if keep_teacher_logits:
+        out["teacher_logits"] = torch.empty(n, t_head.shape[0], dtype=t_dt, device=device)
     if need_student:
         s_dt = _matmul_dtype(s_hidden, s_head)
         w_s = s_head.to(s_dt)  # [V, Ds]
@@ -345,9 +454,16 @@ def chunked_token_stats(
     with torch.autocast(device_type=device.type, enabled=False):
         for start in range(0, n, chunk_size):
             sl = slice(start, min(start + chunk_size, n))
-            t_logits = (t_hidden[sl].to(t_dt) @ w_t.T).float()  # [C, V]
-            for temp in teacher_entropy_temps:
-                out[f"teacher_entropy@{temp:g}"][sl] = entropy(torch.log_softmax(t_logits / temp, dim=-1))
+            if keep_teacher_logits:  # the matmul writes straight into the kept rows
+                raw = torch.matmul(t_hidden[sl].to(t_dt), w_t.T, out=out["teacher_logits"][sl])  # [C, V]
+            else:
+                raw = t_hidden[sl].to(t_dt) @ w_t.T  # [C, V]
+            t_logits = raw.float()  # [C, V]: the matmul's output, or its fp32 copy
+            # t_logits may be overwritten by the last entropy unless it is read again below, or is the kept rows
+            reused = teacher_nll_labels is not None or hellinger or t_logits is raw and keep_teacher_logits
+            for i, temp in enumerate(teacher_entropy_temps):
+                last = i == len(teacher_entropy_temps) - 1 and not reused
+                out[f"teacher_entropy@{temp:g}"][sl] = _entropy_at(t_logits, temp, consume=last)
             if teacher_nll_labels is not None:
                 lab = teacher_nll_labels[sl]  # [C]
                 out["teacher_nll"][sl] = F.cross_entropy(
@@ -355,8 +471,9 @@ def chunked_token_stats(
                 )
             if need_student:
                 s_logits = (s_hidden[sl].to(s_dt) @ w_s.T).float()  # [C, V]
-                for temp in student_entropy_temps:
-                    out[f"student_entropy@{temp:g}"][sl] = entropy(torch.log_softmax(s_logits / temp, dim=-1))
+                for i, temp in enumerate(student_entropy_temps):
+                    last = i == len(student_entropy_temps) - 1 and not hellinger
+                    out[f"student_entropy@{temp:g}"][sl] = _entropy_at(s_logits, temp, consume=last)
                 if hellinger:
                     out["hellinger"][sl] = hellinger_distance(
                         torch.log_softmax(t_logits, dim=-1), torch.log_softmax(s_logits, dim=-1)

@@ -18,10 +18,18 @@ Numerical conventions:
 Every divergence has the signature ``fn(t_logp, s_logp, **its_hyperparameters) -> Tensor[N]``.
 The ``loss=`` config group lists them (``egad_cli.config.policies.LOSSES``): each option's node
 binds its hyperparameters and hands the function to the loss (``node.divergence()``).
+
+Each built-in divergence also has an *analytic student gradient* (``value_and_grad``): the value and
+g = ∂D/∂(log q) [N, V], written with in-place arithmetic. The chunked loss chains g through the
+log-softmax and the temperature by hand (∂D/∂z = (g − q·Σg)/τ) instead of keeping autograd's
+buffers: fewer vocabulary-sized temporaries and less time. A divergence without one (a new one
+added by a user) still works: the loss falls back to autograd for it. ``tests/losses`` checks every
+gradient against autograd.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -31,6 +39,7 @@ from torch import Tensor
 __all__ = [
     "Divergence",
     "entropy",
+    "entropy_",
     "forward_kl",
     "hellinger",
     "jsd",
@@ -38,6 +47,7 @@ __all__ = [
     "skew_fkl",
     "skew_rkl",
     "tvd",
+    "value_and_grad",
 ]
 
 Divergence = Callable[..., Tensor]
@@ -150,6 +160,13 @@ def entropy(logp: Tensor) -> Tensor:
     return -(p * safe_logp).sum(dim=-1)  # [N]
 
 
+def entropy_(logp: Tensor) -> Tensor:
+    """``entropy`` that overwrites logp [N, V] (one temporary instead of four): the same values."""
+    p = logp.exp()  # [N, V]
+    # 0 · log 0: p = 0 with a finite log p gives 0 already; log p = -inf gives nan, set to 0 as entropy's where does
+    return -p.mul_(logp).nan_to_num_(nan=0.0).sum(dim=-1)  # [N]
+
+
 def hellinger(t_logp: Tensor, s_logp: Tensor) -> Tensor:
     """Hellinger distance sqrt(1 − Σ_v sqrt(p(v) q(v))), in [0, 1] (AdaKD's token difficulty).
 
@@ -159,3 +176,92 @@ def hellinger(t_logp: Tensor, s_logp: Tensor) -> Tensor:
     """
     bc = torch.exp(0.5 * (t_logp + s_logp)).sum(dim=-1)  # [N]
     return torch.sqrt(torch.clamp(1.0 - bc, min=0.0, max=1.0))  # [N]
+
+
+# --------------------------------------------------------------------------- analytic student gradients
+#
+# Each ``*_grad(t_logp, s_logp, **hp) -> (d [N], g [N, V])`` returns the same value d as the divergence
+# and g = ∂d/∂s_logp, treating the entries of s_logp as free coordinates (the log-softmax's own
+# Jacobian is applied by the caller). t_logp is SCRATCH (overwritten, to keep at most ~4
+# vocabulary-sized tensors alive); s_logp is read only (the caller needs it afterwards). Derivations (m is the mixture of each divergence):
+#   forward KL  KL(p‖q):          g = −p
+#   reverse KL  KL(q‖p):          g = q (log q − log p + 1)
+#   JSD_β:                        g = (1 − β) q (log q − log m),  m = βp + (1 − β)q
+#   skew fwd    KL(p‖m):          g = −(1 − α) p q / m,           m = αp + (1 − α)q
+#   skew rev    KL(q‖m):          g = q (log q − log m + 1 − α q / m),  m = αq + (1 − α)p
+#   TVD ½Σ|p − q|:                g = ½ sign(q − p) q
+# with 0 wherever the weighting mass (p or q) is 0, as in the values' 0 · log 0 = 0.
+
+
+def _forward_kl_grad(t_logp: Tensor, s_logp: Tensor) -> tuple[Tensor, Tensor]:
+    p = t_logp.exp()  # [N, V]
+    outside = p <= 0  # [N, V] bool
+    diff = t_logp.sub_(s_logp).masked_fill_(outside, 0.0)  # in place of t_logp: log p − log q on the support
+    d = diff.mul_(p).sum(dim=-1)  # [N]; same operations, same value as forward_kl
+    return d, p.neg_()
+
+
+def _reverse_kl_grad(t_logp: Tensor, s_logp: Tensor) -> tuple[Tensor, Tensor]:
+    q = s_logp.exp()  # [N, V]
+    diff = t_logp.neg_().add_(s_logp).masked_fill_(q <= 0, 0.0)  # log q − log p on q's support
+    d = (q * diff).sum(dim=-1)  # [N]
+    return d, diff.add_(1.0).mul_(q)  # q = 0 rows of diff are 0, so g is 0 there
+
+
+def _jsd_grad(t_logp: Tensor, s_logp: Tensor, *, beta: float = 0.5) -> tuple[Tensor, Tensor]:
+    if beta == 0.0:
+        return _forward_kl_grad(t_logp, s_logp)
+    if beta == 1.0:
+        return _reverse_kl_grad(t_logp, s_logp)
+    d = jsd(t_logp, s_logp, beta=beta)
+    q = s_logp.exp()
+    g = _log_mix(t_logp, s_logp, beta).neg_().add_(s_logp).masked_fill_(q <= 0, 0.0)  # log q − log m
+    return d, g.mul_(q).mul_(1.0 - beta)
+
+
+def _skew_fkl_grad(t_logp: Tensor, s_logp: Tensor, *, alpha: float = 0.1) -> tuple[Tensor, Tensor]:
+    if alpha == 0.0:  # KL(p‖q) itself
+        return _forward_kl_grad(t_logp, s_logp)
+    d = skew_fkl(t_logp, s_logp, alpha=alpha)
+    if alpha == 1.0:  # KL(p‖p) = 0 whatever q is
+        return d, torch.zeros_like(s_logp)
+    m_logp = _log_mix(t_logp, s_logp, alpha)
+    outside = torch.isneginf(t_logp)  # p = 0
+    g = m_logp.neg_().add_(t_logp).add_(s_logp).exp_()  # p q / m
+    return d, g.masked_fill_(outside, 0.0).mul_(-(1.0 - alpha))
+
+
+def _skew_rkl_grad(t_logp: Tensor, s_logp: Tensor, *, alpha: float = 0.1) -> tuple[Tensor, Tensor]:
+    if alpha == 0.0:  # KL(q‖p) itself (and q/m is unbounded: no α q/m term to form)
+        return _reverse_kl_grad(t_logp, s_logp)
+    d = skew_rkl(t_logp, s_logp, alpha=alpha)
+    m_logp = _log_mix(s_logp, t_logp, alpha)
+    q = s_logp.exp()
+    ratio = (s_logp - m_logp).masked_fill_(q <= 0, 0.0)  # log(q / m)
+    g = ratio.exp().mul_(-alpha).add_(ratio).add_(1.0).mul_(q)  # q (log q/m + 1 − α q/m)
+    return d, g
+
+
+def _tvd_grad(t_logp: Tensor, s_logp: Tensor) -> tuple[Tensor, Tensor]:
+    q, p = s_logp.exp(), t_logp.exp_()
+    diff = q - p
+    d = 0.5 * diff.abs().sum(dim=-1)
+    return d, diff.sign_().mul_(q).mul_(0.5)
+
+
+_ANALYTIC: dict[Callable, Callable] = {
+    forward_kl: _forward_kl_grad, reverse_kl: _reverse_kl_grad, jsd: _jsd_grad,
+    skew_fkl: _skew_fkl_grad, skew_rkl: _skew_rkl_grad, tvd: _tvd_grad,
+}
+
+
+def value_and_grad(divergence: Divergence) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+    """The analytic ``(t_logp, s_logp) -> (d [N], ∂d/∂s_logp [N, V])`` of a divergence (its bound
+    hyperparameters included; t_logp is overwritten), or None when it has none (use autograd)."""
+    fn, kwargs = divergence, {}
+    if isinstance(divergence, functools.partial) and not divergence.args:
+        fn, kwargs = divergence.func, dict(divergence.keywords)
+    grad = _ANALYTIC.get(fn)
+    if grad is None:
+        return None
+    return functools.partial(grad, **kwargs) if kwargs else grad
