@@ -10,6 +10,7 @@ from conftest import divergence
 from egad_cli.config.policies import LOSSES
 from egad_cli.losses.divergences import (
     entropy,
+    entropy_gated_kl,
     forward_kl,
     hellinger,
     jsd,
@@ -50,11 +51,13 @@ def _naive(name, p, q, beta, alpha):
         return _kl_naive(q, alpha * q + (1 - alpha) * p)
     if name == "tvd":
         return 0.5 * (p - q).abs().sum(-1)
+    if name == "entropy_gated_kl":  # default threshold 1 nat, weight 1
+        return _kl_naive(q, p) + (-(p * p.log()).sum(-1) > 1.0) * _kl_naive(p, q)
     raise AssertionError(name)
 
 
 def test_registry_names_are_exactly_the_design_list():
-    assert set(LOSSES) == {"forward_kl", "reverse_kl", "jsd", "skew_fkl", "skew_rkl", "tvd"}
+    assert set(LOSSES) == {"forward_kl", "reverse_kl", "jsd", "skew_fkl", "skew_rkl", "tvd", "entropy_gated_kl"}
 
 
 def test_unknown_name_lists_valid_choices():
@@ -231,6 +234,27 @@ def test_analytic_gradient_matches_autograd(name, hp):
     assert torch.equal(got, want.detach())
     assert not got_g.isnan().any()
     torch.testing.assert_close(got_g, want_g, rtol=1e-10, atol=1e-12)  # infs where autograd's are
+
+
+def test_entropy_gated_kl_is_reverse_kl_plus_forward_kl_on_uncertain_teacher_rows():
+    """EOPD: below the threshold the token gets reverse KL only, above it reverse + weight · forward KL;
+    the gate follows the teacher's entropy alone. Thresholds at the ends give the two pure cases."""
+    t, s = _logps(n=8, v=9, seed=5)
+    h = entropy(t)
+    threshold = float(h.median())
+    got = entropy_gated_kl(t, s, threshold=threshold, fkl_weight=0.5)
+    above = h > threshold
+    assert 0 < int(above.sum()) < len(h)
+    torch.testing.assert_close(got[~above], reverse_kl(t, s)[~above], rtol=0, atol=0)
+    torch.testing.assert_close(got[above], (reverse_kl(t, s) + 0.5 * forward_kl(t, s))[above])
+    torch.testing.assert_close(entropy_gated_kl(t, s, threshold=math.inf), reverse_kl(t, s), rtol=0, atol=0)
+    torch.testing.assert_close(entropy_gated_kl(t, s, threshold=-1.0), reverse_kl(t, s) + forward_kl(t, s))
+    # the student never moves the gate: only log q carries a gradient, and it is rkl's + c · fkl's
+    s = s.clone().requires_grad_(True)
+    g = torch.autograd.grad(entropy_gated_kl(t, s, threshold=threshold).sum(), s)[0]
+    g_r = torch.autograd.grad(reverse_kl(t, s).sum(), s)[0]
+    g_f = torch.autograd.grad(forward_kl(t, s).sum(), s)[0]
+    torch.testing.assert_close(g, g_r + above[:, None] * g_f)
 
 
 def test_a_divergence_without_analytic_gradient_has_none():

@@ -4,6 +4,7 @@ from .chunked import chunked_distill_loss, chunked_token_stats
 from .divergences import (
     Divergence,
     entropy,
+    entropy_gated_kl,
     forward_kl,
     hellinger,
     jsd,
@@ -22,6 +23,7 @@ __all__ = [
     "chunked_token_stats",
     "default_layer_map",
     "entropy",
+    "entropy_gated_kl",
     "forward_kl",
     "hellinger",
     "jsd",

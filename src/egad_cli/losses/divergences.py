@@ -40,6 +40,7 @@ __all__ = [
     "Divergence",
     "entropy",
     "entropy_",
+    "entropy_gated_kl",
     "forward_kl",
     "hellinger",
     "jsd",
@@ -150,6 +151,21 @@ def tvd(t_logp: Tensor, s_logp: Tensor) -> Tensor:
     return 0.5 * (t_logp.exp() - s_logp.exp()).abs().sum(dim=-1)
 
 
+def entropy_gated_kl(t_logp: Tensor, s_logp: Tensor, *, threshold: float = 1.0, fkl_weight: float = 1.0) -> Tensor:
+    """Entropy-aware on-policy distillation (EOPD; Jin et al., ICML 2026, arXiv 2603.07079):
+    reverse KL on every token, plus forward KL where the teacher is uncertain:
+
+        D = KL(q‖p) + fkl_weight · 1[H(p) > threshold] · KL(p‖q).     [N, V] x2 -> [N]
+
+    H(p) is the entropy (nats) of the teacher distribution this function receives (at the token's
+    temperature; T = 1 in the ``eopd`` preset). The gate depends on the teacher only, so it carries no
+    gradient. The paper's full text was not available to us: this is our reading of its abstract
+    (README, "On-policy distillation"); threshold and weight are config fields.
+    """
+    gate = (entropy(t_logp) > threshold).to(t_logp.dtype) * fkl_weight  # [N]
+    return reverse_kl(t_logp, s_logp) + gate * forward_kl(t_logp, s_logp)
+
+
 # --------------------------------------------------------------------------- token statistics
 
 
@@ -190,6 +206,7 @@ def hellinger(t_logp: Tensor, s_logp: Tensor) -> Tensor:
 #   skew fwd    KL(p‖m):          g = −(1 − α) p q / m,           m = αp + (1 − α)q
 #   skew rev    KL(q‖m):          g = q (log q − log m + 1 − α q / m),  m = αq + (1 − α)p
 #   TVD ½Σ|p − q|:                g = ½ sign(q − p) q
+#   entropy-gated (EOPD):         g = q (log q − log p + 1) − c p,  c = fkl_weight · 1[H(p) > threshold]
 # with 0 wherever the weighting mass (p or q) is 0, as in the values' 0 · log 0 = 0.
 
 
@@ -249,9 +266,18 @@ def _tvd_grad(t_logp: Tensor, s_logp: Tensor) -> tuple[Tensor, Tensor]:
     return d, diff.sign_().mul_(q).mul_(0.5)
 
 
+def _entropy_gated_kl_grad(t_logp: Tensor, s_logp: Tensor, *, threshold: float = 1.0,
+                           fkl_weight: float = 1.0) -> tuple[Tensor, Tensor]:
+    gate = (entropy(t_logp) > threshold).to(t_logp.dtype) * fkl_weight  # [N]
+    p = t_logp.exp()  # [N, V]
+    d_forward = forward_kl(t_logp, s_logp)  # [N], before t_logp is overwritten
+    d_reverse, g = _reverse_kl_grad(t_logp, s_logp)
+    return d_reverse + gate * d_forward, g.sub_(p.mul_(gate[:, None]))
+
+
 _ANALYTIC: dict[Callable, Callable] = {
     forward_kl: _forward_kl_grad, reverse_kl: _reverse_kl_grad, jsd: _jsd_grad,
-    skew_fkl: _skew_fkl_grad, skew_rkl: _skew_rkl_grad, tvd: _tvd_grad,
+    skew_fkl: _skew_fkl_grad, skew_rkl: _skew_rkl_grad, tvd: _tvd_grad, entropy_gated_kl: _entropy_gated_kl_grad,
 }
 
 
