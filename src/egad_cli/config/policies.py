@@ -553,6 +553,26 @@ class TVDConfig(LossConfig):
         return tvd
 
 
+@LOSSES.option
+@dataclass
+class EntropyGatedKLConfig(LossConfig):
+    """EOPD: reverse KL on every token plus forward KL where the teacher's entropy exceeds a threshold."""
+
+    name: str = "entropy_gated_kl"
+    threshold: float = 1.0  #: teacher entropy (nats) above which the forward-KL term is added
+    fkl_weight: float = 1.0  #: weight of that forward-KL term
+
+    def problems(self, out: Problems) -> None:
+        super().problems(out)
+        out.check(self.threshold >= 0, "loss.threshold", f"must be >= 0 nats (got {self.threshold})")
+        out.check(self.fkl_weight >= 0, "loss.fkl_weight", f"must be >= 0 (got {self.fkl_weight})")
+
+    def divergence(self) -> Callable:
+        from egad_cli.losses.divergences import entropy_gated_kl
+
+        return functools.partial(entropy_gated_kl, threshold=self.threshold, fkl_weight=self.fkl_weight)
+
+
 #: every policy group, in the order a config lists them
 POLICY_REGISTRIES: tuple[Registry, ...] = (LOSSES, DIFFICULTIES, CURRICULA, TEMPERATURES, WEIGHTINGS, BRANCHES)
 
