@@ -59,6 +59,14 @@ BOUNDED = {
     "eval.max_tokens": ([], -1),
     "eval.batch_size": ([], 0),
     "eval.max_new_tokens": ([], -1),
+    "eval.onpolicy_prompts": ([], -1),
+    "loss.threshold": (["loss=entropy_gated_kl"], -0.5),
+    "loss.fkl_weight": (["loss=entropy_gated_kl"], -1),
+    "onpolicy.lmbda": ([], 1.5),
+    "onpolicy.max_new_tokens": (["onpolicy.lmbda=1"], 0),
+    "onpolicy.prompt_tokens": (["onpolicy.lmbda=1"], 0),
+    "onpolicy.temperature": (["onpolicy.lmbda=1"], 0),
+    "onpolicy.top_p": (["onpolicy.lmbda=1"], 1.5),
     "dataset.block_size": ([], 4),
     "dataset.val_fraction": ([], 1.0),
     "dataset.max_train_tokens": ([], 0),
@@ -71,7 +79,7 @@ BOUNDED = {
                                                              "max_position_embeddings")},
 }
 #: numeric fields any finite value of which is meaningful
-UNBOUNDED = {"temperature.kappa", "temperature.c", "trainer.seed", "teacher.seed", "student.seed"}
+UNBOUNDED = {"temperature.kappa", "temperature.c", "trainer.seed", "teacher.seed", "student.seed", "onpolicy.seed"}
 
 
 NUMERIC = (int, float, Optional[int], Optional[float])

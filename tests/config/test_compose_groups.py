@@ -135,7 +135,12 @@ PRESETS = {
     "skew_kl": ("skew_fkl", "fixed", "none", "logits_only", "uniform"),
     "tvd": ("tvd", "fixed", "none", "logits_only", "uniform"),
     "ce": ("forward_kl", "fixed", "none", "logits_only", "uniform"),
+    "gkd": ("jsd", "fixed", "none", "logits_only", "uniform"),
+    "onpolicy": ("reverse_kl", "fixed", "none", "logits_only", "uniform"),
+    "eopd": ("entropy_gated_kl", "fixed", "none", "logits_only", "uniform"),
 }
+#: the on-policy share each preset sets (every other preset: 0, off-policy)
+LMBDA = {"gkd": 0.5, "onpolicy": 1.0, "eopd": 1.0}
 
 
 @pytest.mark.parametrize("method", sorted(PRESETS))
@@ -148,6 +153,14 @@ def test_method_preset_sets_its_groups(method):
     assert cfg.curriculum.schedule == schedule
     assert cfg.branch.name == branch
     assert cfg.weighting.name == weighting
+    assert cfg.onpolicy.lmbda == LMBDA.get(method, 0.0)
+
+
+def test_gkd_is_symmetric_jsd_sampled_at_unit_temperature_and_lambda_wins_from_the_command_line():
+    cfg = typed_config(["method=gkd"])
+    assert cfg.loss.beta == 0.5 and cfg.onpolicy.temperature == 1.0
+    assert typed_config(["method=gkd", "onpolicy.lmbda=0.9"]).onpolicy.lmbda == 0.9
+    assert typed_config(["method=egad", "onpolicy.lmbda=1"]).onpolicy.lmbda == 1.0
 
 
 def test_presets_override_non_default_groups_too():

@@ -16,6 +16,7 @@ from egad_cli.engine.checkpoint import list_checkpoints, resolve_resume
 from egad_cli.engine.distill_unit import DistillUnit, build_policies, policy_needs
 from egad_cli.engine.loop import train
 from egad_cli.engine.metrics import tensorboard_available
+from egad_cli.engine.onpolicy import build_rollout
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError, check_writable
 from egad_cli.evaluation.passes import cached_heldout_kl, heldout_kl
@@ -123,7 +124,16 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
                           cfg.loss.chunk_rows(vocab))
 
     kl_before = kl() if cfg.eval.before else None
-    unit = DistillUnit(teacher, student, vocab, cfg, runtime, steps, cache=cached.train if teacher is None else None)
+    rollout = None
+    if cfg.onpolicy.lmbda > 0:
+        seed = cfg.onpolicy.seed if cfg.onpolicy.seed is not None else cfg.trainer.seed
+        rollout = build_rollout(cfg.onpolicy, student, tokenizer, train_data, cfg.dataset.block_size, seed)
+        if runtime.is_main:
+            console.print(f"on-policy: the student continues {cfg.onpolicy.lmbda:g} of the sequences "
+                          f"(prompts: {rollout.prompts.describe()}; up to {rollout.max_new_tokens} new tokens at "
+                          f"T={cfg.onpolicy.temperature:g}, top-p {cfg.onpolicy.top_p:g})")
+    unit = DistillUnit(teacher, student, vocab, cfg, runtime, steps, cache=cached.train if teacher is None else None,
+                       rollout=rollout)
     result = train(unit, train_data, cfg.trainer, runtime, run_dir, steps, cfg.logging.progress, console,
                    tensorboard=cfg.logging.tensorboard, final_checkpoint=False)
     # The student and the summary are written before the final checkpoint: if the disk fills up, the

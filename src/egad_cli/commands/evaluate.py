@@ -24,7 +24,7 @@ from egad_cli.config.commands import EvalCommandConfig
 
 register_schemas()
 
-RUN_GROUPS = ("teacher", "dataset")
+RUN_GROUPS = ("teacher", "dataset", "onpolicy")  # onpolicy: the run's sampling settings for the on-policy metric
 
 
 def run_eval(raw: DictConfig) -> float:

@@ -15,6 +15,7 @@ from egad_cli.config.commands import EvalCommandConfig
 from egad_cli.evaluation.entropy import printable
 from egad_cli.evaluation.generation import side_by_side
 from egad_cli.evaluation.metrics import by_entropy_bucket, calibration_bins, pair_summary
+from egad_cli.evaluation.onpolicy import onpolicy_metrics
 from egad_cli.evaluation.passes import spread_blocks, token_pass
 from egad_cli.models import check_context
 from egad_cli.ui.console import console
@@ -47,6 +48,17 @@ def bucket_table(rows: list[dict], n_buckets: int):
                       numeric=[True] * len(cols))
 
 
+def onpolicy_table(s: dict, cfg: EvalCommandConfig):
+    rows = [("KL(student ‖ teacher), reverse", s["onpolicy_kl_reverse"]),
+            ("KL(teacher ‖ student), forward", s["onpolicy_kl_forward"]),
+            ("teacher NLL of the student's tokens", s["onpolicy_nll_teacher"]),
+            ("student NLL of its own tokens", s["onpolicy_nll_student"])]
+    return rich_table(["metric", "per sampled token"], rows,
+                      title=f"on-policy · the student continues {s['onpolicy_prompts']} held-out prompts "
+                            f"(T={cfg.onpolicy.temperature:g}, top-p {cfg.onpolicy.top_p:g}; "
+                            f"{s['onpolicy_tokens']:,} tokens, {s['onpolicy_mean_len']:.1f} a prompt)")
+
+
 def generations_table(rows: list[dict]):
     body = [[Text(printable(r[k])) for k in ("prompt", "teacher", "student")] for r in rows]
     return rich_table(["prompt", "teacher (greedy)", "student (greedy)"], body, title="generations",
@@ -72,6 +84,13 @@ def run(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
     summary = pair_summary(metrics, cfg.ece_bins)
     buckets = by_entropy_bucket(metrics, cfg.n_buckets, cfg.ece_bins)
 
+    onpolicy = {}
+    if cfg.eval.onpolicy_prompts > 0:  # the teacher grades what the student writes (evaluation.onpolicy)
+        onpolicy = onpolicy_metrics(teacher, student, tokenizer, vocab, data, cfg.onpolicy, cfg.eval.onpolicy_prompts,
+                                    runtime, cfg.eval.batch_size, cfg.chunk_size,
+                                    progress=show_progress(cfg.progress), console=console)
+        summary.update(onpolicy)
+
     generations = []
     if cfg.eval.prompts and cfg.eval.max_new_tokens > 0:
         bar = pass_progress("generating", len(cfg.eval.prompts), enabled=show_progress(cfg.progress),
@@ -83,6 +102,8 @@ def run(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
                                        progress=lambda: bar.advance(task))
 
     console.print(summary_table(summary, cfg.ece_bins))
+    if onpolicy:
+        console.print(onpolicy_table(onpolicy, cfg))
     console.print(bucket_table(buckets, cfg.n_buckets))
     if generations:
         console.print(generations_table(generations))

@@ -26,6 +26,7 @@ from egad_cli.config.schema import (
     DatasetConfig,
     EvalConfig,
     MethodConfig,
+    OnPolicyConfig,
     StudentConfig,
     TeacherConfig,
 )
@@ -58,6 +59,7 @@ class EvalCommandConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)  #: token budget, batch size, prompts, max_new_tokens
+    onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)  #: the on-policy metric's sampling (from run_dir)
     run_dir: Optional[str] = None  #: a distill run dir (has config.yaml and student/)
     split: str = "val"  #: val (held-out, the default) | train | all (every block: your own held-out files)
     ece_bins: int = 15  #: equal-width confidence bins of the expected calibration error
@@ -80,6 +82,8 @@ class EvalCommandConfig:
             self.student.problems(out)
         self.dataset.problems(out)
         self.eval.problems(out)
+        if self.eval.onpolicy_prompts > 0:
+            self.onpolicy.problems(self.dataset.block_size, out)
         out.choice(self.split, "split", SPLITS)
         out.check(self.ece_bins >= 1, "ece_bins", "must be >= 1")
         out.check(self.n_buckets >= 1, "n_buckets", "must be >= 1")
@@ -106,6 +110,7 @@ class InspectEntropyConfig:
     temperature: TemperatureConfig = MISSING
     weighting: WeightingConfig = MISSING
     branch: BranchConfig = MISSING
+    onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)  #: composed with the method presets; unused here
     run_dir: Optional[str] = None  #: a distill run dir: its teacher, dataset, method groups and student/
     teacher_cache: Optional[str] = None  #: a teacher cache dir (`egad cache`): entropies read from it, no teacher pass
     split: str = "train"  #: train (what distillation sees, the default) | val | all (every block of the files)

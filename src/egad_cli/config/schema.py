@@ -208,11 +208,55 @@ class EvalConfig:
     before: bool = True  #: measure before training too (the baseline)
     prompts: list[str] = field(default_factory=lambda: ["def fibonacci(n):", "import os\n"])  #: eval: prompts
     max_new_tokens: int = 32  #: eval: greedy generation length
+    onpolicy_prompts: int = 32  #: eval: held-out prompts the student continues, sampling as set in onpolicy.* (0: skip)
 
     def problems(self, out: Problems) -> None:
         out.check(self.max_tokens >= 0, "eval.max_tokens", "must be >= 0")
+        out.check(self.onpolicy_prompts >= 0, "eval.onpolicy_prompts", "must be >= 0 (0: no on-policy metric)")
         out.check(self.batch_size > 0, "eval.batch_size", "must be positive")
         out.check(self.max_new_tokens >= 0, "eval.max_new_tokens", "must be >= 0")
+
+
+@dataclass
+class OnPolicyConfig:
+    """On-policy distillation: the current student writes the continuation of a share of the sequences, the
+    teacher grades every token it wrote, and the loss covers those tokens only (the prompt is masked).
+
+    λ is a share of *sequences*, spread evenly over the run: sequence j (counted over the whole run, all
+    ranks) is on-policy when ⌊(j + 1)λ⌋ > ⌊jλ⌋. Every step then holds (almost) the same number of sampled
+    sequences, so step times and the ranks of a DDP run stay in step. λ = 0 is the off-policy path, bit
+    for bit: nothing is sampled.
+    """
+
+    lmbda: float = 0.0  #: λ in [0, 1]: share of training sequences continued by the student (0: off-policy)
+    prompt_tokens: Optional[int] = None  #: prompt length: the first N tokens of a text block; jsonl prompts keep their last N (null: half of dataset.block_size)
+    max_new_tokens: Optional[int] = None  #: tokens the student samples after the prompt, fewer at EOS (null: the rest of the block)
+    temperature: float = 1.0  #: the student's sampling temperature
+    top_p: float = 1.0  #: nucleus sampling: keep the smallest set of tokens with this much mass (1: all)
+    seed: Optional[int] = None  #: sampling seed (null: trainer.seed / 0 in eval); samples are a function of (seed, sequence), so a resumed run samples what an uninterrupted one would
+
+    def prompt_len(self, block_size: int) -> int:
+        return self.prompt_tokens if self.prompt_tokens is not None else block_size // 2
+
+    def new_tokens(self, block_size: int) -> int:
+        return self.max_new_tokens if self.max_new_tokens is not None else block_size - self.prompt_len(block_size)
+
+    def problems(self, block_size: int, out: Problems, key: str = "onpolicy") -> None:
+        out.check(0.0 <= self.lmbda <= 1.0, f"{key}.lmbda", f"must be in [0, 1] (got {self.lmbda})")
+        out.check(self.prompt_tokens is None or self.prompt_tokens >= 1, f"{key}.prompt_tokens",
+                  f"must be a positive number of tokens or null (got {self.prompt_tokens})")
+        out.check(self.max_new_tokens is None or self.max_new_tokens >= 1, f"{key}.max_new_tokens",
+                  f"must be a positive number of tokens or null (got {self.max_new_tokens}): the student must "
+                  f"write at least one token")
+        out.check(self.temperature > 0, f"{key}.temperature", f"must be > 0 (got {self.temperature})")
+        out.check(0.0 < self.top_p <= 1.0, f"{key}.top_p", f"must be in (0, 1] (got {self.top_p})")
+        if (self.prompt_tokens is None or self.prompt_tokens >= 1) and \
+                (self.max_new_tokens is None or self.max_new_tokens >= 1):
+            prompt, new = self.prompt_len(block_size), self.new_tokens(block_size)
+            out.check(prompt + new <= block_size and new >= 1, f"{key}.prompt_tokens",
+                      f"a prompt of {prompt} tokens plus {key}.max_new_tokens={new} does not fit "
+                      f"dataset.block_size={block_size}: a sampled sequence is scored as one block; lower "
+                      f"{key}.prompt_tokens or {key}.max_new_tokens, or raise dataset.block_size")
 
 
 @dataclass
@@ -236,6 +280,7 @@ class DistillConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
     cache_dir: str = "~/.cache/egad"  #: dequantised teachers and tokenised corpora
     teacher_cache: Optional[str] = None  #: a teacher cache dir (`egad cache`): train from it, the teacher unloaded
     run_dir: str = "."  #: where this run writes (set by Hydra)
@@ -245,6 +290,11 @@ class DistillConfig:
         for group in (self.teacher, self.student, self.dataset, self.method, self.trainer, self.eval):
             group.problems(out)  # the policy groups are checked by validate() through their registries
         curriculum_problems(self.curriculum, self.weighting, out)
+        self.onpolicy.problems(self.dataset.block_size, out)
+        if self.onpolicy.lmbda > 0 and self.teacher_cache:
+            out.append(f"onpolicy.lmbda={self.onpolicy.lmbda}: the student's samples need the live teacher to "
+                       f"grade them, and a teacher cache only holds the dataset's tokens; drop teacher_cache or "
+                       f"set onpolicy.lmbda=0")
         built = [("teacher", self.teacher.arch)] if self.teacher.source == "random" else []
         built += [("student", self.student.arch)] if self.student.init == "scratch" else []
         for who, arch in built:  # models built from an arch: their positions are known before loading

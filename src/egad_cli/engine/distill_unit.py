@@ -14,6 +14,10 @@ One optimizer step is two phases:
 The unit never looks at a method's name: what a step computes follows from the policy objects the
 config nodes build (``egad_cli.config.policies``) and the statistics they declare.
 
+On-policy mode (``onpolicy.lmbda`` > 0, ``engine.onpolicy``): ``plan`` first lets the student continue the
+prompts of a share λ of the sequences; the rewritten micro-batches (loss on the sampled tokens only) then
+take the same path as data, so every divergence and policy applies to them unchanged.
+
 The teacher is either live (a model: its hidden states and lm_head give exact logits) or a teacher
 cache (``teacher_cache.SplitReader``: top-k log-probs + tail sums, exact entropies, stored states),
 read for the step's blocks in ``plan``; everything after that is the same code.
@@ -22,6 +26,7 @@ read for the step's blocks in ``plan``; everything after that is the same code.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +35,7 @@ from torch import Tensor, nn
 from egad_cli.config.policies import PolicyContext
 from egad_cli.config.schema import DistillConfig
 from egad_cli.engine.normalization import Denominators, step_denominators
+from egad_cli.engine.onpolicy import Rollout
 from egad_cli.engine.runtime import Runtime
 from egad_cli.errors import UserError
 from egad_cli.losses import FeatureProjectors, chunked_distill_loss, chunked_token_stats, default_layer_map
@@ -100,10 +106,11 @@ def build_policies(cfg: DistillConfig, ctx: PolicyContext) -> dict[str, TokenPol
 
 class DistillUnit:
     def __init__(self, teacher: nn.Module | None, student: nn.Module, vocab_size: int, cfg: DistillConfig,
-                 runtime: Runtime, total_steps: int, cache=None):
-        """teacher: the live teacher, or None with ``cache`` (a ``teacher_cache.SplitReader`` of the train split)."""
+                 runtime: Runtime, total_steps: int, cache=None, rollout: Rollout | None = None):
+        """teacher: the live teacher, or None with ``cache`` (a ``teacher_cache.SplitReader`` of the train split).
+        rollout: on-policy mode's sampler of student continuations (None: off-policy)."""
         self.cfg, self.runtime, self.vocab = cfg, runtime, vocab_size
-        self.teacher, self.cache = teacher, cache
+        self.teacher, self.cache, self.rollout = teacher, cache, rollout
         ctx = PolicyContext(vocab_size=vocab_size, total_steps=total_steps)
         built = build_policies(cfg, ctx)
         self.difficulty, self.curriculum, self.weighting = built["difficulty"], built["curriculum"], built["weighting"]
@@ -167,6 +174,9 @@ class DistillUnit:
         return model.get_output_embeddings().weight[: self.vocab]
 
     def plan(self, micro_batches: list[dict], progress: float) -> StepPlan:
+        onpolicy_logs = {}
+        if self.rollout is not None:
+            micro_batches, onpolicy_logs = self._sample(micro_batches)
         parts = [self._teacher_pass(mb) for mb in micro_batches]
         sizes = [p["valid"].numel() for p in parts]
         valid = torch.cat([p["valid"] for p in parts])  # [N_step]
@@ -193,6 +203,10 @@ class DistillUnit:
                 "hard_frac": float((hard & valid).sum() / n)}
         if teacher_entropy(1.0) in stats:
             logs["entropy_mean"] = float((stats[teacher_entropy(1.0)] * valid).sum() / n)
+        if onpolicy_logs:
+            on_tokens = sum(float(p["valid"].view(len(on), -1)[on.to(p["valid"].device)].sum())
+                            for p, on in zip(parts, onpolicy_logs.pop("rows")))
+            logs.update(onpolicy_logs, onpolicy_frac=on_tokens / float(n))
         for policy in self.policies().values():
             logs.update(policy.logs())
         return StepPlan(micro, den, logs)
@@ -227,6 +241,8 @@ class DistillUnit:
 
     def end_step(self, step: int, logs: dict[str, float]) -> dict[str, float]:
         out: dict[str, float] = {}
+        if "time_gen_s" in logs:
+            out["gen_share"] = logs["time_gen_s"] / max(logs["time_step_s"], 1e-12)
         for policy in self.policies().values():
             out.update(policy.end_step(step, logs))
         return out
@@ -241,6 +257,21 @@ class DistillUnit:
             elif policy.state_dict():  # a stateful policy must not silently restart from scratch
                 raise UserError(f"trainer.resume: the checkpoint has no state for the {name} policy of this run "
                                 f"({type(policy).__name__}); it was written by another method or egad version")
+
+    # -- on-policy sampling -----------------------------------------------------------------
+
+    def _sample(self, micro_batches: list[dict]) -> tuple[list[dict], dict]:
+        """The micro-batches with their on-policy rows sampled by the student, and the step's sampling logs:
+        time_gen_s, gen_len (mean sampled tokens a sampled sequence), and rows (per micro-batch, [B] bool)."""
+        out, rows, n_seq, n_new = [], [], 0, 0
+        start = time.perf_counter()
+        for mb in micro_batches:
+            mb, on, log = self.rollout(mb)
+            out.append(mb)
+            rows.append(on)
+            n_seq, n_new = n_seq + log.sequences, n_new + log.new_tokens
+        seconds = time.perf_counter() - start
+        return out, {"time_gen_s": seconds, "gen_len": n_new / max(n_seq, 1), "rows": rows}
 
     # -- the no-grad teacher (and student statistics) pass ------------------------------------
 

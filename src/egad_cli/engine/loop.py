@@ -126,9 +126,13 @@ def train_step(unit: Unit, micro: list[dict], step: int, total_steps: int, optim
                ) -> tuple[dict[str, float], torch.Tensor]:
     """One optimizer step on the step's micro-batches: plan, loss + backward per micro-batch, clip,
     AdamW, schedule, the policies' step end. Returns (the step's logs, the pre-clip grad norm).
-    The loop and the benchmarks (bench/) run this same function."""
+    The loop and the benchmarks (bench/) run this same function. The logs include the step's wall time
+    split: ``time_plan_s`` (the no-grad plan: teacher, statistics, policies, on-policy sampling) of
+    ``time_step_s`` (the whole step)."""
+    started = time.perf_counter()
     with torch.no_grad(), runtime.autocast():
         plan = unit.plan(micro, step / total_steps)
+    planned = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     logs: dict[str, float] = {}
     for i in range(len(micro)):
@@ -147,6 +151,7 @@ def train_step(unit: Unit, micro: list[dict], step: int, total_steps: int, optim
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
     optimizer.step()
     scheduler.step()
+    logs["time_plan_s"], logs["time_step_s"] = planned - started, time.perf_counter() - started
     logs.update(unit.end_step(step + 1, logs))
     return logs, grad_norm
 

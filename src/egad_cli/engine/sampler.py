@@ -21,11 +21,16 @@ class BlockSampler:
             self._perms = {epoch: torch.randperm(self.n, generator=gen)}  # keep one epoch in memory
         return self._perms[epoch]
 
-    def indices(self, micro_step: int) -> torch.Tensor:
+    def sequences(self, micro_step: int) -> torch.Tensor:
+        """The run-wide indices j of the micro-batch's sequences (all ranks interleaved): [batch_size]."""
         start = (micro_step * self.world_size + self.rank) * self.batch_size
-        positions = torch.arange(start, start + self.batch_size)
-        return torch.cat([self._perm(int(p) // self.n)[int(p) % self.n].view(1) for p in positions])
+        return torch.arange(start, start + self.batch_size)
+
+    def indices(self, micro_step: int) -> torch.Tensor:
+        return torch.cat([self._perm(int(p) // self.n)[int(p) % self.n].view(1) for p in self.sequences(micro_step)])
 
     def batch(self, data: Packed, micro_step: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """ids/mask [B, L] on the device; blocks (data indices) and seq (run sequence indices j) [B] on the CPU."""
         idx = self.indices(micro_step)
-        return {"ids": data.ids[idx].to(device), "mask": data.mask[idx].to(device), "blocks": idx}
+        return {"ids": data.ids[idx].to(device), "mask": data.mask[idx].to(device), "blocks": idx,
+                "seq": self.sequences(micro_step)}
