@@ -56,6 +56,7 @@ BOUNDED = {
     "trainer.log_every": ([], 0),
     "trainer.ckpt_every": ([], -1),
     "trainer.keep_ckpts": ([], 0),
+    "trainer.threads": ([], 0),
     "eval.max_tokens": ([], -1),
     "eval.batch_size": ([], 0),
     "eval.max_new_tokens": ([], -1),

@@ -24,6 +24,7 @@ from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError, check_writable
 from egad_cli.models import check_context, load_frozen_teacher, preflight_model_source
 from egad_cli.models.loading import load_teacher_tokenizer
+from egad_cli.models.setup import apply_document_masks
 from egad_cli.models.vocab import check_head_rows
 from egad_cli.teacher_cache.build import teacher_fingerprint, teacher_rows, tensor_sha256
 from egad_cli.teacher_cache.manifest import (
@@ -216,7 +217,8 @@ def run(cfg: CacheCommandConfig) -> Path:
 
 def write_shards(cfg: CacheCommandConfig, plan: dict, root: Path, splits: dict, todo: list, runtime: Runtime,
                  vocab: int) -> None:
-    teacher, _ = load_frozen_teacher(cfg, runtime)
+    teacher, tokenizer = load_frozen_teacher(cfg, runtime)
+    apply_document_masks(cfg, tokenizer, teacher)
     check_head_rows(teacher, vocab, "teacher")
     check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher)
     store_dtype = getattr(torch, cfg.dtype)

@@ -6,6 +6,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+
 from egad_cli.commands.sweep import JOB_ERROR
 from egad_cli.errors import Interrupted, UserError
 from egad_cli.ui.console import err_console
@@ -34,6 +36,26 @@ def _multirun_job_dir() -> str | None:
     return HydraConfig.get().runtime.output_dir
 
 
+def _record_failure(job_dir: str, message: str) -> None:
+    entry = f"{job_dir}: {' '.join(message.split())}"
+    if entry not in _failed_jobs:
+        _failed_jobs.append(entry)
+
+
+class SweepFailures(Callback):
+    """A Hydra callback (every command's config registers it): at the end of a sweep, the jobs that
+    ended in a user error, read from the ``error.txt`` each left in its job dir. Launchers that run jobs
+    in other processes (joblib, submitit) report them this way too; egad then exits 2 and lists them."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        for error in sorted(sweep_dir.glob(f"**/{JOB_ERROR}")):
+            try:
+                _record_failure(str(error.parent), error.read_text())
+            except OSError:
+                _record_failure(str(error.parent), "(its error.txt is unreadable)")
+
+
 def task_started() -> bool:
     """Whether a subcommand body began since the last reset: an exit before it is one of Hydra's own
     usage errors."""
@@ -54,7 +76,7 @@ def run_task(fn: Callable, *args):
         # One bad point of a sweep must not cost the others: record it in its job dir (egad report lists
         # the job as failed) and let Hydra go on; egad exits 2 after the sweep.
         Path(job_dir, JOB_ERROR).write_text(f"{exc}\n")
-        _failed_jobs.append(f"{job_dir}: {' '.join(str(exc).split())}")
+        _record_failure(job_dir, str(exc))
         return None
     except Interrupted as exc:
         err_console.print(f"[yellow]{exc}[/]", soft_wrap=True)

@@ -20,10 +20,13 @@ register_schemas()
 #: what a resumed run takes from its saved config.yaml
 RESUME_GROUPS = ("teacher", "student", "dataset", "method", "loss", "difficulty", "curriculum", "temperature",
                  "weighting", "branch", "trainer", "eval", "logging")
-#: keys a resume command may change: the budget, cadences, where it runs, what it prints
+#: keys a resume command may change: the budget, cadences, where and on how many ranks it runs (the loop
+#: checks that batch_size × grad_accum × ranks is unchanged), what it prints
 RESUME_MAY_CHANGE = ("trainer.max_steps", "trainer.max_tokens", "trainer.log_every", "trainer.ckpt_every",
-                     "trainer.keep_ckpts", "trainer.resume", "trainer.device", "trainer.export", "eval.",
-                     "logging.", "teacher.trust_remote_code", "student.trust_remote_code")
+                     "trainer.keep_ckpts", "trainer.resume", "trainer.device", "trainer.export", "trainer.strategy",
+                     "trainer.batch_size", "trainer.grad_accum", "trainer.compile", "trainer.threads",
+                     "trainer.activation_checkpointing", "eval.", "logging.", "teacher.trust_remote_code",
+                     "student.trust_remote_code")
 
 
 def resumed_config(raw: DictConfig, overrides: list[str]) -> DictConfig:
@@ -74,4 +77,7 @@ def run_distill(raw: DictConfig) -> float:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="distill")
 def main(cfg: DictConfig) -> float:
-    return run_task(run_distill, cfg)
+    """Returns the held-out KL after training: what a Hydra sweeper (optuna) minimises. nan when the job
+    failed or had nothing to measure it on, which optuna records as a failed trial."""
+    kl_after = run_task(run_distill, cfg)
+    return float("nan") if kl_after is None else kl_after

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from egad_cli.config import DistillConfig, cache_dir
 from egad_cli.config.policies import PolicyContext
 from egad_cli.data import build_splits, check_sources
+from egad_cli.engine import parallel
 from egad_cli.engine.checkpoint import list_checkpoints, resolve_resume
 from egad_cli.engine.distill_unit import DistillUnit, build_policies, policy_needs
 from egad_cli.engine.loop import train
@@ -28,6 +30,7 @@ from egad_cli.models import (
     preflight_model_source,
     preflight_student_source,
 )
+from egad_cli.models.setup import apply_document_masks
 from egad_cli.models.students import student_layer_count
 from egad_cli.teacher_cache.use import check_fits, open_cached_teacher
 from egad_cli.ui.console import console
@@ -36,6 +39,7 @@ from egad_cli.ui.console import console
 def preflight(cfg: DistillConfig) -> Runtime:
     """Every cheap check before the expensive work: device, model sources, data files, resume path."""
     runtime = resolve_runtime(cfg.trainer)
+    parallel.preflight_attention(cfg.trainer.attention, runtime)
     if not cfg.teacher_cache:  # from a cache, neither the teacher nor the corpus is read
         preflight_model_source(cfg.teacher)
         check_sources(cfg.dataset)
@@ -74,6 +78,8 @@ def total_steps(cfg: DistillConfig, runtime: Runtime) -> int:
 def run(cfg: DistillConfig, raw: DictConfig) -> float:
     """Train and export, for a validated config (``raw``: the same, as saved to config.yaml)."""
     torch.set_float32_matmul_precision("high")
+    if cfg.trainer.threads is not None:
+        torch.set_num_threads(cfg.trainer.threads)
     runtime = preflight(cfg)
     steps = total_steps(cfg, runtime)
     cached = None
@@ -92,6 +98,7 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         student, s_tok = build_student(cfg.student, None, tokenizer, default_seed=cfg.trainer.seed,
                                        vocab_rows=int(cached.manifest["teacher_facts"]["vocab_rows"]))
         vocab = check_shared_vocab(None, student, tokenizer, s_tok)
+        apply_document_masks(cfg, tokenizer, student)
         if vocab != int(cached.manifest["vocab_size"]):
             raise UserError(f"teacher_cache: its tokenizer has {vocab} tokens but the cache was written for "
                             f"{cached.manifest['vocab_size']}; the cache is damaged: rebuild it "
@@ -103,25 +110,29 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
     else:
         teacher, student, tokenizer, vocab = load_models(cfg, runtime, seed=cfg.trainer.seed)
         check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher, student=student)
+        parallel.set_attention(teacher, cfg.trainer.attention)
+        parallel.prepare_teacher(teacher, runtime, compile=cfg.trainer.compile)  # fsdp: the frozen teacher sharded too
         splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
         train_data, n_val = splits.train, len(splits.val)
         source = f"teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params"
+    parallel.set_attention(student, cfg.trainer.attention)
     n_params = sum(p.numel() for p in student.parameters())
     if runtime.is_main:
         console.print(f"{source} · student {n_params / 1e6:.2f}M · vocab {vocab} · {len(train_data)} train / "
                       f"{n_val} held-out blocks of {cfg.dataset.block_size} · {steps} steps on {runtime.device}")
 
-    def kl() -> float | None:
+    def kl(gathered=contextlib.nullcontext) -> float | None:
         if teacher is None and cached.val is None:
             return None  # a cache without its val split: nothing to measure against
         if runtime.is_main:  # a pass of seconds to minutes: say so, on a terminal or in a log file alike
             console.print(f"[dim]held-out KL(teacher ‖ student) over up to {cfg.eval.max_tokens or 'all'} tokens"
                           f"{' (from the teacher cache: top-k + tail bucket)' if teacher is None else ''}…[/]")
-        if teacher is None:
-            return cached_heldout_kl(student, vocab, cached.val, runtime, cfg.eval.batch_size, cfg.eval.max_tokens,
-                                     cfg.loss.chunk_rows(vocab))
-        return heldout_kl(teacher, student, vocab, splits.val, runtime, cfg.eval.batch_size, cfg.eval.max_tokens,
-                          cfg.loss.chunk_rows(vocab))
+        with gathered():  # fsdp, after training: the student's root parameters whole
+            if teacher is None:
+                return cached_heldout_kl(student, vocab, cached.val, runtime, cfg.eval.batch_size,
+                                         cfg.eval.max_tokens, cfg.loss.chunk_rows(vocab))
+            return heldout_kl(teacher, student, vocab, splits.val, runtime, cfg.eval.batch_size, cfg.eval.max_tokens,
+                              cfg.loss.chunk_rows(vocab))
 
     kl_before = kl() if cfg.eval.before else None
     rollout = None
@@ -139,13 +150,15 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
     # The student and the summary are written before the final checkpoint: if the disk fills up, the
     # exported student is what must survive (the last periodic checkpoint still allows a resume).
     try:
-        kl_after = kl()
+        kl_after = kl(unit.gathered)
+        # the exported weights, whole (fsdp: gathered from every rank, so every rank takes part)
+        weights = parallel.full_model_state(unit.train_modules) if runtime.strategy == "fsdp" else None
         summary = {"method": cfg.method.name, "steps": result.steps, "train_seconds": round(result.seconds, 2),
                    "tokens": result.tokens, "kl_before": kl_before, "kl_after": kl_after,
                    "final": result.last_logs, "student_dir": None,
                    "teacher_cache": str(cached.root) if teacher is None else None}
         if runtime.is_main:
-            write_outputs(cfg, run_dir, unit.student, tokenizer, summary)
+            write_outputs(cfg, run_dir, unit.student, tokenizer, summary, weights)
     except BaseException:
         try:  # Ctrl-C or a failed write after training: keep the trained state
             result.save_checkpoint()
@@ -162,12 +175,14 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
     return kl_after
 
 
-def write_outputs(cfg: DistillConfig, run_dir: Path, student, tokenizer, summary: dict) -> None:
-    """The exported student (HF format) and summary.json; a failed write names the file and what was kept."""
+def write_outputs(cfg: DistillConfig, run_dir: Path, student, tokenizer, summary: dict,
+                  weights: dict | None = None) -> None:
+    """The exported student (HF format) and summary.json; a failed write names the file and what was kept.
+    weights: the full state of the TrainModules (fsdp), else the student's own parameters are saved."""
     target = run_dir / "student"
     try:
         if cfg.trainer.export:
-            student.save_pretrained(target)
+            student.save_pretrained(target, state_dict=parallel.student_export_state(student, weights))
             tokenizer.save_pretrained(target)
             summary["student_dir"] = str(target)
         target = run_dir / "summary.json"

@@ -121,6 +121,8 @@ class DatasetConfig:
     val_fraction: float = 0.05  #: share of documents held out (by document hash, deterministic)
     max_train_tokens: int = 1_000_000  #: stop tokenising training documents after this many tokens
     max_val_tokens: int = 32_768  #: stop tokenising held-out documents after this many tokens
+    #: true: positions restart at each document of a packed block and no token attends across documents
+    document_masks: bool = False
 
     def problems(self, out: Problems) -> None:
         out.choice(self.kind, "dataset.kind", ("pystdlib", "text", "jsonl", "hf"))
@@ -167,7 +169,11 @@ class TrainerConfig:
     grad_clip: float = 1.0  #: max global grad norm (0 disables)
     precision: str = "auto"  #: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
-    strategy: str = "single"  #: single | ddp (torchrun)
+    strategy: str = "single"  #: single | ddp | fsdp (FSDP2; ddp and fsdp run under torchrun)
+    attention: str = "auto"  #: auto (transformers' default: SDPA where the model has it) | sdpa | eager | flash_attention_2
+    threads: Optional[int] = None  #: CPU threads of this process (null: torch's default); parallel jobs: cores / n_jobs
+    compile: bool = False  #: torch.compile every decoder layer of the student and the teacher (in place)
+    activation_checkpointing: bool = False  #: recompute the student's layer activations in the backward (less memory)
     seed: int = 0  #: seeds data order, init and RNG
     log_every: int = 10  #: write metrics.jsonl every N steps
     ckpt_every: int = 100  #: checkpoint every N steps (0: only at the end)
@@ -193,7 +199,9 @@ class TrainerConfig:
         out.choice(self.precision, "trainer.precision", ("auto", "fp32", "bf16"))
         out.check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                   "trainer.device", f"got {self.device!r}; valid: auto, cpu, cuda, cuda:N")
-        out.choice(self.strategy, "trainer.strategy", ("single", "ddp"))
+        out.choice(self.strategy, "trainer.strategy", ("single", "ddp", "fsdp"))
+        out.check(self.threads is None or self.threads > 0, "trainer.threads", "must be a positive integer or null")
+        out.choice(self.attention, "trainer.attention", ("auto", "sdpa", "eager", "flash_attention_2"))
         out.check(self.log_every > 0, "trainer.log_every", "must be positive")
         out.check(self.ckpt_every >= 0, "trainer.ckpt_every", "must be >= 0")
         out.check(self.keep_ckpts >= 1, "trainer.keep_ckpts", "must be >= 1")
@@ -291,6 +299,10 @@ class DistillConfig:
             group.problems(out)  # the policy groups are checked by validate() through their registries
         curriculum_problems(self.curriculum, self.weighting, out)
         self.onpolicy.problems(self.dataset.block_size, out)
+        if self.onpolicy.lmbda > 0 and self.trainer.strategy == "fsdp":
+            out.append(f"onpolicy.lmbda={self.onpolicy.lmbda}: on-policy sampling is not built for "
+                       f"trainer.strategy=fsdp (generation over sharded layers needs every rank in lock-step); use "
+                       f"trainer.strategy=ddp, or onpolicy.lmbda=0")
         if self.onpolicy.lmbda > 0 and self.teacher_cache:
             out.append(f"onpolicy.lmbda={self.onpolicy.lmbda}: the student's samples need the live teacher to "
                        f"grade them, and a teacher cache only holds the dataset's tokens; drop teacher_cache or "

@@ -25,7 +25,6 @@ read for the step's blocks in ``plan``; everything after that is the same code.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 
@@ -34,12 +33,14 @@ from torch import Tensor, nn
 
 from egad_cli.config.policies import PolicyContext
 from egad_cli.config.schema import DistillConfig
+from egad_cli.engine import parallel
 from egad_cli.engine.normalization import Denominators, step_denominators
 from egad_cli.engine.onpolicy import Rollout
 from egad_cli.engine.runtime import Runtime
 from egad_cli.errors import UserError
 from egad_cli.losses import FeatureProjectors, chunked_distill_loss, chunked_token_stats, default_layer_map
 from egad_cli.losses.cached import TeacherTopK, cached_hellinger
+from egad_cli.models.documents import base_forward
 from egad_cli.policies import DIFFICULTY, Stat, StepStats, TokenPolicy, stats_pass_request, teacher_entropy
 
 
@@ -85,7 +86,7 @@ class TrainModules(nn.Module):
         self.projectors = projectors
 
     def forward(self, ids: Tensor, output_hidden_states: bool = False):
-        return self.student.base_model(input_ids=ids, output_hidden_states=output_hidden_states, use_cache=False)
+        return base_forward(self.student, ids, output_hidden_states=output_hidden_states)
 
 
 def policy_needs(policies: dict[str, TokenPolicy]) -> frozenset[Stat]:
@@ -142,9 +143,11 @@ class DistillUnit:
                 torch.manual_seed(cfg.trainer.seed)
                 projectors = FeatureProjectors(student.config.hidden_size, t_width, self.layer_map)
         self.train_modules = TrainModules(student, projectors).to(runtime.device)
-        self.model = self.train_modules  # what runs forward (DDP-wrapped under strategy=ddp)
-        if runtime.world_size > 1:
-            self.model = nn.parallel.DistributedDataParallel(self.train_modules)
+        # what runs forward: train_modules, DDP around it, or train_modules itself sharded by FSDP2
+        self.model = parallel.wrap_trainable(self.train_modules, student, runtime,
+                                             torch.zeros(1, 2, dtype=torch.long, device=runtime.device),
+                                             compile=cfg.trainer.compile,
+                                             activation_checkpointing=cfg.trainer.activation_checkpointing)
 
     def policies(self) -> dict[str, TokenPolicy]:
         """Every policy of the step by role: checkpointed, asked for logs and step ends alike."""
@@ -162,8 +165,13 @@ class DistillUnit:
         return {"train_modules": self.train_modules}
 
     def no_sync(self):
-        """DDP: skip the gradient all-reduce (use on every micro-batch but the step's last)."""
-        return self.model.no_sync() if self.model is not self.train_modules else contextlib.nullcontext()
+        """ddp/fsdp: no gradient communication (use on every micro-batch but the step's last)."""
+        return parallel.no_sync(self.model)
+
+    def gathered(self):
+        """The student whole for calls outside the training forward (evaluation, sampling): see
+        ``engine.parallel.gathered``."""
+        return parallel.gathered(self.train_modules)
 
     @property
     def student(self) -> nn.Module:
@@ -179,13 +187,20 @@ class DistillUnit:
             micro_batches, onpolicy_logs = self._sample(micro_batches)
         parts = [self._teacher_pass(mb) for mb in micro_batches]
         sizes = [p["valid"].numel() for p in parts]
-        valid = torch.cat([p["valid"] for p in parts])  # [N_step]
-        stats = StepStats(valid, progress, {s: torch.cat([p["stats"][s] for p in parts]) for s in parts[0]["stats"]})
+        valid = torch.cat([p["valid"] for p in parts])  # [N_step] this rank's tokens
+        local = {s: torch.cat([p["stats"][s] for p in parts]) for s in parts[0]["stats"]}  # Stat -> [N_step]
+        # The policies see the whole step, every rank's tokens (an all-gather of a few [N_step] vectors): the
+        # difficulty ranks, the hard-token share and the stateful policies are then the same at any world
+        # size, and identical on every rank. Each rank keeps its own slice of what they return.
+        own = slice(self.runtime.rank * valid.numel(), (self.runtime.rank + 1) * valid.numel())
+        stats = StepStats(self.runtime.all_gather_cat(valid), progress,
+                          {s: self.runtime.all_gather_cat(v) for s, v in local.items()})
         if DIFFICULTY in self.needs:
-            stats.values[DIFFICULTY] = self.difficulty.of(stats)  # [N_step] in [0, 1]
-        w = self.curriculum(stats) * self.weighting(stats)  # [N_step]
-        tau = self.temperature(stats)  # [N_step]
-        hard = self.routing(stats)  # [N_step] bool
+            stats.values[DIFFICULTY] = self.difficulty.of(stats)  # [N_world] in [0, 1]
+        w = (self.curriculum(stats) * self.weighting(stats))[own]  # [N_step]
+        tau = self.temperature(stats)[own]  # [N_step]
+        hard = self.routing(stats)[own]  # [N_step] bool
+        stats = StepStats(valid, progress, {s: v[own] for s, v in stats.values.items()})
         n_valid = valid.sum().float()
         den = step_denominators(w.sum() if self.cfg.weighting.norm == "sum_w" else n_valid, n_valid, self.runtime)
         # kd_weight = 0 (plain fine-tuning): zero logit weights let the chunked loss skip the divergence.
@@ -265,11 +280,12 @@ class DistillUnit:
         time_gen_s, gen_len (mean sampled tokens a sampled sequence), and rows (per micro-batch, [B] bool)."""
         out, rows, n_seq, n_new = [], [], 0, 0
         start = time.perf_counter()
-        for mb in micro_batches:
-            mb, on, log = self.rollout(mb)
-            out.append(mb)
-            rows.append(on)
-            n_seq, n_new = n_seq + log.sequences, n_new + log.new_tokens
+        with self.gathered():  # generate() does not enter through the FSDP root
+            for mb in micro_batches:
+                mb, on, log = self.rollout(mb)
+                out.append(mb)
+                rows.append(on)
+                n_seq, n_new = n_seq + log.sequences, n_new + log.new_tokens
         seconds = time.perf_counter() - start
         return out, {"time_gen_s": seconds, "gen_len": n_new / max(n_seq, 1), "rows": rows}
 
@@ -282,8 +298,10 @@ class DistillUnit:
         targets, valid = shift(ids, mask)
         t_hidden, t_states, stats, t_logits = None, [], {}, None
         if self.needs_teacher:
-            with torch.inference_mode():
-                out = self.teacher.base_model(input_ids=ids, output_hidden_states=self.features, use_cache=False)
+            # inference_mode, except on an FSDP2 teacher: the buffers it gathers into are reused by later
+            # no-grad passes (held-out KL), where inference tensors may not be written
+            with torch.no_grad() if self.runtime.strategy == "fsdp" else torch.inference_mode():
+                out = base_forward(self.teacher, ids, output_hidden_states=self.features)
             # Clone out of inference mode: these tensors later meet autograd in the loss.
             t_hidden = flat(out.last_hidden_state).clone()  # [N, Dt]
             if self.features:

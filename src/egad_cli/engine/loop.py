@@ -16,6 +16,7 @@ from torch import nn
 
 from egad_cli.config.schema import TrainerConfig
 from egad_cli.data.packing import Packed
+from egad_cli.engine import parallel
 from egad_cli.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from egad_cli.engine.metrics import MetricsWriter, read_metrics
 from egad_cli.engine.normalization import backward
@@ -62,9 +63,10 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
     sampler = BlockSampler(len(data), cfg.batch_size, cfg.seed, runtime.rank, runtime.world_size)
     ckpt_root = run_dir / "checkpoints"
     start, history, done_tokens, done_seconds = 0, [], 0, 0.0
+    sequences_per_step = cfg.batch_size * cfg.grad_accum * runtime.world_size
     if cfg.resume:
         ckpt = resolve_resume(cfg.resume, warn=console.print if console is not None and runtime.is_main else None)
-        restored = _restore(ckpt, unit, optimizer, scheduler)
+        restored = _restore(ckpt, unit, optimizer, scheduler, sequences_per_step)
         start = int(restored["step"])
         # the whole run's totals in summary.json, not only this segment's
         done_tokens, done_seconds = int(restored.get("tokens", 0)), float(restored.get("seconds", 0.0))
@@ -74,12 +76,16 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
     metrics = MetricsWriter(run_dir / "metrics.jsonl", runtime.is_main, history=history, tensorboard=tensorboard)
 
     def checkpoint(step: int) -> Path | None:
+        # Full, FQN-keyed states (fsdp: gathered from every rank, so every rank takes part): a checkpoint
+        # resumes at any world size and strategy.
+        modules = unit.modules()
+        state = {"step": step, "modules": {k: parallel.full_model_state(m) for k, m in modules.items()},
+                 "optimizer": parallel.full_optimizer_state(nn.ModuleDict(modules), optimizer),
+                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "unit": unit.state_dict(),
+                 "tokens": result.tokens, "seconds": done_seconds + time.perf_counter() - t_start,
+                 "sequences_per_step": sequences_per_step}
         if not runtime.is_main:
             return None
-        state = {"step": step, "modules": {k: m.state_dict() for k, m in unit.modules().items()},
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng_state(), "unit": unit.state_dict(), "tokens": result.tokens,
-                 "seconds": done_seconds + time.perf_counter() - t_start}
         return save_checkpoint(ckpt_root, step, state, cfg.keep_ckpts)
 
     result = TrainResult(steps=start, tokens=done_tokens, save_checkpoint=lambda: checkpoint(result.steps))
@@ -156,16 +162,25 @@ def train_step(unit: Unit, micro: list[dict], step: int, total_steps: int, optim
     return logs, grad_norm
 
 
-def _restore(path: Path, unit: Unit, optimizer, scheduler) -> dict:
-    """Load the checkpoint into the unit, optimizer, scheduler and RNGs; returns its state tree."""
+def _restore(path: Path, unit: Unit, optimizer, scheduler, sequences_per_step: int) -> dict:
+    """Load the checkpoint into the unit, optimizer, scheduler and RNGs; returns its state tree.
+
+    Any world size and strategy can resume any checkpoint (the states are full and keyed by name), as long
+    as a step still reads the same sequences: trainer.batch_size × grad_accum × world size is unchanged, so
+    step s trains on the same global batch as the run that wrote it."""
     state = load_checkpoint(path)
+    saved = state.get("sequences_per_step")
+    if saved is not None and int(saved) != sequences_per_step:
+        raise UserError(f"trainer.resume: checkpoint {path} was written with {saved} sequences per step "
+                        f"(trainer.batch_size × trainer.grad_accum × ranks) and this run has {sequences_per_step}; "
+                        f"set trainer.batch_size or trainer.grad_accum so that the product over the ranks is {saved}")
     modules = unit.modules()
     try:
         for name, module in modules.items():
             if name not in state["modules"]:
                 raise UserError(f"trainer.resume: checkpoint {path} has no {name!r} state (a different method?)")
-            module.load_state_dict(state["modules"][name])
-        optimizer.load_state_dict(state["optimizer"])
+            parallel.load_model_state(module, state["modules"][name])
+        parallel.load_optimizer_state(nn.ModuleDict(modules), optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         unit.load_state_dict(state["unit"])
         set_rng_state(state["rng"])

@@ -20,8 +20,14 @@ class Runtime:
     device: torch.device
     autocast_dtype: torch.dtype | None  #: bf16 on CUDA (autocast), None = plain fp32
     teacher_dtype: torch.dtype  #: the teacher runs in the training dtype
-    rank: int = 0
+    rank: int = 0  #: global rank (all nodes)
     world_size: int = 1
+    strategy: str = "single"  #: single | ddp | fsdp
+    local_rank: int = 0  #: rank on this node: picks the CUDA device
+
+    @property
+    def distributed(self) -> bool:
+        return self.strategy in DISTRIBUTED
 
     @property
     def is_main(self) -> bool:
@@ -38,6 +44,16 @@ class Runtime:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def all_gather_cat(self, tensor: torch.Tensor) -> torch.Tensor:
+        """[N] on every rank (the same N) -> [world · N], rank 0's first (one process: the tensor itself)."""
+        if self.world_size == 1:
+            return tensor
+        wire = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor.contiguous()
+        parts = [torch.empty_like(wire) for _ in range(self.world_size)]
+        dist.all_gather(parts, wire)
+        parts[self.rank] = wire  # this rank's own values, bit for bit
+        out = torch.cat(parts)
+        return out.bool() if tensor.dtype == torch.bool else out
 
     def reduce_logs(self, logs: dict[str, float]) -> dict[str, float]:
         """Step metrics over all ranks: loss terms are partial sums (global denominators), so they
@@ -50,27 +66,50 @@ class Runtime:
         return {k: float(v) if k.startswith("loss") else float(v) / self.world_size for k, v in zip(keys, values)}
 
 
+#: strategies that run one process per device under torchrun
+DISTRIBUTED = ("ddp", "fsdp")
+
+
 def resolve_runtime(cfg: TrainerConfig, device_key: str = "trainer.device") -> Runtime:
-    """Pick device and precision from trainer.device / trainer.precision; fail early on impossible asks."""
-    rank, world = 0, 1
-    if cfg.strategy == "ddp":
+    """Pick device and precision from trainer.device / trainer.precision; fail early on impossible asks.
+
+    Under torchrun, RANK is the global rank (it decides who writes files) and LOCAL_RANK the rank on this
+    node (it picks the GPU): on several nodes they differ."""
+    rank, world, local = 0, 1, 0
+    if cfg.strategy in DISTRIBUTED:
+        torchrun_env_from_submitit()
         if "WORLD_SIZE" not in os.environ:
-            raise UserError("trainer.strategy=ddp needs torchrun: "
-                            "torchrun --nproc-per-node N -m egad_cli distill trainer.strategy=ddp …")
+            raise UserError(f"trainer.strategy={cfg.strategy} needs torchrun: "
+                            f"torchrun --nproc-per-node N -m egad_cli distill trainer.strategy={cfg.strategy} …")
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", "0"))
     if cfg.device == "auto":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
-            else torch.device("cpu")
+        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     else:
         device = torch.device(cfg.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"{device_key}={cfg.device}: no CUDA device is available here; use {device_key}=cpu "
                             f"or {device_key}=auto")
-    if cfg.strategy == "ddp" and not dist.is_initialized():
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local)  # `cuda` under torchrun: this process's own GPU
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if cfg.strategy in DISTRIBUTED and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
-        return Runtime(device, torch.bfloat16, torch.bfloat16, rank, world)
-    return Runtime(device, None, torch.float32, rank, world)
+        return Runtime(device, torch.bfloat16, torch.bfloat16, rank, world, cfg.strategy, local)
+    return Runtime(device, None, torch.float32, rank, world, cfg.strategy, local)
+
+
+def torchrun_env_from_submitit() -> None:
+    """Inside a SLURM job started by hydra-submitit-launcher (one task per GPU), set the variables torchrun
+    would (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) from SLURM's, through submitit's own
+    helper; CUDA_VISIBLE_DEVICES is left alone, so LOCAL_RANK picks the GPU as under torchrun."""
+    if "WORLD_SIZE" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def seed_everything(seed: int) -> None:

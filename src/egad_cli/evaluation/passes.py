@@ -10,6 +10,7 @@ from egad_cli.engine.runtime import Runtime
 from egad_cli.errors import UserError
 from egad_cli.evaluation.metrics import token_metrics
 from egad_cli.losses.divergences import entropy
+from egad_cli.models.documents import base_forward
 from egad_cli.ui.progress import pass_progress
 
 
@@ -85,8 +86,8 @@ def token_pass(teacher, vocab: int, data: Packed, runtime: Runtime, batch_size: 
             cpu_valid, valid = valid, valid.to(runtime.device)
             targets = ids[:, 1:].reshape(-1)[valid]
             with runtime.autocast():
-                t_h = teacher.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
-                s_h = student.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, :-1] \
+                t_h = base_forward(teacher, ids).last_hidden_state[:, :-1]
+                s_h = base_forward(student, ids).last_hidden_state[:, :-1] \
                     if student is not None else None
             t_h = t_h.reshape(-1, t_h.shape[-1])[valid]
             if s_h is not None:
@@ -148,7 +149,7 @@ def cached_heldout_kl(student, vocab: int, val, runtime: Runtime, batch_size: in
         ids = data.ids[blocks].to(runtime.device)
         valid = data.mask[blocks, 1:].reshape(-1).to(runtime.device)  # [N]
         with runtime.autocast():
-            hidden = student.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
+            hidden = base_forward(student, ids).last_hidden_state[:, :-1]
         hidden = hidden.reshape(-1, hidden.shape[-1])  # [N, Ds]
         top = val.rows(blocks, runtime.device)["top"]
         div, _ = chunked_distill_loss(hidden, head, None, None, torch.ones_like(valid, dtype=torch.float32),

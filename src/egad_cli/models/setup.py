@@ -8,6 +8,7 @@ from transformers.utils import logging as hf_logging
 from egad_cli.config import cache_dir
 from egad_cli.engine.runtime import Runtime
 from egad_cli.errors import UserError
+from egad_cli.models import documents
 from egad_cli.models.loading import load_teacher
 from egad_cli.models.students import build_student
 from egad_cli.models.vocab import check_shared_vocab
@@ -29,7 +30,15 @@ def load_models(cfg, runtime: Runtime, seed: int = 0):
     teacher, t_tok = load_frozen_teacher(cfg, runtime)
     student, s_tok = build_student(cfg.student, teacher, t_tok, default_seed=seed)
     vocab = check_shared_vocab(teacher, student, t_tok, s_tok)
+    apply_document_masks(cfg, t_tok, teacher, student)
     return teacher, student.to(runtime.device), t_tok, vocab
+
+
+def apply_document_masks(cfg, tokenizer, *models) -> None:
+    """dataset.document_masks=true: every pass of these models masks attention across documents."""
+    if cfg.dataset.document_masks:
+        for model in models:
+            documents.enable(model, tokenizer.eos_token_id)
 
 
 def check_context(length: int, key: str, **models) -> None:

@@ -11,6 +11,7 @@ import torch
 from egad_cli.config.schema import TeacherConfig
 from egad_cli.losses.cached import topk_from_logits
 from egad_cli.losses.divergences import entropy
+from egad_cli.models.documents import base_forward
 
 
 def teacher_fingerprint(cfg: TeacherConfig, cache_dir: Path) -> str:
@@ -56,7 +57,7 @@ def teacher_rows(teacher, ids: torch.Tensor, vocab: int, k: int, exponents: tupl
                  chunk_size: int) -> dict[str, torch.Tensor]:
     """The cached fields of a batch of blocks ids [B, L], each [B, L-1, ...] on the CPU (see manifest.FIELDS)."""
     b, length = ids.shape
-    out = teacher.base_model(input_ids=ids, output_hidden_states=bool(layers), use_cache=False)
+    out = base_forward(teacher, ids, output_hidden_states=bool(layers))
     hidden = out.last_hidden_state[:, :-1].reshape(b * (length - 1), -1)  # [N, Dt]
     head = teacher.get_output_embeddings().weight[:vocab]  # [V, Dt]
     parts: dict[str, list[torch.Tensor]] = {"topk_logp": [], "topk_ids": [], "log_tail": [], "entropy": []}
