@@ -49,7 +49,7 @@ OPTIONS = [(group, option) for group in GROUPS for option in group_options(group
 def test_every_group_is_covered():
     """A group added to conf/ or to the registries without being added here (and so without a compose test)
     fails this test."""
-    on_disk = {p.name for p in conf_dir().iterdir() if p.is_dir()}
+    on_disk = {p.name for p in conf_dir().iterdir() if p.is_dir()} - {"hydra"}  # hydra/: Hydra's own groups
     assert on_disk | set(POLICY_GROUPS) == set(GROUPS)
     assert not on_disk & set(POLICY_GROUPS), "a policy group's options come from its registry, not YAML files"
     for group in GROUPS:
@@ -261,3 +261,22 @@ def test_unknown_group_choice_lists_the_options():
     msg = str(err.value)
     assert "teacher/nope" in msg
     assert "smollm2" in msg and "random" in msg
+
+
+def test_the_slurm_launcher_example_composes():
+    """conf/hydra/launcher/slurm.yaml extends the submitit plugin's SLURM launcher (the `sweep` extra)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs pip install 'egad-cli[sweep]'")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from egad_cli.config import register_schemas
+
+    register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("distill", overrides=["hydra/launcher=slurm", "hydra.launcher.nodes=1"],
+                      return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 8, 8)
