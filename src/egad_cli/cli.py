@@ -88,12 +88,29 @@ def main(argv: list[str] | None = None) -> int:
         # command runs; egad's usage errors exit 2: make them one family.
         if exc.code == 1 and not task_started():
             raise SystemExit(2) from None
+        if exc.code == 1 and failed_jobs():  # a sweeper gave up after failed jobs (optuna: none completed)
+            listed = "\n  ".join(failed_jobs())
+            print(f"egad: the sweep stopped; {len(failed_jobs())} job(s) failed:\n  {listed}", file=sys.stderr)
+            raise SystemExit(2) from None
         raise
+    finally:
+        close_process_group()
     if failed_jobs():
         listed = "\n  ".join(failed_jobs())
-        print(f"egad: {len(failed_jobs())} job(s) of the sweep failed (the others ran):\n  {listed}", file=sys.stderr)
+        print(f"egad: {len(failed_jobs())} job(s) of the sweep failed (any other jobs ran):\n  {listed}",
+              file=sys.stderr)
         return 2
     return 0 if result is None or not isinstance(result, int) else result
+
+
+def close_process_group() -> None:
+    """Under torchrun: tear the process group down before the interpreter exits. Left to the exit, gloo's
+    threads can be destroyed while joinable ("terminate called without an active exception", SIGABRT)."""
+    dist = sys.modules.get("torch.distributed")  # never imported here: only if the command did
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None:  # a normal end: every rank is here, so leave together (no rank tears its
+            dist.barrier()  # connections down while another still writes: rank 0 writes the files)
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -67,3 +67,34 @@ def test_optuna_sweeper_minimises_the_heldout_kl(tmp_path):
     assert best["best_value"] == pytest.approx(min(kl))
     lr = float(best["best_params"]["trainer.lr"])
     assert yaml.safe_load((kl[min(kl)] / "config.yaml").read_text())["trainer"]["lr"] == pytest.approx(lr)
+
+
+def test_a_failed_job_is_listed_once_with_a_relative_sweep_dir(tmp_path):
+    """The job records its failure with its absolute dir, the end-of-sweep callback finds it under the
+    sweep dir as given (relative here): one entry."""
+    proc = _egad(tmp_path, "distill", "-m", "trainer.lr=-1,1e-3", "debug=smoke", "eval.before=false",
+                 "hydra.sweep.dir=sweep")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "1 job(s) of the sweep failed" in proc.stderr
+
+
+def test_optuna_goes_on_after_a_failed_trial_and_lists_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _egad(tmp_path, "distill", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4",
+                 "hydra.sweeper.sampler.seed=1", "trainer.lr=choice(-1,0.001,0.003)", "debug=smoke",
+                 "eval.before=false", f"hydra.sweep.dir={sweep}")
+    failed = sorted(p for p in _job_dirs(sweep) if (p / "error.txt").is_file())
+    done = [p for p in _job_dirs(sweep) if (p / "summary.json").is_file()]
+    assert len(failed) + len(done) == 4 and done, proc.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(min(json.loads((p / "summary.json").read_text())["kl_after"]
+                                                   for p in done))
+    assert failed, "sampler seed 1 draws lr=-1 (measured: trial 1); pick a seed that does"
+    assert proc.returncode == 2 and f"{len(failed)} job(s) of the sweep failed" in proc.stderr
+
+
+def test_optuna_with_no_completed_trial_ends_with_the_list(tmp_path):
+    proc = _egad(tmp_path, "distill", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+                 "trainer.lr=choice(-1,-2)", "debug=smoke", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "the sweep stopped; 2 job(s) failed" in proc.stderr and "trainer.lr" in proc.stderr

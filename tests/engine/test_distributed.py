@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 def _run(cmd, env):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-20000:]
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="needs torchrun")
@@ -133,3 +133,58 @@ def test_resume_refuses_another_global_batch(tmp_path):
                           timeout=300, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "4 sequences per step" in proc.stderr and "this run has 2" in proc.stderr
+    # refused before anything was written: the run's config still holds its own batch size
+    assert "batch_size: 4" in (run / "config.yaml").read_text()
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="needs torchrun")
+def test_torchrun_with_the_single_strategy_is_refused(tmp_path):
+    env = {**os.environ, "EGAD_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([TORCHRUN, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "egad_cli",
+                           "distill", "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}"], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode != 0
+    assert "torchrun started 2 processes" in proc.stderr and "trainer.strategy=ddp" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def _set_order(seed: int) -> list[str]:
+    """Iteration order of the statistics of eakd with a curriculum in a process with this string-hash seed."""
+    code = ("from egad_cli.policies.stats import student_entropy, teacher_entropy; print(','.join(s.key for s in "
+            "frozenset({teacher_entropy(1.0), teacher_entropy(2.0), student_entropy(2.0)})))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip().split(",")
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="needs torchrun")
+def test_ranks_with_different_hash_seeds_gather_the_same_statistics(tmp_path):
+    """eakd with a curriculum reads three per-token statistics (the teacher's entropy at 1 for the difficulty
+    rank, the teacher's and student's at 2 for the weights), gathered over the ranks for the policies. Two
+    ranks whose string-hash seeds iterate them in other orders must still pair them: the rank over the whole
+    step then sees the right values, and the 2-rank curve equals the one-process curve."""
+    seeds = next((0, b) for b in range(1, 20) if _set_order(b) != _set_order(0))
+    env = {**os.environ, "EGAD_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    args = ["debug=smoke", "method=eakd", "curriculum=linear", "trainer.log_every=1", "eval.before=false"]
+    _distill(tmp_path / "single", env, [*args, *ONE_RANK], ranks=1)
+    per_rank_seed = f"PYTHONHASHSEED=$(( LOCAL_RANK == 0 ? {seeds[0]} : {seeds[1]} ))"
+    command = f"{per_rank_seed} exec {sys.executable} -m egad_cli distill " + " ".join(
+        [*args, *TWO_RANKS, f"hydra.run.dir={tmp_path / 'fsdp'}"])
+    _run([TORCHRUN, "--nproc-per-node", "2", "--master-port", str(_free_port()), "--no-python",
+          "bash", "-c", command], env)
+    _assert_same_curve(read_metrics(tmp_path / "fsdp" / "metrics.jsonl"),
+                       read_metrics(tmp_path / "single" / "metrics.jsonl"), {1, 2, 3, 4}, rel=1e-4)
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="needs torchrun")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_rank_without_hard_tokens_still_trains(tmp_path, strategy):
+    """The hard-token share is taken over the whole step, so with a tiny branch.q one rank gets none: its
+    projectors still take part in the gradient reduction (a zero term), and the curve is one process's."""
+    env = {**os.environ, "EGAD_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    args = ["debug=smoke", "method=egad", "branch.q=0.001", "trainer.log_every=1", "eval.before=false"]
+    _distill(tmp_path / "single", env, [*args, *ONE_RANK], ranks=1)
+    _distill(tmp_path / "multi", env, [*args, f"trainer.strategy={strategy}", "trainer.batch_size=2"], ranks=2)
+    _assert_same_curve(read_metrics(tmp_path / "multi" / "metrics.jsonl"),
+                       read_metrics(tmp_path / "single" / "metrics.jsonl"), {1, 2, 3, 4}, rel=1e-4)

@@ -16,6 +16,7 @@ from egad_cli.models import (
     preflight_model_source,
     preflight_student_source,
 )
+from egad_cli.models.setup import apply_document_masks
 from egad_cli.models.vocab import check_head_rows
 from egad_cli.ui.console import console
 
@@ -54,6 +55,7 @@ def load(cfg, runtime: Runtime):
         teacher, student, tokenizer, vocab = load_models(cfg, runtime)
     else:
         teacher, tokenizer = load_frozen_teacher(cfg, runtime)
+        apply_document_masks(cfg, tokenizer, teacher)
         check_head_rows(teacher, len(tokenizer), "teacher")
         student, vocab = None, len(tokenizer)
     check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher, student=student)

@@ -89,6 +89,7 @@ def make_plan(cfg: CacheCommandConfig, tokenizer, splits, vocab: int) -> dict:
         "layers": stored_layers(cfg),
         "dtype": cfg.dtype,
         "shard_blocks": cfg.shard_blocks,
+        "document_masks": cfg.dataset.document_masks,
         "splits": {name: {"n_blocks": d["n_blocks"]} for name, d in data.items()},
     }
 
@@ -131,8 +132,14 @@ def teacher_facts(cfg: CacheCommandConfig) -> dict:
             "vocab_rows": config.vocab_size, "max_position_embeddings": getattr(config, "max_position_embeddings", None)}
 
 
+def content_keys(plan: dict) -> tuple[str, ...]:
+    """What a cache's content depends on; document_masks only when on, so caches built before the option
+    existed keep their keys."""
+    return CONTENT_KEYS + (("document_masks",) if plan.get("document_masks") else ())
+
+
 def content_key(plan: dict) -> str:
-    blob = json.dumps({k: plan[k] for k in CONTENT_KEYS}, sort_keys=True)
+    blob = json.dumps({k: plan[k] for k in content_keys(plan)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -148,6 +155,8 @@ def check_same_plan(root: Path, plan: dict) -> None:
         if (root / name).is_file():
             old = read_json(root / name, "out_dir")
             differ = [k for k in CONTENT_KEYS if old.get(k) != plan[k]]
+            if bool(old.get("document_masks", False)) != bool(plan.get("document_masks", False)):
+                differ.append("document_masks")
             if differ:
                 raise UserError(f"out_dir: {root} already holds a teacher cache with other {', '.join(differ)} "
                                 f"(built by: {old.get('command', '?')}); nothing was changed. Choose another "

@@ -20,6 +20,7 @@ def reset_task_started() -> None:
     global _started
     _started = False
     _failed_jobs.clear()
+    _failed_dirs.clear()
 
 
 def failed_jobs() -> list[str]:
@@ -36,10 +37,14 @@ def _multirun_job_dir() -> str | None:
     return HydraConfig.get().runtime.output_dir
 
 
+_failed_dirs: set[Path] = set()
+
+
 def _record_failure(job_dir: str, message: str) -> None:
-    entry = f"{job_dir}: {' '.join(message.split())}"
-    if entry not in _failed_jobs:
-        _failed_jobs.append(entry)
+    where = Path(job_dir).resolve()  # one entry a job, however its dir was spelled (relative or absolute)
+    if where not in _failed_dirs:
+        _failed_dirs.add(where)
+        _failed_jobs.append(f"{job_dir}: {' '.join(message.split())}")
 
 
 class SweepFailures(Callback):

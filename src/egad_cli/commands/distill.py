@@ -6,6 +6,8 @@ about a second); the work is in ``distill_job``.
 
 from __future__ import annotations
 
+import os
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,12 +58,37 @@ def resumed_config(raw: DictConfig, overrides: list[str]) -> DictConfig:
     if "teacher_cache" in chosen and (merged.teacher_cache or None) != saved_cache:
         changed.append("teacher_cache")
     merged.teacher_cache = saved_cache  # a run trained from a cache resumes from it, never from the live teacher
+    check_layout(ckpt, saved, merged)
     if changed:
         raise UserError(f"trainer.resume: {', '.join(changed)} differ(s) from the run being resumed ({run / RUN_CONFIG}); "
                         f"a resumed run keeps its models, data, method and optimisation settings. Drop "
                         f"{'it' if len(changed) == 1 else 'them'} from the command line, or start a new run. A resume "
                         f"may change: {', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)}.")
     return merged
+
+
+#: what decides which sequences a step reads, with the number of ranks
+LAYOUT_KEYS = ("trainer.batch_size", "trainer.grad_accum", "trainer.strategy")
+
+
+def check_layout(ckpt, saved: DictConfig, merged: DictConfig) -> None:
+    """A resume may change the ranks, batch size and accumulation only if a step still reads as many
+    sequences (the same ones): checked here, before anything is loaded or written."""
+    from egad_cli.engine.checkpoint import global_batch_problem, sequences_per_step
+
+    t = merged.trainer
+    ranks = int(os.environ.get("WORLD_SIZE", "1")) if t.strategy in ("ddp", "fsdp") else 1
+    recorded = sequences_per_step(ckpt)
+    if recorded is not None:
+        problem = global_batch_problem(ckpt, recorded, t.batch_size * t.grad_accum * ranks)
+        if problem:
+            raise UserError(problem)
+        return
+    # an earlier egad did not record it (nor its number of ranks): the layout must be the saved config's
+    differ = [k for k in LAYOUT_KEYS if OmegaConf.select(saved, k) != OmegaConf.select(merged, k)]
+    if differ:
+        raise UserError(f"trainer.resume: {ckpt} was written by an earlier egad, which did not record how many "
+                        f"sequences a step read; resume it with the run's own {', '.join(differ)}")
 
 
 def run_distill(raw: DictConfig) -> float:
@@ -77,7 +104,6 @@ def run_distill(raw: DictConfig) -> float:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="distill")
 def main(cfg: DictConfig) -> float:
-    """Returns the held-out KL after training: what a Hydra sweeper (optuna) minimises. nan when the job
-    failed or had nothing to measure it on, which optuna records as a failed trial."""
-    kl_after = run_task(run_distill, cfg)
-    return float("nan") if kl_after is None else kl_after
+    """Returns the held-out KL after training: what a Hydra sweeper (optuna) minimises. None when the job
+    failed or had nothing to measure it on, which the optuna sweeper records as a failed trial."""
+    return run_task(run_distill, cfg)

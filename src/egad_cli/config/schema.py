@@ -299,6 +299,10 @@ class DistillConfig:
             group.problems(out)  # the policy groups are checked by validate() through their registries
         curriculum_problems(self.curriculum, self.weighting, out)
         self.onpolicy.problems(self.dataset.block_size, out)
+        if self.dataset.document_masks and self.trainer.attention == "flash_attention_2":
+            out.append("dataset.document_masks=true with trainer.attention=flash_attention_2 is not built "
+                       "(transformers finds packed documents for flash attention only in a batch of one "
+                       "sequence); use trainer.attention=sdpa or auto")
         if self.onpolicy.lmbda > 0 and self.trainer.strategy == "fsdp":
             out.append(f"onpolicy.lmbda={self.onpolicy.lmbda}: on-policy sampling is not built for "
                        f"trainer.strategy=fsdp (generation over sharded layers needs every rank in lock-step); use "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def cache_key(cfg: DatasetConfig, tokenizer) -> str:
     files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in source_files(cfg)]
-    blob = json.dumps([CACHE_VERSION, asdict(cfg), tokenizer_fingerprint(tokenizer), files], sort_keys=True)
+    # document_masks changes what the models attend to, not the packed tokens: left out of the key
+    settings = {k: v for k, v in asdict(cfg).items() if k != "document_masks"}
+    blob = json.dumps([CACHE_VERSION, settings, tokenizer_fingerprint(tokenizer), files], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -95,7 +98,7 @@ def build_splits(cfg: DatasetConfig, tokenizer, cache_dir: Path | None = None) -
                             f"add text or lower dataset.block_size")
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
+        tmp = cache_file.with_suffix(f".tmp-{os.getpid()}")  # own file: ranks of a torchrun may write at once
         torch.save({"train_ids": splits.train.ids, "train_mask": splits.train.mask,
                     "val_ids": splits.val.ids, "val_mask": splits.val.mask}, tmp)
         tmp.replace(cache_file)

@@ -207,3 +207,25 @@ def load_checkpoint(path: Path) -> dict:
         return decode(json.loads((path / STATE_JSON).read_text()), tensors)
     except (SafetensorError, CodecError, ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} cannot be used: {exc}.") from None
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+
+def sequences_per_step(path: Path) -> int | None:
+    """How many sequences a step of the run that wrote this (verified) checkpoint read: batch_size ×
+    grad_accum × ranks. None for a checkpoint of an egad that did not record it. Reads state.json only."""
+    try:
+        value = json.loads((path / STATE_JSON).read_text()).get("sequences_per_step")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be used: {STATE_JSON}: {exc}.") from None
+    return int(value) if isinstance(value, int) else None
+
+
+def global_batch_problem(path: Path, saved: int, now: int) -> str | None:
+    """Why a run of `now` sequences a step cannot continue a checkpoint written with `saved` (None: it can)."""
+    if saved == now:
+        return None
+    return (f"trainer.resume: checkpoint {path} was written with {saved} sequences per step (trainer.batch_size × "
+            f"trainer.grad_accum × ranks) and this run has {now}; set trainer.batch_size or trainer.grad_accum so "
+            f"that the product over the ranks is {saved}")

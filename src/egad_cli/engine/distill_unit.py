@@ -188,7 +188,9 @@ class DistillUnit:
         parts = [self._teacher_pass(mb) for mb in micro_batches]
         sizes = [p["valid"].numel() for p in parts]
         valid = torch.cat([p["valid"] for p in parts])  # [N_step] this rank's tokens
-        local = {s: torch.cat([p["stats"][s] for p in parts]) for s in parts[0]["stats"]}  # Stat -> [N_step]
+        # Stat -> [N_step], in the order of their keys: a frozenset's order follows the process's string hash
+        # seed, which differs between ranks, and the all-gathers below must pair the same statistic
+        local = {s: torch.cat([p["stats"][s] for p in parts]) for s in sorted(parts[0]["stats"], key=lambda s: s.key)}
         # The policies see the whole step, every rank's tokens (an all-gather of a few [N_step] vectors): the
         # difficulty ranks, the hard-token share and the stateful policies are then the same at any world
         # size, and identical on every rank. Each rank keeps its own slice of what they return.
@@ -245,6 +247,11 @@ class DistillUnit:
             s_states = [flat(out.hidden_states[ls])[mp.hard_idx] for ls, _ in self.layer_map]  # [M, Ds] each
             phi = self.train_modules.projectors(s_states, mp.t_states, self.cfg.branch.feature_loss)  # [M]
             feature_sum = (mp.w_hard * phi).sum()
+        elif self.features:
+            # No hard token in this micro-batch (the hard share is taken over the whole step, all ranks): keep
+            # the projectors in the graph with a zero term, so DDP's and FSDP2's gradient reductions find a
+            # gradient for every parameter on every rank, as they require.
+            feature_sum = sum(p.sum() for p in self.train_modules.projectors.parameters()) * 0.0
         den = plan.denominators
         L_logit, L_feature, L_ce = logit_sum / den.weight, feature_sum / den.weight, ce_sum / den.tokens
         loss = self.kd_weight * (L_logit + self.mu * L_feature) + self.alpha * L_ce

@@ -17,7 +17,7 @@ from torch import nn
 from egad_cli.config.schema import TrainerConfig
 from egad_cli.data.packing import Packed
 from egad_cli.engine import parallel
-from egad_cli.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from egad_cli.engine.checkpoint import global_batch_problem, load_checkpoint, resolve_resume, save_checkpoint
 from egad_cli.engine.metrics import MetricsWriter, read_metrics
 from egad_cli.engine.normalization import backward
 from egad_cli.engine.optim import build_optimizer
@@ -77,7 +77,9 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
 
     def checkpoint(step: int) -> Path | None:
         # Full, FQN-keyed states (fsdp: gathered from every rank, so every rank takes part): a checkpoint
-        # resumes at any world size and strategy.
+        # resumes at any world size and strategy. Unsharded (single, ddp): rank 0 alone, no collective.
+        if not runtime.is_main and runtime.strategy != "fsdp":
+            return None
         modules = unit.modules()
         state = {"step": step, "modules": {k: parallel.full_model_state(m) for k, m in modules.items()},
                  "optimizer": parallel.full_optimizer_state(nn.ModuleDict(modules), optimizer),
@@ -120,6 +122,13 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
         if final_checkpoint:
             checkpoint(total_steps)
     except KeyboardInterrupt:
+        if runtime.strategy == "fsdp":
+            # Gathering a checkpoint is a collective, and on Ctrl-C the ranks may each be at a different
+            # point of the step (one inside an all-gather): waiting for each other could hang. Keep the last
+            # periodic checkpoint instead.
+            raise Interrupted(f"interrupted at step {result.steps}; under trainer.strategy=fsdp no checkpoint is "
+                              f"written on interrupt. Resume from the last periodic one (trainer.ckpt_every) with "
+                              f"trainer.resume={run_dir}") from None
         path = checkpoint(result.steps)
         raise Interrupted(f"interrupted at step {result.steps}; checkpoint {path}. Resume with "
                           f"trainer.resume={run_dir}") from None
@@ -169,11 +178,10 @@ def _restore(path: Path, unit: Unit, optimizer, scheduler, sequences_per_step: i
     as a step still reads the same sequences: trainer.batch_size × grad_accum × world size is unchanged, so
     step s trains on the same global batch as the run that wrote it."""
     state = load_checkpoint(path)
-    saved = state.get("sequences_per_step")
-    if saved is not None and int(saved) != sequences_per_step:
-        raise UserError(f"trainer.resume: checkpoint {path} was written with {saved} sequences per step "
-                        f"(trainer.batch_size × trainer.grad_accum × ranks) and this run has {sequences_per_step}; "
-                        f"set trainer.batch_size or trainer.grad_accum so that the product over the ranks is {saved}")
+    saved = state.get("sequences_per_step")  # checked before any model loaded (commands/distill.py); again here
+    problem = global_batch_problem(path, int(saved), sequences_per_step) if saved is not None else None
+    if problem:
+        raise UserError(problem)
     modules = unit.modules()
     try:
         for name, module in modules.items():

@@ -26,6 +26,7 @@ on-disk format stores its metadata as a pickle, which egad never loads from a fi
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 from torch import nn
@@ -123,6 +124,10 @@ def wrap_trainable(train_modules: nn.Module, student: nn.Module, runtime: Runtim
         return train_modules
     from torch.distributed.fsdp import fully_shard
 
+    # FSDP2 warns when a root returns views (the HF output's hidden states are), because an in-place op on
+    # one would skip its backward hook. The unit never writes to the root's outputs: it slices and reshapes
+    # them into new tensors (tested: fsdp follows the single-process curve), so the warning is noise here.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPTrainModules\) returned a view tensor")
     mesh, mp = _mesh(runtime), _mp_policy(runtime)
     for layer in decoder_layers(student):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
@@ -240,20 +245,52 @@ def student_export_state(student: nn.Module, weights: dict[str, torch.Tensor] | 
 
 def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The optimizer's state keyed by parameter FQN (not by position), gathered in full: loadable into the
-    same model at any world size or strategy."""
-    return get_optimizer_state_dict(module, optimizer, options=_FULL)
+    same model at any world size or strategy. torch's helper (a collective) gathers sharded states; it is
+    not asked for an optimizer without state yet (a checkpoint before the first step), which it would
+    initialise with a zero-lr step, counting a step that never happened."""
+    if (is_sharded(module) or _has_sharded_child(module)) and optimizer.state:
+        return get_optimizer_state_dict(module, optimizer, options=_FULL)
+    names = _param_names(module, optimizer)  # position -> FQN
+    state = optimizer.state_dict()
+    return {"state": {names[i]: _to_cpu(v) for i, v in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
 
 
 def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a name-keyed state (``full_optimizer_state``) or a positional one (an earlier egad, one process)."""
     groups = state.get("param_groups") or [{}]
-    if groups[0].get("params") and isinstance(groups[0]["params"][0], int):
-        # a checkpoint of an earlier egad (positional keys, one process): only an unsharded model can take it
-        if is_sharded(module) or _has_sharded_child(module):
-            raise UserError("trainer.resume: this checkpoint was written by an earlier egad in one process; resume "
-                            "it with trainer.strategy=single or ddp")
-        optimizer.load_state_dict(state)
+    positional = bool(groups[0].get("params")) and isinstance(groups[0]["params"][0], int)
+    sharded = is_sharded(module) or _has_sharded_child(module)
+    if positional and sharded:
+        raise UserError("trainer.resume: this checkpoint was written by an earlier egad in one process; resume "
+                        "it with trainer.strategy=single or ddp")
+    if sharded and state.get("state"):
+        set_optimizer_state_dict(module, optimizer, state, options=_LOAD)
         return
-    set_optimizer_state_dict(module, optimizer, state, options=_LOAD)
+    if not positional:  # names -> the optimizer's positions
+        position = {name: i for i, name in _param_names(module, optimizer).items()}
+        try:
+            state = {"state": {position[k]: v for k, v in state["state"].items()},
+                     "param_groups": [{**g, "params": [position[n] for n in g["params"]]}
+                                      for g in state["param_groups"]]}
+        except KeyError as exc:
+            raise ValueError(f"the checkpoint's optimizer holds a parameter this model lacks: {exc}") from None
+    optimizer.load_state_dict(state)
+
+
+def _param_names(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, str]:
+    """The optimizer's parameter positions (as in its state_dict) -> their FQNs in `module`."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return {i: names[id(p)] for i, p in enumerate(params)}
+
+
+def _to_cpu(tree):
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _to_cpu(v) for k, v in tree.items()}
+    return tree
 
 
 def _has_sharded_child(module: nn.Module) -> bool:

@@ -76,6 +76,12 @@ def resolve_runtime(cfg: TrainerConfig, device_key: str = "trainer.device") -> R
     Under torchrun, RANK is the global rank (it decides who writes files) and LOCAL_RANK the rank on this
     node (it picks the GPU): on several nodes they differ."""
     rank, world, local = 0, 1, 0
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.strategy == "single" and launched > 1:
+        fix = ("add trainer.strategy=ddp or trainer.strategy=fsdp, or run without torchrun"
+               if device_key == "trainer.device" else "this command runs in one process: run it without torchrun")
+        raise UserError(f"trainer.strategy=single, but torchrun started {launched} processes, each of which would "
+                        f"run the whole job into the same directory; {fix}")
     if cfg.strategy in DISTRIBUTED:
         torchrun_env_from_submitit()
         if "WORLD_SIZE" not in os.environ:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -108,12 +109,18 @@ def load_gguf(path: Path, cache_dir: Path, console=None) -> Path:
     config.pop("quantization_config", None)
     plain = AutoModelForCausalLM.from_config(type(model.config).from_dict(config))
     plain.load_state_dict(model.state_dict(), strict=True)
-    tmp = target.with_name(target.name + ".tmp")
+    # this process's own temporary dir: under torchrun every rank may convert at once on a first run
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "egad_source.json").write_text(json.dumps({"gguf": str(path)}))
-    tmp.replace(target)  # atomic: a half-written cache is never picked up
+    try:
+        tmp.replace(target)  # atomic: a half-written cache is never picked up
+    except OSError:
+        if not (target / "egad_source.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process put the same conversion in place first
     return target
 
 
