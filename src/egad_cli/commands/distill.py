@@ -22,8 +22,8 @@ register_schemas()
 #: what a resumed run takes from its saved config.yaml
 RESUME_GROUPS = ("teacher", "student", "dataset", "method", "loss", "difficulty", "curriculum", "temperature",
                  "weighting", "branch", "trainer", "eval", "logging")
-#: keys a resume command may change: the budget, cadences, where and on how many ranks it runs (the loop
-#: checks that batch_size × grad_accum × ranks is unchanged), what it prints
+#: keys a resume command may change: the budget, cadences, where and on how many ranks it runs (check_layout:
+#: batch_size × grad_accum × ranks must be unchanged), what it prints
 RESUME_MAY_CHANGE = ("trainer.max_steps", "trainer.max_tokens", "trainer.log_every", "trainer.ckpt_every",
                      "trainer.keep_ckpts", "trainer.resume", "trainer.device", "trainer.export", "trainer.strategy",
                      "trainer.batch_size", "trainer.grad_accum", "trainer.compile", "trainer.threads",
@@ -75,9 +75,10 @@ def check_layout(ckpt, saved: DictConfig, merged: DictConfig) -> None:
     """A resume may change the ranks, batch size and accumulation only if a step still reads as many
     sequences (the same ones): checked here, before anything is loaded or written."""
     from egad_cli.engine.checkpoint import global_batch_problem, sequences_per_step
+    from egad_cli.engine.runtime import DISTRIBUTED
 
     t = merged.trainer
-    ranks = int(os.environ.get("WORLD_SIZE", "1")) if t.strategy in ("ddp", "fsdp") else 1
+    ranks = int(os.environ.get("WORLD_SIZE", "1")) if t.strategy in DISTRIBUTED else 1
     recorded = sequences_per_step(ckpt)
     if recorded is not None:
         problem = global_batch_problem(ckpt, recorded, t.batch_size * t.grad_accum * ranks)
