@@ -154,9 +154,7 @@ def check_same_plan(root: Path, plan: dict) -> None:
     for name in (MANIFEST, PLAN):
         if (root / name).is_file():
             old = read_json(root / name, "out_dir")
-            differ = [k for k in CONTENT_KEYS if old.get(k) != plan[k]]
-            if bool(old.get("document_masks", False)) != bool(plan.get("document_masks", False)):
-                differ.append("document_masks")
+            differ = [k for k in dict.fromkeys(content_keys(plan) + content_keys(old)) if old.get(k) != plan.get(k)]
             if differ:
                 raise UserError(f"out_dir: {root} already holds a teacher cache with other {', '.join(differ)} "
                                 f"(built by: {old.get('command', '?')}); nothing was changed. Choose another "

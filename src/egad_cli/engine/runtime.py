@@ -26,10 +26,6 @@ class Runtime:
     local_rank: int = 0  #: rank on this node: picks the CUDA device
 
     @property
-    def distributed(self) -> bool:
-        return self.strategy in DISTRIBUTED
-
-    @property
     def is_main(self) -> bool:
         return self.rank == 0
 
