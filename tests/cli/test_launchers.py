@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# every test starts launcher processes or sweeps (5-15 s each): `make test-slow` and .ci/run run them
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the sweep extra: pip install 'egad-cli[sweep]'")
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweep extra: pip install 'egad-cli[sweep]'")
 

@@ -15,6 +15,8 @@ from egad_cli.engine import parallel
 from egad_cli.engine.distill_unit import TrainModules
 from egad_cli.engine.runtime import Runtime
 
+pytestmark = pytest.mark.numerics  # two computations of the same math: .ci/run reruns these under AVX2 kernels
+
 
 def _tiny_student() -> torch.nn.Module:
     torch.manual_seed(0)
@@ -61,11 +63,17 @@ def _first_rows(tmp_path, name: str, *extra: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("option,rel", [
-    ("trainer.compile=true", 1e-5),  # inductor may fuse in another order
+    # inductor writes its own fp32 kernels, vectorised for this CPU's ISA (its own exp/rsqrt, its own reduction
+    # order): measured at step 1, largest over the keys, 0 with AVX-512, 5.1e-6 with the scalar kernels
+    # (ATEN_CPU_CAPABILITY=default), 1.6e-5 with AVX2; 1e-4 leaves 6x room
+    pytest.param("trainer.compile=true", 1e-4, marks=pytest.mark.slow),  # a cold inductor compile: ~40 s
     ("trainer.attention=eager", 1e-4),  # eager attention vs SDPA's kernel (seen: 1.4e-5)
-    ("trainer.activation_checkpointing=true", 1e-7),
+    ("trainer.activation_checkpointing=true", 1e-7),  # the same kernels run again in the backward: same sums
 ])
-def test_an_efficiency_option_keeps_the_loss_curve(tmp_path, option, rel):
+def test_an_efficiency_option_keeps_the_loss_curve(tmp_path, option, rel, monkeypatch):
+    # inductor's on-disk cache is not keyed by ATEN_CPU_CAPABILITY: kernels compiled by a run under other
+    # kernels (.ci/run's AVX2 pass) were loaded here and corrupted the heap (seen: "free(): invalid pointer")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     reference = _first_rows(tmp_path, "default")
     rows = _first_rows(tmp_path, "option", option)
     assert [r["step"] for r in rows] == [1, 2]

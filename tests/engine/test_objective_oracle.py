@@ -18,6 +18,8 @@ from conftest import cpu_runtime, random_packed, tiny_models, typed_config
 from egad_cli.engine.distill_unit import DistillUnit
 from egad_cli.engine.normalization import backward
 
+pytestmark = pytest.mark.numerics  # two computations of the same math: .ci/run reruns these under AVX2 kernels
+
 KAPPA, GAMMA, MU, ALPHA, Q, PROGRESS = 0.8, 1.3, 0.7, 0.5, 0.3, 0.3
 OVERRIDES = ["debug=smoke", "method=egad", f"temperature.kappa={KAPPA}", f"curriculum.gamma={GAMMA}",
              f"branch.mu={MU}", f"method.ce_weight={ALPHA}", f"branch.q={Q}", "trainer.grad_accum=2"]

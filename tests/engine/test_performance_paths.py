@@ -15,6 +15,8 @@ from egad_cli.engine.distill_unit import DistillUnit
 from egad_cli.engine.optim import build_optimizer
 from egad_cli.losses import chunked_distill_loss, forward_kl
 
+pytestmark = pytest.mark.numerics  # two computations of the same math: .ci/run reruns these under AVX2 kernels
+
 
 def _unit(overrides):
     cfg = typed_config(["debug=smoke", *overrides])

@@ -20,6 +20,8 @@ from egad_cli.losses.divergences import (
     tvd,
 )
 
+pytestmark = pytest.mark.numerics  # two computations of the same math: .ci/run reruns these under AVX2 kernels
+
 NAMES = sorted(LOSSES)
 
 

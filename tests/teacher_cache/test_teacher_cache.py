@@ -46,6 +46,7 @@ def lossy(tmp_path_factory) -> Path:
     return build_cache(root / "cache", "k=8", "state_pairs=2", f"cache_dir={root / 'egad'}")
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", ["kd", "egad", "eakd", "adakd", "jsd"])
 def test_a_lossless_cache_reproduces_the_live_run(tmp_path, lossless, method):
     assert distill(tmp_path / "live", f"method={method}") == 0
@@ -103,6 +104,7 @@ def _shard_digests(root: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.glob("*.safetensors"))}
 
 
+@pytest.mark.slow  # three `egad cache` processes
 def test_a_killed_writer_resumes_to_the_same_bytes(tmp_path):
     env = dict(os.environ, EGAD_CACHE_DIR=str(tmp_path / "egad-cache"))
     argv = [sys.executable, "-m", "egad_cli", "cache", *SMOKE, "shard_blocks=2", "batch_size=1",
@@ -250,6 +252,7 @@ def test_inspect_entropy_reads_the_entropies_from_the_cache(tmp_path, lossless, 
     assert cached["setup"]["teacher_cache"] == str(lossless)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (Path(sys.executable).parent / "torchrun").exists(), reason="needs torchrun")
 def test_two_ranks_write_the_same_cache_as_one(tmp_path):
     """Under torchrun each rank writes its own shards; the result is byte for byte the one-process cache."""

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from egad_cli.commands.common import run_task
 from egad_cli.commands.runs import RUN_CONFIG, overridden, task_overrides, with_run_dir, with_teacher_cache
 from egad_cli.config import conf_dir, register_schemas, validate
+from egad_cli.config.schema import DISTRIBUTED, launch_problem
 from egad_cli.errors import UserError
 
 register_schemas()
@@ -75,7 +76,6 @@ def check_layout(ckpt, saved: DictConfig, merged: DictConfig) -> None:
     """A resume may change the ranks, batch size and accumulation only if a step still reads as many
     sequences (the same ones): checked here, before anything is loaded or written."""
     from egad_cli.engine.checkpoint import global_batch_problem, sequences_per_step
-    from egad_cli.engine.runtime import DISTRIBUTED
 
     t = merged.trainer
     ranks = int(os.environ.get("WORLD_SIZE", "1")) if t.strategy in DISTRIBUTED else 1
@@ -92,13 +92,26 @@ def check_layout(ckpt, saved: DictConfig, merged: DictConfig) -> None:
                         f"sequences a step read; resume it with the run's own {', '.join(differ)}")
 
 
+def preflight_launch(strategy: str, device: str, device_key: str = "trainer.device") -> None:
+    """How the process was launched (torchrun or not) and the device asked for, checked before the models'
+    imports (seconds): what needs no model is refused as fast as a config error."""
+    problem = launch_problem(strategy, device_key)
+    if problem:
+        raise UserError(problem)
+    if device.startswith("cuda"):  # the check imports torch: only when CUDA is asked for
+        from egad_cli.engine.runtime import check_device_available
+
+        check_device_available(device, device_key)
+
+
 def run_distill(raw: DictConfig) -> float:
     if raw.trainer.resume:
         raw = resumed_config(raw, task_overrides())
     if raw.teacher_cache:
         raw = with_teacher_cache(raw, task_overrides())
     cfg = validate(raw)
-    from egad_cli.commands.distill_job import run  # the heavy imports, after the config is known to be good
+    preflight_launch(cfg.trainer.strategy, cfg.trainer.device)
+    from egad_cli.commands.distill_job import run  # the heavy imports, once the config and launch are good
 
     return run(cfg, raw)
 

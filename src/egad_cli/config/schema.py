@@ -8,6 +8,8 @@ reported all at once by `validate()` before any model or data is loaded.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -24,6 +26,26 @@ from egad_cli.config.policies import (
 from egad_cli.config.problems import Problems
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: strategies that run one process per device under torchrun
+DISTRIBUTED = ("ddp", "fsdp")
+
+
+def launch_problem(strategy: str, device_key: str = "trainer.device",
+                   env: Mapping[str, str] = os.environ) -> str | None:
+    """Whether the way this process was launched fits trainer.strategy: read from the environment only, so
+    the light entry answers before torch is imported, and resolve_runtime asks the same question.
+    ``device_key`` tells a training command (trainer.*) from one that always runs in one process."""
+    launched = int(env.get("WORLD_SIZE", "1"))
+    if strategy == "single" and launched > 1:
+        fix = ("add trainer.strategy=ddp or trainer.strategy=fsdp, or run without torchrun"
+               if device_key == "trainer.device" else "this command runs in one process: run it without torchrun")
+        return (f"trainer.strategy=single, but torchrun started {launched} processes, each of which would run the "
+                f"whole job into the same directory; {fix}")
+    # a SLURM job started by hydra-submitit-launcher gets torchrun's variables from SLURM's at start-up
+    if strategy in DISTRIBUTED and "WORLD_SIZE" not in env and env.get("SUBMITIT_EXECUTOR") != "slurm":
+        return (f"trainer.strategy={strategy} needs torchrun: "
+                f"torchrun --nproc-per-node N -m egad_cli distill trainer.strategy={strategy} …")
+    return None
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from egad_cli.config.schema import TrainerConfig
+from egad_cli.config.schema import DISTRIBUTED, TrainerConfig, launch_problem
 from egad_cli.errors import UserError
 
 
@@ -62,36 +62,25 @@ class Runtime:
         return {k: float(v) if k.startswith("loss") else float(v) / self.world_size for k, v in zip(keys, values)}
 
 
-#: strategies that run one process per device under torchrun
-DISTRIBUTED = ("ddp", "fsdp")
-
-
 def resolve_runtime(cfg: TrainerConfig, device_key: str = "trainer.device") -> Runtime:
     """Pick device and precision from trainer.device / trainer.precision; fail early on impossible asks.
 
     Under torchrun, RANK is the global rank (it decides who writes files) and LOCAL_RANK the rank on this
     node (it picks the GPU): on several nodes they differ."""
     rank, world, local = 0, 1, 0
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.strategy == "single" and launched > 1:
-        fix = ("add trainer.strategy=ddp or trainer.strategy=fsdp, or run without torchrun"
-               if device_key == "trainer.device" else "this command runs in one process: run it without torchrun")
-        raise UserError(f"trainer.strategy=single, but torchrun started {launched} processes, each of which would "
-                        f"run the whole job into the same directory; {fix}")
     if cfg.strategy in DISTRIBUTED:
         torchrun_env_from_submitit()
-        if "WORLD_SIZE" not in os.environ:
-            raise UserError(f"trainer.strategy={cfg.strategy} needs torchrun: "
-                            f"torchrun --nproc-per-node N -m egad_cli distill trainer.strategy={cfg.strategy} …")
+    problem = launch_problem(cfg.strategy, device_key)
+    if problem:
+        raise UserError(problem)
+    if cfg.strategy in DISTRIBUTED:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local = int(os.environ.get("LOCAL_RANK", "0"))
     if cfg.device == "auto":
         device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     else:
+        check_device_available(cfg.device, device_key)
         device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"{device_key}={cfg.device}: no CUDA device is available here; use {device_key}=cpu "
-                            f"or {device_key}=auto")
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", local)  # `cuda` under torchrun: this process's own GPU
     if device.type == "cuda":
@@ -101,6 +90,14 @@ def resolve_runtime(cfg: TrainerConfig, device_key: str = "trainer.device") -> R
     if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
         return Runtime(device, torch.bfloat16, torch.bfloat16, rank, world, cfg.strategy, local)
     return Runtime(device, None, torch.float32, rank, world, cfg.strategy, local)
+
+
+def check_device_available(device: str, device_key: str = "trainer.device") -> None:
+    """A CUDA device asked for by name must exist here (imports torch, nothing heavier: the light entry of
+    a command calls it before the models' imports)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{device_key}={device}: no CUDA device is available here; use {device_key}=cpu "
+                        f"or {device_key}=auto")
 
 
 def torchrun_env_from_submitit() -> None:
