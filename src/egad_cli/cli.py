@@ -11,7 +11,8 @@ SUBCOMMANDS = {
     "eval": ("egad_cli.commands.evaluate", "measure a student against its teacher on held-out data"),
     "inspect-entropy": ("egad_cli.commands.inspect_entropy", "show the teacher's token-entropy distribution"),
     "report": ("egad_cli.commands.report", "gather the runs of a multirun sweep into one table"),
-    "cache": ("egad_cli.commands.cache", "run the teacher once and store what distillation reads from it"),
+    "cache": ("egad_cli.commands.cache", ("run the teacher once and store what distillation reads from it "
+                                          "(egad cache verify DIR: check one)")),
 }
 #: each subcommand's primary config in conf/
 CONFIG_NAMES = {"distill": "distill", "eval": "eval", "inspect-entropy": "inspect_entropy", "report": "report",
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"egad: unknown command {name!r}; valid commands: {', '.join(SUBCOMMANDS)}\n\n{usage()}",
               file=sys.stderr)
         return 2
+    if name == "cache" and argv[1:2] == ["verify"]:  # not a Hydra app: one directory in, a status per file out
+        from egad_cli.commands.cache_verify import verify_main
+
+        return verify_main(argv[2:])
     if any(a in ("-h", "--help") for a in argv[1:]):
         print(command_help(name), end="")
         return 0

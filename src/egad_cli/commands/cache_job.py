@@ -19,14 +19,15 @@ from egad_cli.config.commands import CacheCommandConfig
 from egad_cli.config.schema import TrainerConfig
 from egad_cli.data import build_splits, check_sources
 from egad_cli.data.packing import tokenizer_fingerprint
-from egad_cli.engine.checkpoint import file_sha256
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError, check_writable
+from egad_cli.hashing import file_sha256
 from egad_cli.models import check_context, load_frozen_teacher, preflight_model_source
 from egad_cli.models.loading import load_teacher_tokenizer
 from egad_cli.models.setup import apply_document_masks
 from egad_cli.models.vocab import check_head_rows
 from egad_cli.teacher_cache.build import teacher_fingerprint, teacher_rows, tensor_sha256
+from egad_cli.teacher_cache.integrity import check_files, describe, manifest_problem, require_intact, sealed
 from egad_cli.teacher_cache.manifest import (
     FORMAT_VERSION,
     MANIFEST,
@@ -184,8 +185,10 @@ def run(cfg: CacheCommandConfig) -> Path:
     check_same_plan(root, plan)
     if (root / MANIFEST).is_file():
         if runtime.is_main:
-            console.print(f"teacher cache already complete: {root}")
-        return root
+            set_damaged_aside(root)
+        barrier(runtime)
+        if (root / MANIFEST).is_file():
+            return root
     if runtime.is_main:
         write_json(root / PLAN, plan)
         if not (root / TOKENIZER_DIR / "tokenizer_config.json").is_file():
@@ -249,6 +252,26 @@ def write_shards(cfg: CacheCommandConfig, plan: dict, root: Path, splits: dict, 
             console.print(f"[dim]shard {n_done + 1}/{len(todo)}: {shard_name(name, index)}[/]")
 
 
+def set_damaged_aside(root: Path) -> None:
+    """A complete cache in out_dir: verify it; remove the files that are not what its manifest records, and
+    the manifest, so that the build writes them again (the intact shards are kept)."""
+    manifest = read_json(root / MANIFEST, "out_dir")
+    problem = manifest_problem(root, manifest)
+    if problem:
+        raise UserError(f"out_dir: {problem}")
+    bad = [c for c in check_files(root, manifest) if c.problem]
+    if not bad:
+        console.print(f"teacher cache already complete and intact: {root}")
+        return
+    for c in bad:
+        console.print(f"[yellow]{root / c.file}: {describe(c)}; writing it again[/]")
+        if c.file.startswith(f"{TOKENIZER_DIR}/"):
+            shutil.rmtree(root / TOKENIZER_DIR, ignore_errors=True)
+        else:
+            (root / c.file).unlink(missing_ok=True)
+    (root / MANIFEST).unlink()
+
+
 def finish(root: Path, plan: dict, splits: dict) -> dict:
     """Check every shard, record sizes and hashes, and write the manifest (atomically): the cache is complete."""
     manifest = dict(plan)
@@ -262,7 +285,11 @@ def finish(root: Path, plan: dict, splits: dict) -> dict:
                                 f"the same command again to write it: {plan['command']}")
             shards.append({"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
         manifest["splits"][name] = {"n_blocks": len(part), "shards": shards}
+    manifest["tokenizer_files"] = {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                                   for p in sorted((root / TOKENIZER_DIR).rglob("*")) if p.is_file()}
+    manifest = sealed(manifest)
     write_json(root / MANIFEST, manifest)
+    require_intact(root, manifest, "out_dir")  # the check every run makes, from disk once more; stamps the files
     return manifest
 
 

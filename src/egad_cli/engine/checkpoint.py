@@ -20,7 +20,6 @@ previous one.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from egad_cli.engine.tree_codec import CodecError, decode, encode
 from egad_cli.errors import UserError
+from egad_cli.hashing import file_sha256
 
 FORMAT = "egad-checkpoint/1"
 MANIFEST = "manifest.json"
@@ -63,15 +63,6 @@ def _verified_sha256(path: str, size: int, mtime_ns: int) -> str:
     checkpoint several times (the config entry, preflight, the loop, the load), and a multi-GB file
     should be hashed once; any write to the file changes its mtime and so the key."""
     return file_sha256(Path(path))
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes (checkpoint manifests, teacher-cache manifests)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(ckpt_root: Path, step: int, state: dict, keep: int) -> Path:

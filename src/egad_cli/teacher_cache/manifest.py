@@ -6,7 +6,9 @@ A cache directory holds::
     tokenizer/                      the teacher's tokenizer (save_pretrained: JSON files)
     train-00000.safetensors …       one shard per `shard_blocks` blocks of a split, written atomically
     val-00000.safetensors …
-    manifest.json                   written last, once every shard exists: the cache is complete
+    manifest.json                   written last, once every shard exists: the cache is complete; it records
+                                    each file's size and SHA-256 and is sealed with its own (integrity.py)
+    verified.json                   which files were found intact, by size and mtime (integrity.py)
 
 A directory without manifest.json is an interrupted build: the same `egad cache` command continues it.
 """
@@ -18,6 +20,7 @@ import shlex
 from pathlib import Path
 
 from egad_cli.errors import UserError
+from egad_cli.teacher_cache.integrity import manifest_problem
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -69,6 +72,9 @@ def open_manifest(ref: str | Path, key: str = "teacher_cache") -> tuple[Path, di
                             f"finish it by running the command that started it again: {plan.get('command', 'egad cache …')}")
         raise UserError(f"{key}: {root} is not a teacher cache (no {MANIFEST}); build one with `egad cache`.")
     manifest = read_json(root / MANIFEST, key)
+    problem = manifest_problem(root, manifest)
+    if problem:
+        raise UserError(f"{key}: {problem}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{key}: {root} was written in cache format {manifest.get('format_version')!r}; this egad "
                         f"reads format {FORMAT_VERSION}. Rebuild it: {manifest.get('command', 'egad cache …')}")

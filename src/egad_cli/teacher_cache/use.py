@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egad_cli.errors import UserError
+from egad_cli.teacher_cache.integrity import require_intact
 from egad_cli.teacher_cache.manifest import TOKENIZER_DIR, open_manifest, rebuild_hint, tau_support
 from egad_cli.teacher_cache.shards import SplitReader
 
@@ -25,6 +26,7 @@ def open_cached_teacher(ref: str) -> CachedTeacher:
 
     hf_logging.disable_progress_bar()  # egad draws its own progress (as when it loads a live teacher)
     root, manifest = open_manifest(ref)
+    require_intact(root, manifest)  # before any value of it is used, the tokenizer included
     try:  # plain JSON files written by save_pretrained; never remote code
         tokenizer = AutoTokenizer.from_pretrained(str(root / TOKENIZER_DIR), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - a damaged cache: any parse failure is a message
