@@ -22,7 +22,7 @@ def verify_main(args: list[str]) -> int:
         err_console.print(f"[bold red]error:[/] egad cache verify takes one directory, got {len(args)} "
                           f"argument(s)\n{USAGE}", soft_wrap=True)
         return 2
-    from egad_cli.teacher_cache.integrity import check_files, describe
+    from egad_cli.teacher_cache.integrity import check_files, damage
     from egad_cli.teacher_cache.manifest import open_manifest
 
     try:
@@ -32,9 +32,8 @@ def verify_main(args: list[str]) -> int:
         return 2
     checks = check_files(Path(root), manifest, use_stamp=False)
     for c in checks:
-        style = "green" if c.problem is None else "bold red"
-        console.print(f"[{style}]{describe(c).split(' (')[0] if c.problem is None else 'DAMAGED'}[/] {c.file}"
-                      + ("" if c.problem is None else f": {describe(c)[len('DAMAGED: '):]}"), soft_wrap=True)
+        console.print(f"[green]ok[/] {c.file}" if c.problem is None else f"[bold red]DAMAGED[/] {c.file}: {damage(c)}",
+                      soft_wrap=True)
     bad = [c for c in checks if c.problem]
     if bad:
         err_console.print(f"[bold red]error:[/] {len(bad)} of {len(checks)} file(s) of {root} are damaged; rewrite "

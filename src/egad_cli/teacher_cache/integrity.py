@@ -119,11 +119,16 @@ def check_files(root: Path, manifest: dict, use_stamp: bool = True) -> list[File
     return checks
 
 
+def damage(check: FileCheck) -> str:
+    """What is wrong with a damaged file, with the digest expected (and the one found, when it was hashed)."""
+    found = f", found {check.found}" if check.found else ""
+    return f"{check.problem} (expected {check.expected}{found})"
+
+
 def describe(check: FileCheck) -> str:
     if check.problem is None:
         return "ok" + (" (hashed)" if check.hashed else " (stamp: unchanged since it was verified)")
-    found = f", found {check.found}" if check.found else ""
-    return f"DAMAGED: {check.problem} (expected {check.expected}{found})"
+    return f"DAMAGED: {damage(check)}"
 
 
 def require_intact(root: Path, manifest: dict, key: str = "teacher_cache") -> None:
