@@ -26,10 +26,11 @@ def test_a_binary_file_is_refused_before_loading(capsys, tmp_path, loads, name, 
     assert_cheap_failure(tmp_path / "run", loads)
 
 
-def test_a_file_that_is_not_utf8_is_refused(capsys, tmp_path):
+def test_a_file_that_is_not_utf8_is_refused(capsys, tmp_path, loads):  # noqa: F811
     corpus = corpus_with(tmp_path, "latin1.txt", "déjà vu, naïve café ".encode("latin-1") * 50)
     code, err = run_bad(capsys, tmp_path / "run", *smoke_argv(tmp_path / "run", corpus)[1:])  # debug=smoke on
     assert code == 2 and "latin1.txt" in err and "not UTF-8" in err and "Traceback" not in err
+    assert loads == [], "the corpus is read before the teacher's weights load"
 
 
 @pytest.mark.parametrize("row", [{"prompt": "p", "response": None}, {"prompt": 3, "response": "r"}])

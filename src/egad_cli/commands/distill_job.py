@@ -30,6 +30,7 @@ from egad_cli.models import (
     preflight_model_source,
     preflight_student_source,
 )
+from egad_cli.models.loading import load_teacher_tokenizer
 from egad_cli.models.setup import apply_document_masks
 from egad_cli.models.students import student_layer_count
 from egad_cli.teacher_cache.use import check_fits, open_cached_teacher
@@ -108,11 +109,14 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         n_val = cached.val.n_blocks if cached.val is not None else 0
         source = f"teacher cache {cached.root} (k={cached.manifest['k']})"
     else:
+        # The corpus first, with the teacher's tokenizer alone: a file it refuses (not UTF-8, a bad jsonl
+        # record) is reported before the teacher's weights load (minutes for a large one)
+        tokenizer = load_teacher_tokenizer(cfg.teacher, cache_dir(cfg.cache_dir), console if runtime.is_main else None)
+        splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
         teacher, student, tokenizer, vocab = load_models(cfg, runtime, seed=cfg.trainer.seed)
         check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher, student=student)
         parallel.set_attention(teacher, cfg.trainer.attention)
         parallel.prepare_teacher(teacher, runtime, compile=cfg.trainer.compile)  # fsdp: the frozen teacher sharded too
-        splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
         train_data, n_val = splits.train, len(splits.val)
         source = f"teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params"
     parallel.set_attention(student, cfg.trainer.attention)
