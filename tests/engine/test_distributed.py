@@ -85,7 +85,8 @@ def test_distributed_step_equals_single_process_step(tmp_path, per_rank, strateg
           f"trainer.strategy={strategy}", *per_rank, f"hydra.run.dir={tmp_path / 'ddp'}"], env)
     # Adam's step is nearly scale-invariant, so compare the scale-sensitive quantities directly:
     # the pre-clip gradient norm and the loss summed over ranks. Both are sums over the step's tokens and
-    # parameters in another order: fp32 rounding of a few thousand terms (seen: < 1e-6 relative).
+    # parameters in another order: fp32 rounding (seen over 40 steps of bench/strategies_cpu.py: loss <= 2.4e-7,
+    # grad norm <= 3.3e-6 relative).
     (ddp_row,), (single_row,) = read_metrics(tmp_path / "ddp" / "metrics.jsonl"), \
         read_metrics(single_step / "metrics.jsonl")
     assert ddp_row["grad_norm"] == pytest.approx(single_row["grad_norm"], rel=1e-4)
