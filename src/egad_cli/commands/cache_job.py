@@ -21,13 +21,12 @@ from egad_cli.data import build_splits, check_sources
 from egad_cli.data.packing import tokenizer_fingerprint
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError, check_writable
-from egad_cli.hashing import file_sha256
 from egad_cli.models import check_context, load_frozen_teacher, preflight_model_source
 from egad_cli.models.loading import load_teacher_tokenizer
 from egad_cli.models.setup import apply_document_masks
 from egad_cli.models.vocab import check_head_rows
 from egad_cli.teacher_cache.build import teacher_fingerprint, teacher_rows, tensor_sha256
-from egad_cli.teacher_cache.integrity import check_files, describe, manifest_problem, require_intact, sealed
+from egad_cli.teacher_cache.integrity import check_files, describe, manifest_problem, record_files, sealed
 from egad_cli.teacher_cache.manifest import (
     FORMAT_VERSION,
     MANIFEST,
@@ -273,23 +272,23 @@ def set_damaged_aside(root: Path) -> None:
 
 
 def finish(root: Path, plan: dict, splits: dict) -> dict:
-    """Check every shard, record sizes and hashes, and write the manifest (atomically): the cache is complete."""
-    manifest = dict(plan)
-    manifest["splits"] = {}
+    """Check every shard is there, record sizes and hashes (read from disk once, and stamped as verified), and
+    write the sealed manifest (atomically): the cache is complete."""
+    names = {}
     for name, part in splits.items():
-        shards = []
-        for i in range(n_shards(len(part), plan["shard_blocks"])):
-            path = root / shard_name(name, i)
-            if not is_complete_shard(path):
-                raise UserError(f"teacher cache: shard {path} is missing after the build (did a rank fail?); run "
-                                f"the same command again to write it: {plan['command']}")
-            shards.append({"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
-        manifest["splits"][name] = {"n_blocks": len(part), "shards": shards}
-    manifest["tokenizer_files"] = {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-                                   for p in sorted((root / TOKENIZER_DIR).rglob("*")) if p.is_file()}
+        names[name] = [shard_name(name, i) for i in range(n_shards(len(part), plan["shard_blocks"]))]
+        for file in names[name]:
+            if not is_complete_shard(root / file):
+                raise UserError(f"teacher cache: shard {root / file} is missing after the build (did a rank fail?); "
+                                f"run the same command again to write it: {plan['command']}")
+    tokenizer_files = [str(p.relative_to(root)) for p in sorted((root / TOKENIZER_DIR).rglob("*")) if p.is_file()]
+    recorded = record_files(root, [f for files in names.values() for f in files] + tokenizer_files)
+    manifest = dict(plan)
+    manifest["splits"] = {name: {"n_blocks": len(part), "shards": [{"file": f, **recorded[f]} for f in names[name]]}
+                          for name, part in splits.items()}
+    manifest["tokenizer_files"] = {f: recorded[f] for f in tokenizer_files}
     manifest = sealed(manifest)
     write_json(root / MANIFEST, manifest)
-    require_intact(root, manifest, "out_dir")  # the check every run makes, from disk once more; stamps the files
     return manifest
 
 

@@ -124,16 +124,20 @@ def load_gguf(path: Path, cache_dir: Path, console=None) -> Path:
     return target
 
 
+def teacher_ref(cfg: TeacherConfig, cache_dir: Path, console=None) -> tuple[str, str | None]:
+    """(what from_pretrained loads, its revision) for a gguf or hf teacher (a GGUF is dequantised once)."""
+    if cfg.source == "gguf":
+        return str(load_gguf(gguf_path(cfg), cache_dir, console)), None
+    return resolve_model_ref(cfg.path, "teacher.path", cfg.revision, cfg.trust_remote_code), cfg.revision
+
+
 def load_teacher(cfg: TeacherConfig, cache_dir: Path, dtype: torch.dtype, console=None):
     """Return (model in eval mode, tokenizer)."""
     if cfg.source == "random":
         tokenizer = byte_tokenizer()
         model = random_llama(cfg.arch, len(tokenizer), tokenizer, cfg.seed, init_range=0.2)
         return model.to(dtype).eval(), tokenizer
-    if cfg.source == "gguf":
-        ref, revision = str(load_gguf(gguf_path(cfg), cache_dir, console)), None
-    else:
-        ref, revision = resolve_model_ref(cfg.path, "teacher.path", cfg.revision, cfg.trust_remote_code), cfg.revision
+    ref, revision = teacher_ref(cfg, cache_dir, console)
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(ref, revision=revision, dtype=dtype,
@@ -147,10 +151,7 @@ def load_teacher_tokenizer(cfg: TeacherConfig, cache_dir: Path, console=None):
     """The teacher's tokenizer alone (a teacher cache's fingerprints need it before any weights load)."""
     if cfg.source == "random":
         return byte_tokenizer()
-    if cfg.source == "gguf":
-        ref, revision = str(load_gguf(gguf_path(cfg), cache_dir, console)), None
-    else:
-        ref, revision = resolve_model_ref(cfg.path, "teacher.path", cfg.revision, cfg.trust_remote_code), cfg.revision
+    ref, revision = teacher_ref(cfg, cache_dir, console)
     try:
         return AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=cfg.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - a user's files: any failure to parse them is a message, not a traceback

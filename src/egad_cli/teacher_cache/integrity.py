@@ -89,6 +89,19 @@ def _save_stamp(root: Path, files: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def record_files(root: Path, rels: list[str]) -> dict[str, dict]:
+    """{rel: {"bytes", "sha256"}} of files just written, for the manifest: each hashed from disk once, and
+    stamped as verified with the same reading (the end of `egad cache` need not hash them again)."""
+    recorded, stamp = {}, {}
+    for rel in rels:
+        st = (root / rel).stat()
+        digest = file_sha256(root / rel)
+        recorded[rel] = {"bytes": st.st_size, "sha256": digest}
+        stamp[rel] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    _save_stamp(root, {**_load_stamp(root), **stamp})
+    return recorded
+
+
 def check_files(root: Path, manifest: dict, use_stamp: bool = True) -> list[FileCheck]:
     """Every recorded file against its manifest digest; intact files are (re)stamped."""
     stamp = _load_stamp(root) if use_stamp else {}
