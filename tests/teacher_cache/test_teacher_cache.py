@@ -33,17 +33,20 @@ def distill(run: Path, *extra: str) -> int:
     return egad("distill", *SMOKE, f"hydra.run.dir={run}", "trainer.export=false", *extra)
 
 
-@pytest.fixture(scope="module")
-def lossless(tmp_path_factory) -> Path:
-    """k ≥ V (the byte tokenizer's 259 tokens), fp32, the states the smoke student's dual branch reads."""
-    root = tmp_path_factory.mktemp("lossless")
-    return build_cache(root / "cache", "k=100000", "dtype=float32", "state_pairs=2", f"cache_dir={root / 'egad'}")
+@pytest.fixture(scope="module", params=["sampled", "topk"])
+def lossless(tmp_path_factory, request) -> Path:
+    """k ≥ V (the byte tokenizer's 259 tokens: an empty tail, nothing drawn), fp32, the states the smoke
+    student's dual branch reads; in each format."""
+    root = tmp_path_factory.mktemp(f"lossless-{request.param}")
+    return build_cache(root / "cache", f"kind={request.param}", "k=100000", "dtype=float32", "state_pairs=2",
+                       f"cache_dir={root / 'egad'}")
 
 
 @pytest.fixture(scope="module")
 def lossy(tmp_path_factory) -> Path:
+    """The default format (sampled) with 8 exact ids and the default draws."""
     root = tmp_path_factory.mktemp("lossy")
-    return build_cache(root / "cache", "k=8", "state_pairs=2", f"cache_dir={root / 'egad'}")
+    return build_cache(root / "cache", "k=8", f"cache_dir={root / 'egad'}")
 
 
 @pytest.mark.numerics
@@ -85,13 +88,22 @@ def test_every_stored_field_round_trips(lossy):
         assert torch.equal(packed.ids, part.ids) and torch.equal(packed.mask, part.mask)
         blocks = torch.tensor([len(part) - 1, 0, 17 % len(part)])  # across shards, out of order
         got = reader.rows(blocks, torch.device("cpu"), states=True)
-        want = teacher_rows(teacher, part.ids[blocks], len(tok), manifest["k"], tuple(manifest["exponents"]),
-                            tuple(manifest["entropy_temps"]), tuple(manifest["layers"]), torch.float32, 1024)
+        from egad_cli.teacher_cache.build import block_uniforms
+
+        length = part.ids.shape[1]
+        uniforms = torch.stack([block_uniforms(manifest["seed"], name, int(b), length - 1, manifest["draws"])
+                                for b in blocks])
+        want = teacher_rows(teacher, part.ids[blocks], len(tok), manifest, torch.float32, 1024, uniforms)
         n = blocks.numel() * (part.ids.shape[1] - 1)
         assert got["top"].logp.shape == (n, 8) and got["top"].ids.dtype == torch.int64
         assert torch.equal(got["top"].ids, want["topk_ids"].reshape(n, -1).long())
         torch.testing.assert_close(got["top"].logp, want["topk_logp"].reshape(n, -1), rtol=1e-3, atol=1e-3)
-        torch.testing.assert_close(got["top"].log_tail, want["log_tail"].reshape(n, -1), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(got["top"].head.log_tail, want["log_tail"].reshape(n, -1), rtol=1e-3, atol=1e-3)
+        counts = got["top"].sample_counts
+        assert torch.equal(counts, want["sample_counts"].reshape(n, -1).float())
+        assert (counts.sum(dim=-1) == manifest["draws"]).all()  # the tail of the smoke teacher always has mass
+        assert torch.equal(got["top"].sample_ids, want["sample_ids"].reshape(n, -1).long())
+        torch.testing.assert_close(got["top"].sample_logp, want["sample_logp"].reshape(n, -1), rtol=1e-3, atol=1e-3)
         for i, t in enumerate(manifest["entropy_temps"]):  # stored in fp32: exact
             torch.testing.assert_close(got["entropy"][t], want["entropy"].reshape(n, -1)[:, i])
         assert manifest["layers"] and set(got["states"]) == set(manifest["layers"])
@@ -179,7 +191,7 @@ def test_refuses_temperatures_outside_the_tail_grid(capsys, tmp_path):
 
 
 def test_refuses_the_dual_branch_without_its_states(capsys, tmp_path):
-    cache = build_cache(tmp_path / "c")
+    cache = build_cache(tmp_path / "c", "state_pairs=0")
     err = refusal(capsys, tmp_path, f"teacher_cache={cache}", "method=egad")
     assert "branch=dual" in err and "layers=" in err
     err = refusal(capsys, tmp_path, f"teacher_cache={cache}", "student=from_teacher")
@@ -221,7 +233,7 @@ def test_the_default_location_is_keyed_by_the_settings(tmp_path, capsys):
     log = f"hydra.run.dir={tmp_path / 'log'}"
     assert egad("cache", *SMOKE, log) == 0
     first = capsys.readouterr().out
-    assert egad("cache", *SMOKE, "k=4", log) == 0
+    assert egad("cache", *SMOKE, "k=6", log) == 0
     second = capsys.readouterr().out
     dirs = sorted((Path(os.environ["EGAD_CACHE_DIR"]) / "teacher-cache").iterdir())
     assert len(dirs) == 2 and all((d / "manifest.json").is_file() for d in dirs)
@@ -287,3 +299,65 @@ def test_a_run_from_a_cache_resumes_from_the_same_cache(tmp_path, lossy, capsys)
     assert egad("distill", f"trainer.resume={run}", "trainer.max_steps=8", f"teacher_cache={tmp_path}",
                 f"hydra.run.dir={tmp_path / 'refused'}") == 2
     assert "teacher_cache" in capsys.readouterr().err
+
+
+def test_the_default_cache_serves_the_default_distill(tmp_path, capsys):
+    """`egad cache` with no arguments, then `egad distill teacher_cache=DIR` with no arguments (method egad:
+    the dual branch reads the stored states); the cache prints what the states cost, the run its held-out
+    KL as an estimate with its standard error."""
+    assert egad("cache", *SMOKE, f"hydra.run.dir={tmp_path / 'log'}") == 0
+    out = " ".join(capsys.readouterr().out.split())
+    root = Path(out.split("use it with: egad distill teacher_cache=")[1].split()[0])
+    assert "for the hidden states at layers" in out and "draws" in out
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["kind"] == "sampled" and manifest["format_version"] == 2 and manifest["layers"]
+    assert distill(tmp_path / "run", f"teacher_cache={root}") == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["method"] == "egad" and summary["kl_after_se"] > 0
+    assert f"{summary['kl_after']:.4f} ± {summary['kl_after_se']:.4f}" in " ".join(capsys.readouterr().out.split())
+
+
+def suggested_command(err: str) -> list[str]:
+    """The `egad cache …` command a refusal suggests, as argv after `egad` (it is printed shell-quoted)."""
+    import shlex
+
+    line = err.split("egad cache", 1)[1]
+    return ["cache", *shlex.split(line.split(" - ")[0].split("\n")[0])]
+
+
+@pytest.mark.parametrize("case", ["entropy", "states", "temperature"])
+def test_every_refusal_suggests_a_command_that_runs_as_printed(tmp_path, capsys, case):
+    """The suggested command builds a new cache (not into the refused cache's out_dir, which holds other
+    settings) and the refused run then trains from it."""
+    built = {"entropy": "entropy_temps=[1.0]", "states": "state_pairs=0", "temperature": "exponents=[0.5,1.0,2.0]"}
+    run = {"entropy": ("method=eakd",), "states": ("method=egad",), "temperature": ("method=kd", "temperature.base=4")}
+    cache = build_cache(tmp_path / "c", built[case])
+    capsys.readouterr()
+    err = refusal(capsys, tmp_path, f"teacher_cache={cache}", *run[case])
+    argv = suggested_command(err)
+    assert not any(w.startswith("out_dir=") for w in argv), argv
+    assert egad(*argv) == 0, argv
+    out = " ".join(capsys.readouterr().out.split())
+    new = out.split("use it with: egad distill teacher_cache=")[1].split()[0]
+    assert Path(new) != cache
+    assert distill(tmp_path / "ok", f"teacher_cache={new}", *run[case]) == 0
+
+
+def test_a_divergence_without_a_per_entry_sum_is_refused_by_a_sampled_cache(capsys, tmp_path, lossy):
+    err = refusal(capsys, tmp_path, f"teacher_cache={lossy}", "method=kd", "loss=entropy_gated_kl")
+    assert "loss=entropy_gated_kl" in err and "kind=topk" in err
+
+
+def test_a_topk_cache_of_format_1_is_read_as_before(tmp_path):
+    """A cache written before the sampled kind existed (format_version 1, no "kind"): still read, as top-k."""
+    from egad_cli.teacher_cache.integrity import sealed
+
+    cache = build_cache(tmp_path / "c", "kind=topk", "k=8")
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest.pop("kind")
+    manifest.pop("manifest_sha256", None)
+    manifest["format_version"] = 1
+    (cache / "manifest.json").write_text(json.dumps(sealed(manifest), indent=2))
+    assert distill(tmp_path / "run", "method=kd", f"teacher_cache={cache}") == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["kl_after"] > 0 and "kl_after_se" not in summary  # the bucketed value: no error bar

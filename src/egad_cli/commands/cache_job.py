@@ -25,7 +25,7 @@ from egad_cli.models import check_context, load_frozen_teacher, preflight_model_
 from egad_cli.models.loading import load_teacher_tokenizer
 from egad_cli.models.setup import apply_document_masks
 from egad_cli.models.vocab import check_head_rows
-from egad_cli.teacher_cache.build import teacher_fingerprint, teacher_rows, tensor_sha256
+from egad_cli.teacher_cache.build import block_uniforms, teacher_fingerprint, teacher_rows, tensor_sha256
 from egad_cli.teacher_cache.integrity import check_files, describe, manifest_problem, record_files, sealed
 from egad_cli.teacher_cache.manifest import (
     FORMAT_VERSION,
@@ -47,6 +47,8 @@ from egad_cli.ui.console import console
 #: plan keys that decide the cache's contents (the directory key hashes them; a resume must match them)
 CONTENT_KEYS = ("format_version", "teacher_fingerprint", "tokenizer_fingerprint", "data_fingerprints", "block_size",
                 "k", "exponents", "entropy_temps", "layers", "dtype", "shard_blocks")
+#: and for a sampled cache (format 2): what the draws depend on
+SAMPLED_KEYS = ("kind", "draws", "seed")
 
 
 def runtime_of(cfg: CacheCommandConfig) -> Runtime:
@@ -83,7 +85,9 @@ def make_plan(cfg: CacheCommandConfig, tokenizer, splits, vocab: int) -> dict:
         "dataset": asdict(cfg.dataset),
         "data_fingerprints": {name: d["fingerprint"] for name, d in data.items()},
         "block_size": cfg.dataset.block_size,
-        "k": min(cfg.k, vocab),
+        "kind": cfg.kind,
+        "k": cfg.head_k(vocab),
+        **({"draws": cfg.draws, "seed": cfg.seed} if cfg.kind == "sampled" else {}),
         "exponents": [float(e) for e in cfg.exponents],
         "entropy_temps": sorted(float(t) for t in cfg.entropy_temps),
         "layers": stored_layers(cfg),
@@ -135,7 +139,8 @@ def teacher_facts(cfg: CacheCommandConfig) -> dict:
 def content_keys(plan: dict) -> tuple[str, ...]:
     """What a cache's content depends on; document_masks only when on, so caches built before the option
     existed keep their keys."""
-    return CONTENT_KEYS + (("document_masks",) if plan.get("document_masks") else ())
+    return (CONTENT_KEYS + (SAMPLED_KEYS if plan.get("kind") == "sampled" else ())
+            + (("document_masks",) if plan.get("document_masks") else ()))
 
 
 def content_key(plan: dict) -> str:
@@ -162,10 +167,12 @@ def check_same_plan(root: Path, plan: dict) -> None:
             return
 
 
-def bytes_per_token(manifest: dict) -> float:
+def bytes_per_token(manifest: dict) -> tuple[float, float]:
+    """(bytes per predicting token of the whole cache's shards, of which the hidden states)."""
     tokens = sum(s["n_blocks"] * (manifest["block_size"] - 1) for s in manifest["splits"].values())
     total = sum(e["bytes"] for s in manifest["splits"].values() for e in s["shards"])
-    return total / max(tokens, 1)
+    states = len(manifest["layers"]) * manifest["teacher_facts"]["hidden_size"] * getattr(torch, manifest["dtype"]).itemsize
+    return total / max(tokens, 1), float(states)
 
 
 def run(cfg: CacheCommandConfig) -> Path:
@@ -208,20 +215,31 @@ def run(cfg: CacheCommandConfig) -> Path:
     if runtime.is_main:
         every = [root / shard_name(n, i) for n, p in splits.items() for i in range(n_shards(len(p), cfg.shard_blocks))]
         written = sum(is_complete_shard(path) for path in every)
-        console.rule(f"egad cache · teacher={cfg.teacher.name} · dataset={cfg.dataset.name} · k={plan['k']}")
+        console.rule(f"egad cache · teacher={cfg.teacher.name} · dataset={cfg.dataset.name} · {describe_kind(plan)}")
         console.print(f"{root}: {written} of {len(every)} shard(s) already written"
-                      + (f"; {runtime.world_size} ranks write the rest" if runtime.world_size > 1 else ""))
+                      + (f"; {runtime.world_size} ranks write the rest" if runtime.world_size > 1 else ""),
+                      soft_wrap=True)
     if todo:
         write_shards(cfg, plan, root, splits, todo, runtime, vocab)
     barrier(runtime)
     if runtime.is_main:
         manifest = finish(root, plan, splits)
         blocks = ", ".join(f"{n}: {s['n_blocks']} blocks" for n, s in manifest["splits"].items())
+        total, states = bytes_per_token(manifest)
+        size = (f"{total - states:.0f} bytes/token + {states:.0f} for the hidden states at layers {plan['layers']} "
+                f"(state_pairs=0 leaves them out: no dual branch from this cache)" if states
+                else f"{total:.0f} bytes/token")
         console.print(f"teacher cache complete in {time.perf_counter() - started:.0f} s: {root}\n{blocks} of "
-                      f"{plan['block_size']} tokens · k={plan['k']} · {bytes_per_token(manifest):.0f} bytes/token\n"
-                      f"use it with: egad distill teacher_cache={root}")
+                      f"{plan['block_size']} tokens · {describe_kind(plan)} · {size}")
+        console.print(f"use it with: egad distill teacher_cache={root}", soft_wrap=True)  # a path to copy: unbroken
     barrier(runtime)
     return root
+
+
+def describe_kind(plan: dict) -> str:
+    if plan.get("kind", "topk") == "sampled":
+        return f"sampled: top {plan['k']} exact + {plan['draws']} draws from the tail"
+    return f"top-k: k={plan['k']} + tail bucket"
 
 
 def write_shards(cfg: CacheCommandConfig, plan: dict, root: Path, splits: dict, todo: list, runtime: Runtime,
@@ -237,10 +255,14 @@ def write_shards(cfg: CacheCommandConfig, plan: dict, root: Path, splits: dict, 
         ids, mask = part.ids[first:first + cfg.shard_blocks], part.mask[first:first + cfg.shard_blocks]
         fields: dict[str, list[torch.Tensor]] = {}
         for start in range(0, ids.shape[0], cfg.batch_size):  # batches aligned to the shard: resumable bit for bit
+            batch = ids[start:start + cfg.batch_size]
+            uniforms = None
+            if plan["kind"] == "sampled":  # [B, L-1, draws], from the seed and each block's place
+                uniforms = torch.stack([block_uniforms(plan["seed"], name, first + start + j, batch.shape[1] - 1,
+                                                       plan["draws"]) for j in range(batch.shape[0])])
             with runtime.autocast():
-                rows = teacher_rows(teacher, ids[start:start + cfg.batch_size].to(runtime.device), vocab, plan["k"],
-                                    tuple(plan["exponents"]), tuple(plan["entropy_temps"]), tuple(plan["layers"]),
-                                    store_dtype, cfg.chunk_size)
+                rows = teacher_rows(teacher, batch.to(runtime.device), vocab, plan, store_dtype, cfg.chunk_size,
+                                    uniforms)
             for key, value in rows.items():
                 fields.setdefault(key, []).append(value)
         tensors = {"ids": ids.to(torch.int32), "mask": mask.bool(), **{k: torch.cat(v) for k, v in fields.items()}}

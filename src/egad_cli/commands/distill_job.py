@@ -125,20 +125,25 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         console.print(f"{source} · student {n_params / 1e6:.2f}M · vocab {vocab} · {len(train_data)} train / "
                       f"{n_val} held-out blocks of {cfg.dataset.block_size} · {steps} steps on {runtime.device}")
 
-    def kl(gathered=contextlib.nullcontext) -> float | None:
+    sampled_cache = teacher is None and cached.val is not None and cached.val.sampled
+
+    def kl(gathered=contextlib.nullcontext) -> tuple[float | None, float | None]:
+        """(held-out KL, its standard error: only when estimated from a sampled cache)."""
         if teacher is None and cached.val is None:
-            return None  # a cache without its val split: nothing to measure against
+            return None, None  # a cache without its val split: nothing to measure against
         if runtime.is_main:  # a pass of seconds to minutes: say so, on a terminal or in a log file alike
+            how = (" (estimated from the sampled teacher cache)" if sampled_cache else
+                   " (from the teacher cache: top-k + tail bucket)" if teacher is None else "")
             console.print(f"[dim]held-out KL(teacher ‖ student) over up to {cfg.eval.max_tokens or 'all'} tokens"
-                          f"{' (from the teacher cache: top-k + tail bucket)' if teacher is None else ''}…[/]")
+                          f"{how}…[/]")
         with gathered():  # fsdp, after training: the student's root parameters whole
             if teacher is None:
                 return cached_heldout_kl(student, vocab, cached.val, runtime, cfg.eval.batch_size,
                                          cfg.eval.max_tokens, cfg.loss.chunk_rows(vocab))
             return heldout_kl(teacher, student, vocab, splits.val, runtime, cfg.eval.batch_size, cfg.eval.max_tokens,
-                              cfg.loss.chunk_rows(vocab))
+                              cfg.loss.chunk_rows(vocab)), None
 
-    kl_before = kl() if cfg.eval.before else None
+    kl_before, kl_before_se = kl() if cfg.eval.before else (None, None)
     rollout = None
     if cfg.onpolicy.lmbda > 0:
         seed = cfg.onpolicy.seed if cfg.onpolicy.seed is not None else cfg.trainer.seed
@@ -154,11 +159,12 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
     # The student and the summary are written before the final checkpoint: if the disk fills up, the
     # exported student is what must survive (the last periodic checkpoint still allows a resume).
     try:
-        kl_after = kl(unit.gathered)
+        kl_after, kl_after_se = kl(unit.gathered)
         # the exported weights, whole (fsdp: gathered from every rank, so every rank takes part)
         weights = parallel.full_model_state(unit.train_modules) if runtime.strategy == "fsdp" else None
         summary = {"method": cfg.method.name, "steps": result.steps, "train_seconds": round(result.seconds, 2),
                    "tokens": result.tokens, "kl_before": kl_before, "kl_after": kl_after,
+                   **({"kl_before_se": kl_before_se, "kl_after_se": kl_after_se} if sampled_cache else {}),
                    "final": result.last_logs, "student_dir": None,
                    "teacher_cache": str(cached.root) if teacher is None else None}
         if runtime.is_main:
@@ -171,10 +177,18 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         raise
     result.save_checkpoint()
     if runtime.is_main:
-        before = f"{kl_before:.4f}" if kl_before is not None else "n/a"
-        after = f"{kl_after:.4f}" if kl_after is not None else "n/a (the cache has no val split)"
-        console.print(f"held-out KL(teacher ‖ student): before {before} → after {after} nats/token"
-                      f"{' (cached teacher: top-k + tail bucket, a lower bound of the full KL)' if teacher is None else ''}")
+        def shown(value, se) -> str:
+            return "n/a" if value is None else f"{value:.4f}" + (f" ± {se:.4f}" if se is not None else "")
+
+        after = shown(kl_after, kl_after_se) if kl_after is not None else "n/a (the cache has no val split)"
+        note = ""
+        if sampled_cache:
+            note = (" (estimated from the sampled teacher cache: mean ± standard error over tokens; "
+                    "`egad eval run_dir=…` gives the exact value)")
+        elif teacher is None:
+            note = " (cached teacher: top-k + tail bucket, a lower bound of the full KL)"
+        console.print(f"held-out KL(teacher ‖ student): before {shown(kl_before, kl_before_se)} → after {after} "
+                      f"nats/token{note}")
         console.print(f"student saved to {summary['student_dir'] or '(export disabled)'}; run dir {run_dir}")
     return kl_after
 

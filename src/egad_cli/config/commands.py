@@ -37,6 +37,13 @@ CACHE_DTYPES = ("float16", "bfloat16", "float32")
 #: (the same grid as ``egad_cli.losses.cached.DEFAULT_EXPONENTS``; kept here so config needs no torch)
 TAIL_EXPONENTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 DEVICES_HELP = "valid: auto, cpu, cuda, cuda:N"
+#: teacher-cache formats (DESIGN §7; README "Teacher cache" has the measurements behind the defaults)
+CACHE_KINDS = ("sampled", "topk")
+#: k when `k` is null: a few exact top ids beside the draws (sampled); the older top-k format's k
+DEFAULT_K = {"sampled": 4, "topk": 48}
+SAMPLED_DRAWS = 16
+#: the dual branch's default branch.n_pairs (conf/branch/dual): a default cache serves the default egad run
+DEFAULT_STATE_PAIRS = 2
 
 
 def _device_problems(device: str, precision: str, out: Problems) -> None:
@@ -176,19 +183,25 @@ class ReportConfig:
 class CacheCommandConfig:
     """egad cache: one teacher pass over a dataset, stored so that distill runs (and sweeps) reuse it.
 
-    Per predicting token: the top-k log-probabilities at T = 1 and their ids, tail power sums on a grid
-    of exponents 1/τ (the tail bucket of every divergence at any per-token τ the grid covers), the exact
-    entropy at each of ``entropy_temps``, and (for the dual branch) hidden states at ``layers``.
+    Per predicting token (kind=sampled, the default): the k most likely ids with their exact
+    log-probabilities at T = 1, `draws` ids drawn from the rest of the teacher's distribution (unique ids,
+    counts, log-probabilities: every divergence and its gradient estimated without bias, DESIGN §7), the
+    tail power sums on a grid of exponents 1/τ (the normaliser at any per-token τ), the exact entropy at
+    each of ``entropy_temps``, and (for the dual branch) hidden states at ``layers``. kind=topk keeps
+    the top-k and one tail bucket instead of the draws (a coarse-grained, lower-bound divergence).
     """
 
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)  #: with state_pairs: the student the states are for
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    k: int = 48  #: top-k log-probabilities kept per token (k ≥ vocabulary: lossless)
+    kind: str = "sampled"  #: sampled (exact head + draws from the tail: unbiased) | topk (top-k + one tail bucket)
+    k: Optional[int] = None  #: exact top log-probabilities per token; null: 4 (sampled) or 48 (topk); ≥ vocabulary: lossless
+    draws: int = SAMPLED_DRAWS  #: kind=sampled: ids drawn with replacement from the tail per token (1..255)
+    seed: int = 0  #: kind=sampled: the draws' seed (with each block's place: the same command, the same bytes)
     exponents: list[float] = field(default_factory=lambda: list(TAIL_EXPONENTS))  #: tail sums at a = 1/τ; must include 1
     entropy_temps: list[float] = field(default_factory=lambda: [1.0, 2.0])  #: exact entropies stored (EA-KD reads T′=2)
     layers: list[int] = field(default_factory=list)  #: teacher hidden states stored (dual branch), 1..num_layers
-    state_pairs: int = 0  #: also store the states branch=dual with branch.n_pairs=state_pairs reads for `student`
+    state_pairs: int = DEFAULT_STATE_PAIRS  #: store the states branch=dual with branch.n_pairs=state_pairs reads for `student` (0: none)
     splits: list[str] = field(default_factory=lambda: ["train", "val"])  #: which splits of the dataset
     dtype: str = "float16"  #: storage of log-probs, tail sums and states (float32: lossless, 2x the bytes)
     shard_blocks: int = 64  #: blocks per shard file (the unit of atomic writes and of resuming)
@@ -206,7 +219,9 @@ class CacheCommandConfig:
         out = Problems()
         self.teacher.problems(out)
         self.dataset.problems(out)
-        out.check(self.k >= 1, "k", f"must be >= 1 (got {self.k})")
+        out.choice(self.kind, "kind", CACHE_KINDS)
+        out.check(self.k is None or self.k >= 1, "k", f"must be >= 1, or null for the kind's default (got {self.k})")
+        out.check(1 <= self.draws <= 255, "draws", f"must be in [1, 255] (counts are stored in one byte; got {self.draws})")
         exps = list(self.exponents)
         out.check(len(exps) > 0 and all(e > 0 for e in exps) and exps == sorted(set(exps)) and 1.0 in exps,
                   "exponents", f"must be positive, increasing, without repeats, and include 1.0 (got {exps})")
@@ -226,6 +241,10 @@ class CacheCommandConfig:
         out.check(self.chunk_size >= 1, "chunk_size", "must be positive")
         _device_problems(self.device, self.precision, out)
         return out
+
+    def head_k(self, vocab: int) -> int:
+        """The number of exact top ids stored: k, or the kind's default; at most the vocabulary."""
+        return min(DEFAULT_K[self.kind] if self.k is None else int(self.k), vocab)
 
 
 def register_command_schemas() -> None:

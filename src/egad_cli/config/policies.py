@@ -440,6 +440,9 @@ class LossConfig:
 
     #: fp32 [chunk, V] tensors the chunked loss holds at once (built-in divergences, live teacher; ``losses.chunked``)
     LIVE_TEMPORARIES: ClassVar[int] = 4
+    #: the divergence is a sum of per-vocabulary-entry terms ψ(p(v), q(v)): a sampled teacher cache estimates it
+    #: without bias (``losses.sampled``); tests/losses/test_sampled.py checks the flag against the function
+    PER_ENTRY: ClassVar[bool] = True
 
     def problems(self, out: Problems) -> None:
         size = self.chunk_size
@@ -559,6 +562,7 @@ class EntropyGatedKLConfig(LossConfig):
     """EOPD: reverse KL on every token plus forward KL where the teacher's entropy exceeds a threshold."""
 
     name: str = "entropy_gated_kl"
+    PER_ENTRY: ClassVar[bool] = False  #: the gate reads the whole row's entropy
     threshold: float = 1.0  #: teacher entropy (nats) above which the forward-KL term is added
     fkl_weight: float = 1.0  #: weight of that forward-KL term
 

@@ -132,18 +132,22 @@ def heldout_kl(teacher, student, vocab: int, val: Packed, runtime: Runtime, batc
 
 @torch.no_grad()
 def cached_heldout_kl(student, vocab: int, val, runtime: Runtime, batch_size: int, max_tokens: int,
-                      chunk_size: int = 1024) -> float:
-    """``heldout_kl`` against a teacher cache (val: a ``teacher_cache.SplitReader``): the same blocks, with
-    the teacher's top-k + tail bucket in place of its full distribution (a lower bound of the full KL,
-    equal to it when k = V)."""
-    from egad_cli.losses import chunked_distill_loss, forward_kl
+                      chunk_size: int = 1024) -> tuple[float, float | None]:
+    """``heldout_kl`` against a teacher cache (val: a ``teacher_cache.SplitReader``), over the same blocks:
+    (mean forward KL per valid token, its standard error or None).
+
+    A sampled cache gives each token's KL as an unbiased estimate (``losses.sampled``); the standard error
+    is the tokens' sample standard deviation over √n: it covers both the draws' noise and the spread
+    between tokens (the error of the held-out *average*, conservative for these fixed blocks). A top-k
+    cache gives the bucketed KL, a deterministic lower bound of the full one (no error bar to give)."""
+    from egad_cli.losses import forward_kl
 
     n = heldout_blocks(val.n_blocks, val.block_size, max_tokens)
     data = val.packed()
     head = student.get_output_embeddings().weight[:vocab]
     was_training = student.training
     student.eval()
-    total, count = torch.zeros((), dtype=torch.float64), 0
+    values = []
     for start in range(0, n, batch_size):
         blocks = torch.arange(start, min(n, start + batch_size))
         ids = data.ids[blocks].to(runtime.device)
@@ -151,15 +155,19 @@ def cached_heldout_kl(student, vocab: int, val, runtime: Runtime, batch_size: in
         with runtime.autocast():
             hidden = base_forward(student, ids).last_hidden_state[:, :-1]
         hidden = hidden.reshape(-1, hidden.shape[-1])  # [N, Ds]
-        top = val.rows(blocks, runtime.device)["top"]
-        div, _ = chunked_distill_loss(hidden, head, None, None, torch.ones_like(valid, dtype=torch.float32),
-                                      valid.float(), divergence=forward_kl, chunk_size=chunk_size, cached=top)
-        total += div.double().cpu()
-        count += int(valid.sum())
+        rows = val.rows(blocks, runtime.device)["top"]
+        dt = torch.promote_types(hidden.dtype, head.dtype)
+        for c in range(0, hidden.shape[0], chunk_size):
+            r = torch.arange(c, min(c + chunk_size, hidden.shape[0]), device=hidden.device)  # [C]
+            z = (hidden[r].to(dt) @ head.to(dt).T).float()  # [C, V]
+            d = rows.rows(r).divergence(z, torch.ones(r.numel(), device=z.device), forward_kl)  # [C]
+            values.append(d[valid[r]].double().cpu())
     student.train(was_training)
-    if count == 0:
+    kl = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+    if kl.numel() == 0:
         raise UserError("the held-out blocks of the teacher cache hold no valid (loss) tokens")
-    return float(total / count)
+    se = float(kl.std() / kl.numel() ** 0.5) if val.sampled and kl.numel() > 1 else None
+    return float(kl.mean()), se
 
 
 def cached_token_pass(reader, index: Tensor) -> dict[str, Tensor]:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["TeacherTopK", "cached_divergence", "student_buckets", "teacher_buckets", "topk_from_logits"]
+__all__ = ["TeacherTopK", "cached_divergence", "cached_hellinger", "student_buckets", "tail_of", "teacher_buckets",
+           "topk_from_logits"]
 
 #: exponents a = 1/τ at which tail power sums are stored by default: τ from 4 down to 0.25, with τ = 1 exact
 DEFAULT_EXPONENTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -48,6 +49,19 @@ class TeacherTopK:
         return TeacherTopK(self.logp.index_select(0, r), self.ids.index_select(0, r), self.exponents,
                            self.log_tail.index_select(0, r))
 
+    def divergence(self, s_logits: Tensor, tau: Tensor, divergence) -> Tensor:
+        """Per-token divergence [N] over the partition {top-k} ∪ {tail} at τ [N] (differentiable w.r.t.
+        the student's logits s_logits [N, V])."""
+        return divergence(teacher_buckets(self, tau), student_buckets(s_logits, self.ids, tau))
+
+    @torch.no_grad()
+    def hellinger(self, s_logits: Tensor) -> Tensor:
+        """Hellinger distance [N] at T = 1 over the same partition (exact when k = V)."""
+        from .divergences import hellinger
+
+        tau = torch.ones(s_logits.shape[0], device=s_logits.device)
+        return hellinger(teacher_buckets(self, tau), student_buckets(s_logits, self.ids, tau))
+
     @property
     def tau_range(self) -> tuple[float, float]:
         """The temperatures whose tail the grid covers: τ = 1/a for a in [a_min, a_max]."""
@@ -56,7 +70,15 @@ class TeacherTopK:
 
 @torch.no_grad()
 def topk_from_logits(t_logits: Tensor, k: int, exponents: tuple[float, ...] = DEFAULT_EXPONENTS) -> TeacherTopK:
-    """The cached form of teacher logits [N, V] (computed in fp32 from the full vocabulary).
+    """The cached form of teacher logits [N, V] (computed in fp32 from the full vocabulary)."""
+    top, _ = tail_of(torch.log_softmax(t_logits.float(), dim=-1), k, exponents)
+    return top
+
+
+@torch.no_grad()
+def tail_of(logp: Tensor, k: int, exponents: tuple[float, ...] = DEFAULT_EXPONENTS) -> tuple[TeacherTopK, Tensor | None]:
+    """(the top-k head of log-probabilities logp [N, V] with its tail power sums, the tail itself [N, V]:
+    q = p / m on the tail, 0 on the head; None when k = V and the tail is empty).
 
     The tail sums are taken relative to the largest tail probability m (the (k+1)-th): with
     q = p / m ≤ 1 on the tail, S(a) = m^a · Σ q^a and Σ q^a ≥ 1, so nothing under- or overflows, and
@@ -64,21 +86,20 @@ def topk_from_logits(t_logits: Tensor, k: int, exponents: tuple[float, ...] = DE
     over the vocabulary instead of one per exponent (the cost of `egad cache` is mostly this)."""
     if 1.0 not in exponents or list(exponents) != sorted(set(exponents)):
         raise ValueError(f"exponents must be increasing, without repeats, and include 1.0; got {exponents}")
-    logp = torch.log_softmax(t_logits.float(), dim=-1)  # [N, V]
     n, v = logp.shape
     k = min(int(k), v)
     a = torch.tensor(exponents, dtype=torch.float32, device=logp.device)  # [G]
     if k == v:  # lossless: the tail is empty
         top, ids = logp.topk(k, dim=-1)
         return TeacherTopK(logp=top, ids=ids, exponents=a,
-                           log_tail=torch.full((n, len(exponents)), -math.inf, device=logp.device))
+                           log_tail=torch.full((n, len(exponents)), -math.inf, device=logp.device)), None
     values, order = logp.topk(k + 1, dim=-1)  # [N, k + 1]
     top, ids, log_m = values[:, :k], order[:, :k], values[:, k]  # log_m: [N] the largest tail log-prob
     q = (logp - log_m[:, None]).exp_()  # [N, V]: p / m
     q.scatter_(-1, ids, 0.0)  # the tail only
     sums = torch.stack(_power_sums(q, exponents), dim=-1)  # [N, G] Σ_tail q^a, each ≥ 1
     log_tail = sums.log() + a[None, :] * log_m[:, None]  # log S(a) = log Σ q^a + a · log m
-    return TeacherTopK(logp=top, ids=ids, exponents=a, log_tail=log_tail)
+    return TeacherTopK(logp=top, ids=ids, exponents=a, log_tail=log_tail), q
 
 
 def _power_sums(q: Tensor, exponents: tuple[float, ...]) -> list[Tensor]:
@@ -151,26 +172,21 @@ def student_buckets(s_logits: Tensor, ids: Tensor, tau: Tensor) -> Tensor:
     return torch.cat([top, tail[:, None]], dim=-1)
 
 
-def cached_divergence(top: TeacherTopK, s_logits: Tensor, tau: Tensor, divergence) -> Tensor:
-    """Per-token divergence [N] between the cached teacher and the student at τ, with the tail bucket.
-    divergence: ``fn(t_logp, s_logp) -> [N]`` (a ``loss=`` node's ``divergence()``)."""
-    return divergence(teacher_buckets(top, tau), student_buckets(s_logits, top.ids, tau))
+def cached_divergence(top, s_logits: Tensor, tau: Tensor, divergence) -> Tensor:
+    """Per-token divergence [N] between a cached teacher (TeacherTopK: bucketed; TeacherSampled: an
+    unbiased estimate) and the student at τ. divergence: ``fn(t_logp, s_logp) -> [N]``."""
+    return top.divergence(s_logits, tau, divergence)
 
 
 @torch.no_grad()
-def cached_hellinger(top: TeacherTopK, s_hidden: Tensor, s_head: Tensor, chunk_size: int = 1024) -> Tensor:
-    """Hellinger distance [N] at T = 1 between the cached teacher and the student (from its final hidden
-    states [N, Ds] and sliced head [V, Ds]), over the partition {top-k} ∪ {tail}: exact when k = V."""
-    from .divergences import hellinger
-
+def cached_hellinger(top, s_hidden: Tensor, s_head: Tensor, chunk_size: int = 1024) -> Tensor:
+    """Hellinger distance [N] at T = 1 between the cached teacher (either format) and the student, from its
+    final hidden states [N, Ds] and sliced head [V, Ds], chunk by chunk."""
     n = s_hidden.shape[0]
     out = torch.empty(n, dtype=torch.float32, device=s_hidden.device)
-    one = torch.ones(min(chunk_size, n), device=s_hidden.device)
     dt = torch.promote_types(s_hidden.dtype, s_head.dtype)
     for start in range(0, n, chunk_size):
         r = torch.arange(start, min(start + chunk_size, n), device=s_hidden.device)  # [C]
-        rows = top.rows(r)
         s_logits = (s_hidden[r].to(dt) @ s_head.to(dt).T).float()  # [C, V]
-        tau = one[: r.numel()]
-        out[r] = hellinger(teacher_buckets(rows, tau), student_buckets(s_logits, rows.ids, tau))
+        out[r] = top.rows(r).hellinger(s_logits)
     return out

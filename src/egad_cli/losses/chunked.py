@@ -45,11 +45,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .cached import TeacherTopK, student_buckets, teacher_buckets
+from .cached import TeacherTopK
 from .divergences import Divergence, entropy_, value_and_grad
 from .divergences import hellinger as hellinger_distance  # the stats function has a `hellinger` flag
+from .sampled import TeacherSampled
 
-__all__ = ["chunked_distill_loss", "chunked_token_stats"]
+__all__ = ["chunked_distill_loss", "chunked_token_stats", "entropy_at"]
 
 IGNORE_INDEX = -100
 
@@ -122,7 +123,7 @@ def _chunk_loop(
     ce_coef: Tensor | None,
     fn: Divergence,
     chunk_size: int,
-    cached: TeacherTopK | None,
+    cached: TeacherTopK | TeacherSampled | None,
     t_logits: Tensor | None,
     consume_t_logits: bool,
     with_grads: bool,
@@ -193,16 +194,20 @@ def _chunk_loop(
                 _push(g, ce_grads, start, h_s, w_s)
             del g
 
-        top_c = None
         if analytic is not None:
             div_c, g = _analytic_divergence(z, teacher_logits(start, r), tau_c, coef_c, unit_tau, analytic, with_grads)
         else:
             if cached is None:
                 t_logp = torch.log_softmax(teacher_logits(start, r) / tau_c, dim=-1)  # [C, V]
-            else:
-                top_c = cached.rows(r)
-                t_logp = teacher_buckets(top_c, tau_c.squeeze(1))  # [C, k + 1]
-            div_c, g = _autograd_divergence(z, t_logp, tau_c, coef_c, fn, top_c, with_grads)
+
+                def per_token(z_: Tensor, t_logp=t_logp, tau_c=tau_c) -> Tensor:
+                    return fn(t_logp, torch.log_softmax(z_ / tau_c, dim=-1))
+            else:  # the cache's own form: bucketed (top-k) or estimated from draws (sampled)
+                rows_c = cached.rows(r)
+
+                def per_token(z_: Tensor, rows_c=rows_c, tau_c=tau_c) -> Tensor:
+                    return rows_c.divergence(z_, tau_c.squeeze(1), fn)
+            div_c, g = _autograd_divergence(z, per_token, tau_c, coef_c, with_grads)
         div_sum += div_c
         if with_grads:
             _push(g, div_grads, start, h_s, w_s)
@@ -240,17 +245,13 @@ def _analytic_divergence(z: Tensor, t_logits: Tensor, tau_c: Tensor, coef_c: Ten
     return div_c, g.mul_(scale).masked_fill_(scale == 0, 0.0)  # a coef-0 row gets exactly 0, even next to an inf
 
 
-def _autograd_divergence(z: Tensor, t_logp: Tensor, tau_c: Tensor, coef_c: Tensor, fn: Divergence,
-                         top_c: TeacherTopK | None, with_grads: bool) -> tuple[Tensor, Tensor | None]:
+def _autograd_divergence(z: Tensor, per_token, tau_c: Tensor, coef_c: Tensor,
+                         with_grads: bool) -> tuple[Tensor, Tensor | None]:
     """Any divergence, by a local autograd call w.r.t. the chunk's student logits z [C, V]; the path of
-    a user-added divergence without an analytic gradient and of a cached teacher's buckets."""
+    a user-added divergence without an analytic gradient and of a cached teacher. per_token: z -> [C]."""
     z = z.requires_grad_(with_grads)  # a local autograd leaf
     with torch.set_grad_enabled(with_grads):
-        if top_c is None:
-            s_logp = torch.log_softmax(z / tau_c, dim=-1)  # [C, V]
-        else:  # over the partition {the teacher's top-k} ∪ {tail}: [C, k + 1] on both sides
-            s_logp = student_buckets(z, top_c.ids, tau_c.squeeze(1))
-        div_c = _weighted_sum(fn(t_logp, s_logp), coef_c, tau_c)
+        div_c = _weighted_sum(per_token(z), coef_c, tau_c)
     if not with_grads:
         return div_c, None
     (g,) = torch.autograd.grad(div_c, z)
@@ -326,7 +327,7 @@ def chunked_distill_loss(
     labels: Tensor | None = None,
     ce_coef: Tensor | None = None,
     chunk_size: int = 1024,
-    cached: TeacherTopK | None = None,
+    cached: TeacherTopK | TeacherSampled | None = None,
     t_logits: Tensor | None = None,
     consume_t_logits: bool = False,
 ) -> tuple[Tensor, Tensor]:
@@ -345,9 +346,10 @@ def chunked_distill_loss(
         labels:   [N] int64 next-token ids for the CE term, -100 = ignore.
         ce_coef:  [N] per-token CE coefficient (0 where ignored); required with labels.
         chunk_size: tokens per chunk; peak extra memory is a few [chunk_size, V] fp32 tensors.
-        cached:   a teacher cache's rows for the N tokens (top-k log-probs, ids, tail sums) instead of
-                  t_hidden / t_head (pass None for both): the divergence is then taken over the
-                  partition {top-k} ∪ {tail bucket} (``losses.cached``), exact when k = V.
+        cached:   a teacher cache's rows for the N tokens instead of t_hidden / t_head (pass None for
+                  both): top-k log-probs, ids and tail sums (the divergence over the partition {top-k}
+                  ∪ {tail bucket}, ``losses.cached``) or an exact head with draws from the tail (an
+                  unbiased estimate, ``losses.sampled``); both exact when k = V.
         t_logits: [N, V] the teacher's logits, already computed (``chunked_token_stats(keep_teacher_logits=
                   True)``, any float dtype): used instead of the t_hidden @ t_head matmul, which is then
                   skipped (t_hidden and t_head are still checked for shapes).
@@ -382,12 +384,17 @@ def chunked_distill_loss(
     return div_sum, ce_sum
 
 
-def _entropy_at(logits: Tensor, temp: float, consume: bool = False) -> Tensor:
+def entropy_at(logits: Tensor, temp: float, consume: bool = False, normalized: bool = False) -> Tensor:
     """H(softmax(logits / temp)) [C] from logits [C, V] with in-place arithmetic: the same values as
-    ``entropy(log_softmax(logits / temp))``. consume=True overwrites logits instead of allocating."""
+    ``entropy(log_softmax(logits / temp))``. consume=True overwrites logits instead of allocating.
+    normalized=True: `logits` are already log-probabilities (at T = 1 nothing is re-normalised; at other
+    temperatures log_softmax(logp / T) = log_softmax(logits / T), a row constant apart). The one entropy
+    of the project: the live statistics pass and ``egad cache`` both call it."""
     if temp != 1.0:
         logp = logits.div_(temp) if consume else logits / temp  # [C, V]
         torch.log_softmax(logp, dim=-1, out=logp)
+    elif normalized:
+        logp = logits  # entropy_ reads it (its one temporary is exp(logp))
     else:
         logp = torch.log_softmax(logits, dim=-1, out=logits) if consume else torch.log_softmax(logits, dim=-1)
     return entropy_(logp)
@@ -463,7 +470,7 @@ def chunked_token_stats(
             reused = teacher_nll_labels is not None or hellinger or t_logits is raw and keep_teacher_logits
             for i, temp in enumerate(teacher_entropy_temps):
                 last = i == len(teacher_entropy_temps) - 1 and not reused
-                out[f"teacher_entropy@{temp:g}"][sl] = _entropy_at(t_logits, temp, consume=last)
+                out[f"teacher_entropy@{temp:g}"][sl] = entropy_at(t_logits, temp, consume=last)
             if teacher_nll_labels is not None:
                 lab = teacher_nll_labels[sl]  # [C]
                 out["teacher_nll"][sl] = F.cross_entropy(
@@ -473,7 +480,7 @@ def chunked_token_stats(
                 s_logits = (s_hidden[sl].to(s_dt) @ w_s.T).float()  # [C, V]
                 for i, temp in enumerate(student_entropy_temps):
                     last = i == len(student_entropy_temps) - 1 and not hellinger
-                    out[f"student_entropy@{temp:g}"][sl] = _entropy_at(s_logits, temp, consume=last)
+                    out[f"student_entropy@{temp:g}"][sl] = entropy_at(s_logits, temp, consume=last)
                 if hellinger:
                     out["hellinger"][sl] = hellinger_distance(
                         torch.log_softmax(t_logits, dim=-1), torch.log_softmax(s_logits, dim=-1)

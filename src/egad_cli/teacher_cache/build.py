@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from egad_cli.config.schema import TeacherConfig
-from egad_cli.losses.cached import topk_from_logits
-from egad_cli.losses.divergences import entropy
+from egad_cli.losses.cached import tail_of
+from egad_cli.losses.sampled import sampled_from_logp
 from egad_cli.models.documents import base_forward
 
 
@@ -51,27 +51,59 @@ def tensor_sha256(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+#: the [rows, V] fp32 temporaries of the build are kept under glibc's largest mmap threshold (32 MiB): a larger
+#: block is mapped fresh on every allocation and page-faulted in (measured: a sqrt over [508, 49,152] took 191 ms
+#: allocating against 18 ms into a reused buffer), a smaller one is recycled from the heap
+SMALL_TENSOR_BYTES = 24 << 20
+
+
+def block_uniforms(seed: int, split: str, block: int, rows: int, draws: int) -> torch.Tensor:
+    """[rows, draws] uniforms in [0, 1) for the draws of block `block` of `split`: a function of the cache's
+    seed and the block's place only, so the same command writes the same bytes whatever batch, shard,
+    rank or device computes the block (drawn on the CPU, then moved)."""
+    digest = hashlib.sha256(f"egad-cache/{seed}/{split}/{block}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return torch.rand(rows, draws, generator=generator)
+
+
 @torch.no_grad()
-def teacher_rows(teacher, ids: torch.Tensor, vocab: int, k: int, exponents: tuple[float, ...],
-                 entropy_temps: tuple[float, ...], layers: tuple[int, ...], store_dtype: torch.dtype,
-                 chunk_size: int) -> dict[str, torch.Tensor]:
-    """The cached fields of a batch of blocks ids [B, L], each [B, L-1, ...] on the CPU (see manifest.FIELDS)."""
+def teacher_rows(teacher, ids: torch.Tensor, vocab: int, plan: dict, store_dtype: torch.dtype, chunk_size: int,
+                 uniforms: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The cached fields of a batch of blocks ids [B, L], each [B, L-1, ...] on the CPU (see manifest.FIELDS).
+    plan: the cache's settings (kind, k, exponents, entropy_temps, layers); uniforms [B, L-1, draws] for a
+    sampled cache (``block_uniforms``). Per chunk of tokens one log-softmax over the vocabulary feeds
+    everything stored: the entropies, the top-k, the tail power sums and the draws."""
+    from egad_cli.losses.chunked import entropy_at
+
     b, length = ids.shape
+    layers = tuple(plan["layers"])
+    exponents = tuple(plan["exponents"])
+    sampled = plan.get("kind", "topk") == "sampled"
     out = base_forward(teacher, ids, output_hidden_states=bool(layers))
     hidden = out.last_hidden_state[:, :-1].reshape(b * (length - 1), -1)  # [N, Dt]
     head = teacher.get_output_embeddings().weight[:vocab]  # [V, Dt]
-    parts: dict[str, list[torch.Tensor]] = {"topk_logp": [], "topk_ids": [], "log_tail": [], "entropy": []}
+    flat_uniforms = None if uniforms is None else uniforms.reshape(b * (length - 1), -1)  # [N, draws]
+    parts: dict[str, list[torch.Tensor]] = {}
     id_dtype = torch.uint16 if vocab <= 65_536 else torch.int32
     dt = torch.promote_types(hidden.dtype, head.dtype)
-    for start in range(0, hidden.shape[0], chunk_size):
+    rows_per_chunk = min(chunk_size, max(1, SMALL_TENSOR_BYTES // (4 * vocab)))
+    for start in range(0, hidden.shape[0], rows_per_chunk):
         with torch.autocast(device_type=hidden.device.type, enabled=False):  # as the live loss computes them
-            logits = (hidden[start:start + chunk_size].to(dt) @ head.to(dt).T).float()  # [C, V]
-        top = topk_from_logits(logits, k, exponents)
-        parts["topk_logp"].append(top.logp.to(store_dtype).cpu())
-        parts["topk_ids"].append(top.ids.to(id_dtype).cpu())
-        parts["log_tail"].append(top.log_tail.to(store_dtype).cpu())
-        parts["entropy"].append(torch.stack([entropy(torch.log_softmax(logits / t, dim=-1)) for t in entropy_temps],
-                                            dim=-1).cpu())  # [C, E]
+            logits = (hidden[start:start + rows_per_chunk].to(dt) @ head.to(dt).T).float()  # [C, V]
+        logp = torch.log_softmax(logits, dim=-1, out=logits)  # [C, V], in place: the one normalisation
+        row = {"entropy": torch.stack([entropy_at(logp, t, normalized=True) for t in plan["entropy_temps"]], dim=-1)}
+        if sampled:
+            rows = sampled_from_logp(logp, plan["k"], flat_uniforms[start:start + rows_per_chunk], exponents)
+            top = rows.head
+            row.update(sample_ids=rows.sample_ids.to(id_dtype), sample_counts=rows.sample_counts.to(torch.uint8),
+                       sample_logp=rows.sample_logp.to(store_dtype))
+        else:
+            top, _ = tail_of(logp, plan["k"], exponents)
+        row.update(topk_logp=top.logp.to(store_dtype), topk_ids=top.ids.to(id_dtype),
+                   log_tail=top.log_tail.to(store_dtype))
+        for name, value in row.items():
+            parts.setdefault(name, []).append(value.cpu())
+        del logp, logits
     fields = {name: torch.cat(chunks).reshape(b, length - 1, -1) for name, chunks in parts.items()}
     for layer in layers:
         fields[f"states.{layer}"] = out.hidden_states[layer][:, :-1].to(store_dtype).cpu()  # [B, L-1, Dt]

@@ -22,7 +22,9 @@ from pathlib import Path
 from egad_cli.errors import UserError
 from egad_cli.teacher_cache.integrity import manifest_problem
 
-FORMAT_VERSION = 1
+#: 2: the sampled kind (and the "kind" key); 1: the top-k format before it, still read
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 TOKENIZER_DIR = "tokenizer"
@@ -34,6 +36,10 @@ FIELDS = {
     "topk_ids": "[B, L-1, k] their token ids (uint16 when V <= 65,536, else int32)",
     "log_tail": "[B, L-1, G] log Σ_{v not in top-k} p(v)^a for each exponent a = 1/τ of `exponents`",
     "entropy": "[B, L-1, E] exact full-vocabulary entropy (nats) at each temperature of `entropy_temps`",
+    "sample_ids": "[B, L-1, draws] (kind sampled) unique ids drawn from the tail p(v)/S(1), v not in top-k; "
+                  "padding slots after them (count 0)",
+    "sample_counts": "[B, L-1, draws] uint8: how many of the `draws` draws gave each id (0: padding)",
+    "sample_logp": "[B, L-1, draws] log p(v) at T = 1 of each drawn id",
     "states.<l>": "[B, L-1, D] teacher hidden states (output_hidden_states index l), for the dual branch",
 }
 
@@ -75,9 +81,10 @@ def open_manifest(ref: str | Path, key: str = "teacher_cache") -> tuple[Path, di
     problem = manifest_problem(root, manifest)
     if problem:
         raise UserError(f"{key}: {problem}")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise UserError(f"{key}: {root} was written in cache format {manifest.get('format_version')!r}; this egad "
-                        f"reads format {FORMAT_VERSION}. Rebuild it: {manifest.get('command', 'egad cache …')}")
+                        f"reads formats {', '.join(map(str, READABLE_VERSIONS))}. Rebuild it: "
+                        f"{manifest.get('command', 'egad cache …')}")
     return root, manifest
 
 
@@ -87,10 +94,18 @@ def tau_support(manifest: dict) -> tuple[float, float]:
     return 1.0 / max(exps), 1.0 / min(exps)
 
 
+def cache_kind(manifest: dict) -> str:
+    """sampled | topk (format 1 caches are all top-k)."""
+    return manifest.get("kind", "topk")
+
+
 def rebuild_hint(manifest: dict, **changes) -> str:
     """The cache's own command with `changes` (key=value) in place of its values: what would build a
-    cache that fits, quoted for a shell."""
-    words = [w for w in shlex.split(manifest.get("command", "egad cache")) if w.split("=")[0] not in changes]
+    cache that fits, quoted for a shell. Its out_dir is left out: that directory holds the cache with the
+    old settings, which `egad cache` would refuse to overwrite; without it the new cache goes to the
+    directory keyed by its settings, which the command prints."""
+    drop = {*changes, "out_dir", "+out_dir", "++out_dir"}
+    words = [w for w in shlex.split(manifest.get("command", "egad cache")) if w.split("=")[0] not in drop]
     return shlex.join(words + [f"{k}={hydra_value(v)}" for k, v in changes.items()])
 
 

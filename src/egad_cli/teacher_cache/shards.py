@@ -18,7 +18,8 @@ from safetensors import safe_open
 from egad_cli.data.packing import Packed
 from egad_cli.errors import UserError
 from egad_cli.losses.cached import TeacherTopK
-from egad_cli.teacher_cache.manifest import shard_name
+from egad_cli.losses.sampled import TeacherSampled
+from egad_cli.teacher_cache.manifest import cache_kind, shard_name
 
 #: torch dtype -> safetensors dtype name
 SAFETENSORS_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.int32: "I32",
@@ -91,6 +92,8 @@ class SplitReader:
         self.layers = [int(layer) for layer in manifest["layers"]]
         self.entropy_temps = [float(t) for t in manifest["entropy_temps"]]
         self.exponents = torch.tensor(manifest["exponents"], dtype=torch.float32)
+        self.sampled = cache_kind(manifest) == "sampled"
+        self.draws = int(manifest.get("draws", 0))
         facts = manifest["teacher_facts"]
         self.teacher_layers, self.teacher_width = int(facts["num_hidden_layers"]), int(facts["hidden_size"])
         self._handles = []
@@ -122,7 +125,8 @@ class SplitReader:
 
     def rows(self, blocks: torch.Tensor, device: torch.device, states: bool = False) -> dict:
         """The teacher's cached outputs for the predicting positions of `blocks` [B], flattened to N = B·(L-1):
-        ``top`` (TeacherTopK, fp32 on device), ``entropy`` {T: [N]}, and with `states` (the dual branch)
+        ``top`` (TeacherTopK, or TeacherSampled for a sampled cache; fp32 on device), ``entropy`` {T: [N]},
+        and with `states` (the dual branch)
         ``states`` {layer: [N, D]} (fp32; the largest field, so read only when asked for)."""
         def flat(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(-1, *t.shape[2:]).to(device)
@@ -131,6 +135,10 @@ class SplitReader:
                           ids=flat(self._take("topk_ids", blocks)).long(),
                           exponents=self.exponents.to(device),
                           log_tail=flat(self._take("log_tail", blocks)).float())
+        if self.sampled:
+            top = TeacherSampled(top, sample_ids=flat(self._take("sample_ids", blocks)).long(),
+                                 sample_counts=flat(self._take("sample_counts", blocks)).float(),
+                                 sample_logp=flat(self._take("sample_logp", blocks)).float(), draws=self.draws)
         entropy = flat(self._take("entropy", blocks)).float()  # [N, E]
         return {"top": top, "entropy": {t: entropy[:, i] for i, t in enumerate(self.entropy_temps)},
                 "states": {layer: flat(self._take(f"states.{layer}", blocks)).float()

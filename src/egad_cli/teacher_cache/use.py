@@ -7,7 +7,13 @@ from pathlib import Path
 
 from egad_cli.errors import UserError
 from egad_cli.teacher_cache.integrity import require_intact
-from egad_cli.teacher_cache.manifest import TOKENIZER_DIR, open_manifest, rebuild_hint, tau_support
+from egad_cli.teacher_cache.manifest import (
+    TOKENIZER_DIR,
+    cache_kind,
+    open_manifest,
+    rebuild_hint,
+    tau_support,
+)
 from egad_cli.teacher_cache.shards import SplitReader
 
 
@@ -41,6 +47,10 @@ def fit_problems(cfg, manifest: dict, needs, student_layers: int) -> list[str]:
     from egad_cli.losses.feature import default_layer_map
 
     problems = []
+    if cache_kind(manifest) == "sampled" and cfg.method.kd_weight > 0 and not cfg.loss.PER_ENTRY:
+        problems.append(f"loss={cfg.loss.name}: its value is not a sum over vocabulary entries, so the draws of a "
+                        f"sampled cache give no unbiased estimate of it; use the live teacher, or a top-k cache: "
+                        f"{rebuild_hint(manifest, kind='topk', k=48)}")
     lo, hi = cfg.temperature.tau_range()
     c_lo, c_hi = tau_support(manifest)
     if cfg.method.kd_weight > 0 and (lo < c_lo * (1 - 1e-6) or hi > c_hi * (1 + 1e-6)):
