@@ -141,8 +141,9 @@ def main() -> None:
             s = s_base.clone().requires_grad_(True)
             live = (tau**2 * fn(torch.log_softmax(t_logits / tau_value, -1), torch.log_softmax(s / tau_value, -1))).mean()
             (g_live,) = torch.autograd.grad(live, s)
+            live_value = live.item()
 
-            def err_cos(value: float, g: torch.Tensor, live=live.item(), g_live=g_live) -> tuple[float, float]:
+            def err_cos(value: float, g: torch.Tensor, live=live_value, g_live=g_live) -> tuple[float, float]:
                 cos = torch.nn.functional.cosine_similarity(g.double().flatten(), g_live.double().flatten(), dim=0)
                 return (value - live) / max(abs(live), 1e-12), cos.item()
 
