@@ -106,14 +106,14 @@ def build_vs_forward(ccfg: CacheCommandConfig, n_batches: int) -> None:
     for b in range(n_batches + 1):  # the first batch warms up (allocator, kernels) and is not counted
         ids = data.ids[b * bs:(b + 1) * bs]
         uniforms = torch.stack([block_uniforms(0, "train", b * bs + j, length - 1, ccfg.draws) for j in range(bs)])
-        for name in times:
+        for name, spent in times.items():
             t0 = time.perf_counter()
             if name == "forward":
                 teacher(input_ids=ids).logits.float()
             else:
                 teacher_rows(teacher, ids, vocab, plans[name], torch.float16, ccfg.chunk_size, uniforms)
             if b:
-                times[name].append(time.perf_counter() - t0)
+                spent.append(time.perf_counter() - t0)
     fwd = statistics.median(times["forward"])
     print(f"build vs forward ({n_batches} batches of {bs}x{length} tokens, median s/batch): forward {fwd:.3f}; "
           + "; ".join(f"{kind} {statistics.median(times[kind]):.3f} "
