@@ -40,17 +40,16 @@ KERNELS ?= avx2
 test-kernels: install
 	ATEN_CPU_CAPABILITY=$(KERNELS) MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -m "numerics or slow"
 
-# kd, egad, eakd and adakd × 3 seeds at the demo's budget, from one teacher cache (the teacher runs once),
-# then the exact held-out metrics of every job with the live teacher (`egad eval`: a cache's own KL is a
-# lower bound) and one table with mean ± sd per method (README "Results"; ~60 min on 2 CPU cores).
-# The training data is one epoch of the
-# demo's budget (150 steps × 4 blocks of 128 tokens), so the cache holds exactly what the runs read;
-# state_pairs=2 stores the teacher states egad's dual branch reads for the tiny student.
+# kd, egad, eakd and adakd × 3 seeds at the demo's budget, from one teacher cache (the teacher runs once; the
+# default sampled format, with the states egad's dual branch reads), then the exact held-out metrics of every
+# job with the live teacher (`egad eval`) and one table with mean ± sd per method (README "Results").
+# The training data is one epoch of the demo's budget (150 steps × 4 blocks of 128 tokens), so the cache
+# holds exactly what the runs read.
 COMPARE_DIR ?= multirun/compare
 COMPARE_CACHE ?= $(COMPARE_DIR)-teacher-cache
 COMPARE_DATA ?= dataset.max_train_tokens=76800 dataset.max_val_tokens=8192
 compare: install
-	$(VENV)/bin/egad cache $(COMPARE_DATA) state_pairs=2 out_dir=$(COMPARE_CACHE)
+	$(VENV)/bin/egad cache $(COMPARE_DATA) out_dir=$(COMPARE_CACHE)
 	$(VENV)/bin/egad distill -m teacher_cache=$(COMPARE_CACHE) method=kd,egad,eakd,adakd trainer.seed=0,1,2 \
 		hydra.sweep.dir=$(COMPARE_DIR)
 	$(VENV)/bin/egad eval -m run_dir=$$(ls -d $(COMPARE_DIR)/*_*/ | sed 's:/$$::' | paste -sd, -) eval.max_new_tokens=0

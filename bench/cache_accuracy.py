@@ -50,12 +50,13 @@ def fp16(t: torch.Tensor) -> torch.Tensor:
     return t.half().float()
 
 
-def sampled_draw(head, tail, logp, draws: int, seed: int) -> TeacherSampled:
-    """One independent draw of `draws` ids per token from the tail, stored values rounded as the cache does."""
+def sampled_draw(head, tail, logp, draws: int, seed: int, b: float) -> TeacherSampled:
+    """One independent draw of `draws` ids per token from the tail (r ∝ p^b: tail holds (p/m)^b), stored
+    values rounded as the cache does."""
     g = torch.Generator().manual_seed(seed)
     ids, counts = draw_from_tail(tail, torch.rand(tail.shape[0], draws, generator=g))
     sample_logp = fp16(logp.gather(-1, ids).masked_fill(counts == 0, 0.0))
-    return TeacherSampled(head, ids, counts.float(), sample_logp, draws)
+    return TeacherSampled(head, ids, counts.float(), sample_logp, draws, b)
 
 
 def mean_of_draws(rows: list[TeacherSampled]) -> TeacherSampled:
@@ -63,7 +64,7 @@ def mean_of_draws(rows: list[TeacherSampled]) -> TeacherSampled:
     weights = torch.cat([importance_weights(r) for r in rows], dim=-1) / len(rows)
     cat = lambda name: torch.cat([getattr(r, name) for r in rows], dim=-1)
     return TeacherSampled(rows[0].head, cat("sample_ids"), cat("sample_counts"), cat("sample_logp"),
-                          rows[0].draws, weights)
+                          rows[0].draws, rows[0].draw_exponent, weights)
 
 
 def loss_and_grad(rows, s_base: torch.Tensor, tau: torch.Tensor, fn) -> tuple[float, torch.Tensor]:
@@ -109,20 +110,23 @@ def main() -> None:
         s_base = student(input_ids=ids).logits[:, :-1, :vocab].reshape(-1, vocab).float()[valid]
     logp = torch.log_softmax(t_logits, dim=-1)
     n = logp.shape[0]
-    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
+    # HEADxDRAWS[@T]: T the draws' temperature (default 1: the teacher's own distribution)
+    configs = [(int(c.split("x")[0]), int(c.split("x")[1].split("@")[0]), float(c.split("@")[1]) if "@" in c else 1.0)
+               for c in args.configs.split(",")]
     print(f"cache accuracy: SmolLM2 teacher, {'student ' + args.student if args.student else 'random tiny student'}, "
           f"{n} tokens, V = {vocab}; bias = mean of {args.draws} draws, noise = median of {args.single} single "
           f"draws; values in fp16 as stored")
     print("bytes/token: " + ", ".join(
-        [f"sampled {k}x{d}: {bytes_per_token('sampled', k, d, vocab):.0f}" for k, d in configs]
+        [f"sampled {k}x{d}: {bytes_per_token('sampled', k, d, vocab):.0f}" for k, d, _ in configs]
         + [f"topk k={TOPK}: {bytes_per_token('topk', TOPK, 0, vocab):.0f}"]))
 
     formats = {}
-    for k, d in configs:
+    for k, d, temp in configs:
         head, tail = tail_of(logp, k)
         head.logp, head.log_tail = fp16(head.logp), fp16(head.log_tail)
-        draws = [sampled_draw(head, tail, logp, d, seed) for seed in range(max(args.draws, args.single))]
-        formats[f"{k}x{d}"] = (mean_of_draws(draws[: args.draws]), draws[: args.single])
+        tail = tail.pow_(1 / temp)
+        draws = [sampled_draw(head, tail, logp, d, seed, 1 / temp) for seed in range(max(args.draws, args.single))]
+        formats[f"{k}x{d}@{temp:g}"] = (mean_of_draws(draws[: args.draws]), draws[: args.single])
         del tail
     top, _ = tail_of(logp, TOPK)
     top.logp, top.log_tail = fp16(top.logp), fp16(top.log_tail)

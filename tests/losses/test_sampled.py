@@ -39,12 +39,12 @@ def teacher_student(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def replicated_estimates(t: torch.Tensor, s: torch.Tensor, fn, tau_value: float, k: int, draws: int, reps: int,
-                         seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                         seed: int = 1, draw_exponent: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-draw losses [R, TOKENS], per-draw gradients w.r.t. the student logits [R, TOKENS, V]): the
     tokens tiled R times, each copy with its own draws."""
     logp = torch.log_softmax(t, dim=-1).repeat(reps, 1)  # [R·T, V]
     g = torch.Generator().manual_seed(seed)
-    rows = sampled_from_logp(logp, k, torch.rand(logp.shape[0], draws, generator=g), DEFAULT_EXPONENTS)
+    rows = sampled_from_logp(logp, k, torch.rand(logp.shape[0], draws, generator=g), DEFAULT_EXPONENTS, draw_exponent)
     z = s.repeat(reps, 1).requires_grad_(True)
     est = rows.divergence(z, torch.full((logp.shape[0],), tau_value), fn)  # [R·T]
     (grad,) = torch.autograd.grad(est.sum(), z)
@@ -78,6 +78,16 @@ def test_the_mean_over_draws_converges_to_the_live_loss_and_gradient(name, tau_v
     t, s = teacher_student()
     fn = divergence(name)
     est, grads = replicated_estimates(t, s, fn, tau_value, k=2, draws=6, reps=3000)
+    check_converges(est, grads, *live(t, s, fn, tau_value))
+
+
+@pytest.mark.parametrize("tau_value", [1.0, 2.0])
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl"])
+def test_draws_at_another_temperature_stay_unbiased(name, tau_value):
+    """draw_temperature=2: the draws follow p^(1/2) on the tail; the weights use that proposal's normaliser."""
+    t, s = teacher_student()
+    fn = divergence(name)
+    est, grads = replicated_estimates(t, s, fn, tau_value, k=2, draws=6, reps=3000, draw_exponent=0.5)
     check_converges(est, grads, *live(t, s, fn, tau_value))
 
 

@@ -48,7 +48,7 @@ from egad_cli.ui.console import console
 CONTENT_KEYS = ("format_version", "teacher_fingerprint", "tokenizer_fingerprint", "data_fingerprints", "block_size",
                 "k", "exponents", "entropy_temps", "layers", "dtype", "shard_blocks")
 #: and for a sampled cache (format 2): what the draws depend on
-SAMPLED_KEYS = ("kind", "draws", "seed")
+SAMPLED_KEYS = ("kind", "draws", "seed", "draw_temperature")
 
 
 def runtime_of(cfg: CacheCommandConfig) -> Runtime:
@@ -87,7 +87,8 @@ def make_plan(cfg: CacheCommandConfig, tokenizer, splits, vocab: int) -> dict:
         "block_size": cfg.dataset.block_size,
         "kind": cfg.kind,
         "k": cfg.head_k(vocab),
-        **({"draws": cfg.draws, "seed": cfg.seed} if cfg.kind == "sampled" else {}),
+        **({"draws": cfg.draws, "seed": cfg.seed, "draw_temperature": cfg.draw_temperature}
+           if cfg.kind == "sampled" else {}),
         "exponents": [float(e) for e in cfg.exponents],
         "entropy_temps": sorted(float(t) for t in cfg.entropy_temps),
         "layers": stored_layers(cfg),
@@ -238,7 +239,8 @@ def run(cfg: CacheCommandConfig) -> Path:
 
 def describe_kind(plan: dict) -> str:
     if plan.get("kind", "topk") == "sampled":
-        return f"sampled: top {plan['k']} exact + {plan['draws']} draws from the tail"
+        at = f" at T={plan['draw_temperature']:g}" if plan.get("draw_temperature", 1.0) != 1.0 else ""
+        return f"sampled: top {plan['k']} exact + {plan['draws']} draws from the tail{at}"
     return f"top-k: k={plan['k']} + tail bucket"
 
 

@@ -198,6 +198,7 @@ class CacheCommandConfig:
     k: Optional[int] = None  #: exact top log-probabilities per token; null: 4 (sampled) or 48 (topk); ≥ vocabulary: lossless
     draws: int = SAMPLED_DRAWS  #: kind=sampled: ids drawn with replacement from the tail per token (1..255)
     seed: int = 0  #: kind=sampled: the draws' seed (with each block's place: the same command, the same bytes)
+    draw_temperature: float = 1.0  #: kind=sampled: draw from p^(1/T) on the tail; 1/T must be one of `exponents`
     exponents: list[float] = field(default_factory=lambda: list(TAIL_EXPONENTS))  #: tail sums at a = 1/τ; must include 1
     entropy_temps: list[float] = field(default_factory=lambda: [1.0, 2.0])  #: exact entropies stored (EA-KD reads T′=2)
     layers: list[int] = field(default_factory=list)  #: teacher hidden states stored (dual branch), 1..num_layers
@@ -225,6 +226,9 @@ class CacheCommandConfig:
         exps = list(self.exponents)
         out.check(len(exps) > 0 and all(e > 0 for e in exps) and exps == sorted(set(exps)) and 1.0 in exps,
                   "exponents", f"must be positive, increasing, without repeats, and include 1.0 (got {exps})")
+        out.check(self.draw_temperature > 0 and any(abs(1.0 / self.draw_temperature - e) < 1e-9 for e in exps),
+                  "draw_temperature", f"1/draw_temperature must be one of exponents={exps} (got {self.draw_temperature}: "
+                  f"1/T = {1.0 / self.draw_temperature if self.draw_temperature else float('inf'):g})")
         out.check(len(self.entropy_temps) > 0 and all(t > 0 for t in self.entropy_temps)
                   and 1.0 in self.entropy_temps, "entropy_temps",
                   f"must be positive temperatures including 1.0 (got {list(self.entropy_temps)})")

@@ -54,6 +54,8 @@ class TeacherSampled:
     sample_counts: Tensor  #: [N, m] float32 how many of the `draws` draws gave each id
     sample_logp: Tensor  #: [N, m] log p(v) at T = 1 of each drawn id (padding: 0)
     draws: int  #: N, the number of draws per token
+    #: b: the draws follow r(v) ∝ p(v)^b on the tail (b = 1/T_draw; 1: the teacher itself), b on the exponent grid
+    draw_exponent: float = 1.0
     #: the estimator's weights of the sample slots [N, m], when given (an average of several draws' estimators,
     #: bench/cache_accuracy.py); None: ``importance_weights`` of these draws
     weights: Tensor | None = None
@@ -71,7 +73,7 @@ class TeacherSampled:
         """The rows r [C] (int64) of every per-token field."""
         return TeacherSampled(self.head.rows(r), self.sample_ids.index_select(0, r),
                               self.sample_counts.index_select(0, r), self.sample_logp.index_select(0, r), self.draws,
-                              None if self.weights is None else self.weights.index_select(0, r))
+                              self.draw_exponent, None if self.weights is None else self.weights.index_select(0, r))
 
     def divergence(self, s_logits: Tensor, tau: Tensor, divergence) -> Tensor:
         """Per-token estimate D̂ [N] of divergence(p^τ, q^τ) (differentiable w.r.t. s_logits [N, V]; the
@@ -84,8 +86,8 @@ class TeacherSampled:
         return torch.where(weights > 0, weights * torch.where(weights > 0, terms, 0.0), 0.0).sum(dim=-1)
 
     def teacher_terms(self, tau: Tensor) -> tuple[Tensor, Tensor]:
-        """(log p^τ at the head and sample ids [N, k + m], the estimator's weight of each [N, k + m]:
-        1 on the head, w_j = (c_j / N) · S(1) / p(u_j) on the samples)."""
+        """(log p^τ at the head and sample ids [N, k + m], the estimator's weight of each [N, k + m]: 1 on the
+        head, 1 / π_j on the samples)."""
         a = 1.0 / tau.float()  # [N]
         log_z = torch.logaddexp(torch.logsumexp(self.head.logp * a[:, None], dim=-1),
                                 _log_tail_at(self.head, a))  # [N] log Z(a)
@@ -119,9 +121,9 @@ def importance_weights(rows: TeacherSampled) -> Tensor:
     c_j / (N r_j) fluctuates with the binomial count (measured: bench/cache_accuracy.py --estimator hh).
     For rare ids both are ≈ 1 / (N r_j). 0 on padding slots and when the tail is empty."""
     grid = rows.head.exponents
-    one = int(torch.nonzero(grid == 1.0)[0])  # the grid always holds a = 1 (validated when built)
-    log_s1 = rows.head.log_tail[:, one]  # [N] log S(1): the tail mass
-    r = torch.exp(rows.sample_logp - log_s1[:, None]).clamp(max=1.0)  # [N, m] each id's tail probability
+    b = int(torch.nonzero(grid == rows.draw_exponent)[0])  # the draw exponent is on the grid (validated when built)
+    log_s = rows.head.log_tail[:, b]  # [N] log S(b) = log Σ_tail p^b: the proposal's normaliser
+    r = torch.exp(rows.draw_exponent * rows.sample_logp - log_s[:, None]).clamp(max=1.0)  # [N, m] r(u_j)
     # π = 1 − (1 − r)^N without cancellation for small r: −expm1(N · log1p(−r)); r = 1 (a one-id tail): π = 1
     pi = -torch.expm1(rows.draws * torch.log1p(-r))
     drawn = (rows.sample_counts > 0) & (pi > 0)
@@ -154,16 +156,22 @@ def draw_from_tail(tail: Tensor, uniforms: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def sampled_from_logp(logp: Tensor, k: int, uniforms: Tensor, exponents: tuple[float, ...]) -> TeacherSampled:
+def sampled_from_logp(logp: Tensor, k: int, uniforms: Tensor, exponents: tuple[float, ...],
+                      draw_exponent: float = 1.0) -> TeacherSampled:
     """The sampled cache's form of teacher log-probabilities logp [C, V] at T = 1 (fp32, full vocabulary):
-    the exact top-k head, the tail power sums, and `uniforms.shape[1]` draws from the tail per row."""
+    the exact top-k head, the tail power sums, and `uniforms.shape[1]` draws per row from the tail
+    distribution r ∝ p^b (b = draw_exponent, on the grid `exponents`)."""
+    if draw_exponent not in exponents:
+        raise ValueError(f"the draw exponent {draw_exponent} must be on the exponent grid {exponents}")
     head, tail = tail_of(logp, k, exponents)  # tail: [C, V] p / m on the tail, 0 on the head (None if k = V)
     draws = uniforms.shape[1]
     if tail is None:
         zeros = torch.zeros(logp.shape[0], draws, dtype=torch.int64, device=logp.device)
-        return TeacherSampled(head, zeros, zeros.float(), zeros.float(), draws)
+        return TeacherSampled(head, zeros, zeros.float(), zeros.float(), draws, draw_exponent)
+    if draw_exponent != 1.0:
+        tail.pow_(draw_exponent)  # (p / m)^b ∝ p^b on the tail, still 0 on the head
     ids, counts = draw_from_tail(tail, uniforms.to(logp.device))
     del tail
     sample_logp = logp.gather(-1, ids).masked_fill(counts == 0, 0.0)
-    return TeacherSampled(head, ids, counts.float(), sample_logp, draws)
+    return TeacherSampled(head, ids, counts.float(), sample_logp, draws, draw_exponent)
 

@@ -93,7 +93,9 @@ def teacher_rows(teacher, ids: torch.Tensor, vocab: int, plan: dict, store_dtype
         logp = torch.log_softmax(logits, dim=-1, out=logits)  # [C, V], in place: the one normalisation
         row = {"entropy": torch.stack([entropy_at(logp, t, normalized=True) for t in plan["entropy_temps"]], dim=-1)}
         if sampled:
-            rows = sampled_from_logp(logp, plan["k"], flat_uniforms[start:start + rows_per_chunk], exponents)
+            draw_exponent = next(e for e in exponents if abs(e - 1.0 / plan.get("draw_temperature", 1.0)) < 1e-9)
+            rows = sampled_from_logp(logp, plan["k"], flat_uniforms[start:start + rows_per_chunk], exponents,
+                                     draw_exponent)
             top = rows.head
             row.update(sample_ids=rows.sample_ids.to(id_dtype), sample_counts=rows.sample_counts.to(torch.uint8),
                        sample_logp=rows.sample_logp.to(store_dtype))

@@ -94,6 +94,9 @@ class SplitReader:
         self.exponents = torch.tensor(manifest["exponents"], dtype=torch.float32)
         self.sampled = cache_kind(manifest) == "sampled"
         self.draws = int(manifest.get("draws", 0))
+        # the grid's own value (1/T computed here may differ from it in the last bit)
+        draw_exponent = 1.0 / float(manifest.get("draw_temperature", 1.0))
+        self.draw_exponent = min(manifest["exponents"], key=lambda e: abs(e - draw_exponent))
         facts = manifest["teacher_facts"]
         self.teacher_layers, self.teacher_width = int(facts["num_hidden_layers"]), int(facts["hidden_size"])
         self._handles = []
@@ -138,7 +141,8 @@ class SplitReader:
         if self.sampled:
             top = TeacherSampled(top, sample_ids=flat(self._take("sample_ids", blocks)).long(),
                                  sample_counts=flat(self._take("sample_counts", blocks)).float(),
-                                 sample_logp=flat(self._take("sample_logp", blocks)).float(), draws=self.draws)
+                                 sample_logp=flat(self._take("sample_logp", blocks)).float(), draws=self.draws,
+                                 draw_exponent=self.draw_exponent)
         entropy = flat(self._take("entropy", blocks)).float()  # [N, E]
         return {"top": top, "entropy": {t: entropy[:, i] for i, t in enumerate(self.entropy_temps)},
                 "states": {layer: flat(self._take(f"states.{layer}", blocks)).float()
