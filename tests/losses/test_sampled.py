@@ -173,6 +173,14 @@ def test_the_per_entry_flag_says_whether_the_divergence_sums_its_entries(name):
         assert not torch.allclose(summed, fn(t_logp, s_logp), rtol=1e-3)
 
 
+@pytest.mark.parametrize("name", PER_ENTRY)
+def test_the_teacher_weighted_flag_says_whether_terms_vanish_with_the_teacher(name):
+    """TEACHER_WEIGHTED (no warning from a sampled cache): ψ(log p, log q) → 0 as p → 0 for any student q."""
+    s_logp = torch.log_softmax(torch.randn(1, V), dim=-1)
+    tiny = per_entry(divergence(name), torch.full_like(s_logp, -60.0), s_logp).abs().max()  # p = e^-60
+    assert (float(tiny) < 1e-20) == LOSSES[name].TEACHER_WEIGHTED, float(tiny)
+
+
 def test_draws_follow_the_tail_and_never_the_head():
     logp = torch.log_softmax(torch.randn(1, V) * 2, dim=-1).repeat(4000, 1)
     head, tail = tail_of(logp, 3)

@@ -33,7 +33,7 @@ from egad_cli.models import (
 from egad_cli.models.loading import load_teacher_tokenizer
 from egad_cli.models.setup import apply_document_masks
 from egad_cli.models.students import student_layer_count
-from egad_cli.teacher_cache.use import check_fits, open_cached_teacher
+from egad_cli.teacher_cache.use import check_fits, fit_warnings, open_cached_teacher
 from egad_cli.ui.console import console
 
 
@@ -94,6 +94,8 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(raw, run_dir / "config.yaml", resolve=True)
         console.rule(f"egad distill · method={cfg.method.name} · teacher={cfg.teacher.name} · student={cfg.student.name}")
+        for warning in fit_warnings(cfg, cached.manifest) if cached is not None else ():
+            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     if cached is not None:
         teacher, tokenizer, train_data = None, cached.tokenizer, cached.train.packed()
         student, s_tok = build_student(cfg.student, None, tokenizer, default_seed=cfg.trainer.seed,

@@ -443,6 +443,10 @@ class LossConfig:
     #: the divergence is a sum of per-vocabulary-entry terms ψ(p(v), q(v)): a sampled teacher cache estimates it
     #: without bias (``losses.sampled``); tests/losses/test_sampled.py checks the flag against the function
     PER_ENTRY: ClassVar[bool] = True
+    #: every per-entry term carries the teacher's probability as a factor (ψ → 0 as p → 0): a sampled cache's
+    #: draws then estimate it with bounded weights. Otherwise (reverse KL, JSD, skew reverse KL, TVD) a term
+    #: carries the student's mass q on ids the teacher rarely emits, weighted by 1 / π: unbiased but noisy
+    TEACHER_WEIGHTED: ClassVar[bool] = False
 
     def problems(self, out: Problems) -> None:
         size = self.chunk_size
@@ -470,6 +474,7 @@ class ForwardKLConfig(LossConfig):
     """KL(p ‖ q): mass-covering, the classic KD loss."""
 
     name: str = "forward_kl"
+    TEACHER_WEIGHTED: ClassVar[bool] = True
 
     def divergence(self) -> Callable:
         from egad_cli.losses.divergences import forward_kl
@@ -523,6 +528,7 @@ class SkewFKLConfig(SkewConfig):
     """Skew forward KL (DistiLLM): KL(p ‖ αp + (1 − α)q)."""
 
     name: str = "skew_fkl"
+    TEACHER_WEIGHTED: ClassVar[bool] = True
 
     def divergence(self) -> Callable:
         from egad_cli.losses.divergences import skew_fkl
