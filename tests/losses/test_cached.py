@@ -84,3 +84,40 @@ def test_the_cached_form_leaves_no_reference_cycles():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_split_tail_power_sums_and_entropies_equal_a_float64_reference():
+    """egad cache reads the tail sums and the entropies at T = 1/b (b on POWER_BASIS) off one Gram product of
+    the powers of the tail; against the plain float64 sums. Tolerance: a float32 sum of V positive terms
+    is off by at most V · eps relative (any order), i.e. V · eps absolute in log S and in the moments' H."""
+    from egad_cli.losses.cached import DEFAULT_EXPONENTS, POWER_BASIS, split_tail
+    from egad_cli.losses.divergences import entropy
+
+    v = 1000
+    logp = torch.log_softmax(4.0 * torch.randn(9, v, generator=torch.Generator().manual_seed(3),
+                                                dtype=torch.float64), dim=-1)
+    temps = (1.0, 2.0, 0.5, 4.0, 3.0)
+    split = split_tail(logp.float(), 4, DEFAULT_EXPONENTS, entropy_temps=temps)
+    tol = v * torch.finfo(torch.float32).eps
+    tail = torch.ones_like(logp, dtype=torch.bool).scatter_(-1, split.head.ids, False)
+    for i, a in enumerate(DEFAULT_EXPONENTS):
+        want = torch.where(tail, logp * a, -torch.inf).logsumexp(dim=-1)
+        torch.testing.assert_close(split.head.log_tail[:, i].double(), want, rtol=0, atol=tol)
+    assert sorted(split.entropies) == sorted(t for t in temps if 1 / t in POWER_BASIS)  # T = 3 is off the basis
+    for t, h in split.entropies.items():
+        want = entropy(torch.log_softmax(logp / t, dim=-1))
+        torch.testing.assert_close(h.double(), want, rtol=0, atol=tol * float(want.abs().max()))
+
+
+def test_entropy_at_gives_masked_ids_no_mass():
+    """A logit of -inf (an id masked out) takes no part: 0 · log 0 = 0, the entropy of the rest."""
+    from egad_cli.losses.chunked import entropy_at
+    from egad_cli.losses.divergences import entropy
+
+    x = logits(5)
+    masked = x.clone()
+    masked[:, V // 2:] = -torch.inf
+    for temp in (1.0, 2.0):
+        want = entropy(torch.log_softmax(x[:, :V // 2] / temp, dim=-1))
+        torch.testing.assert_close(entropy_at(masked.clone(), temp), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(entropy_at(masked.clone(), temp, consume=True), want, rtol=1e-5, atol=1e-6)

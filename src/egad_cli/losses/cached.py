@@ -28,8 +28,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["TeacherTopK", "cached_divergence", "cached_hellinger", "student_buckets", "tail_of", "teacher_buckets",
-           "topk_from_logits"]
+__all__ = [
+    "POWER_BASIS",
+    "SPLIT_BUFFER_ROWS",
+    "TailSplit",
+    "TeacherTopK",
+    "cached_divergence",
+    "cached_hellinger",
+    "split_tail",
+    "student_buckets",
+    "tail_of",
+    "teacher_buckets",
+    "topk_from_logits",
+]
 
 #: exponents a = 1/τ at which tail power sums are stored by default: τ from 4 down to 0.25, with τ = 1 exact
 DEFAULT_EXPONENTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -75,57 +86,91 @@ def topk_from_logits(t_logits: Tensor, k: int, exponents: tuple[float, ...] = DE
     return top
 
 
-@torch.no_grad()
+#: the powers q^b held side by side for one Gram product (``split_tail``): every default exponent is b_i + b_j
+#: for two of them, or b_0 = 1/4 alone; together with log p they also give the entropies at T = 1/b
+POWER_BASIS = (0.25, 0.5, 1.0, 2.0)
+#: rows of the [N, rows, V] work buffer of ``split_tail``: the powers and log p (callers size chunks by it)
+SPLIT_BUFFER_ROWS = len(POWER_BASIS) + 1
+
+
+@dataclass
+class TailSplit:
+    """A teacher's log-probabilities split at its top k: the head, the tail, the entropies asked for."""
+
+    head: TeacherTopK  #: the top-k head with the tail power sums
+    tail: Tensor | None  #: [N, V] q = p / m on the tail, 0 on the head (m: the largest tail p); None when k = V
+    entropies: dict[float, Tensor]  #: {T: H(p_T) [N]} for each asked T whose 1/T is in POWER_BASIS (none if k = V)
+
+
 def tail_of(logp: Tensor, k: int, exponents: tuple[float, ...] = DEFAULT_EXPONENTS) -> tuple[TeacherTopK, Tensor | None]:
     """(the top-k head of log-probabilities logp [N, V] with its tail power sums, the tail itself [N, V]:
-    q = p / m on the tail, 0 on the head; None when k = V and the tail is empty).
+    q = p / m on the tail, 0 on the head; None when k = V and the tail is empty). See ``split_tail``."""
+    split = split_tail(logp, k, exponents)
+    return split.head, split.tail
+
+
+@torch.no_grad()
+def split_tail(logp: Tensor, k: int, exponents: tuple[float, ...] = DEFAULT_EXPONENTS,
+               entropy_temps: tuple[float, ...] = ()) -> TailSplit:
+    """The top-k head of log-probabilities logp [N, V] at T = 1, its tail power sums on `exponents`, the tail,
+    and the entropies at those of `entropy_temps` whose 1/T is in POWER_BASIS (the others: ``entropy_at``).
 
     The tail sums are taken relative to the largest tail probability m (the (k+1)-th): with
-    q = p / m ≤ 1 on the tail, S(a) = m^a · Σ q^a and Σ q^a ≥ 1, so nothing under- or overflows, and
-    for the default grid (multiples of 1/4) every q^a is a product of q, √q and ⁴√q: one exp pass
-    over the vocabulary instead of one per exponent (the cost of `egad cache` is mostly this)."""
+    q = p / m ≤ 1 on the tail, S(a) = m^a · Σ q^a and Σ q^a ≥ 1, so nothing under- or overflows. The cost
+    of ``egad cache`` beyond the teacher's forward is passes over the vocabulary, so everything is read off
+    one buffer W = [q^¼, q^½, q, q², log p] [N, 5, V] with one batched Gram product G = W Wᵀ [N, 5, 5]
+    (BLAS reads W once): Σ q^(b_i + b_j) = G_ij covers the default grid (¼ = b_0 alone is a plain sum), and
+    G_i4 = Σ_tail q^b_i log p gives, with the exact head, the moments of p^a at a = b_i for the entropy:
+    Z(a) = Σ_v p^a = Σ_head p^a + m^a Σ q^a, D(a) = Σ_v p^a log p = Σ_head p^a log p + m^a G_i4,
+    H(p_{1/a}) = log Z − a D / Z (``entropy_from_moments``, the formula ``entropy_at`` uses)."""
+    from .divergences import entropy_from_moments
+
     if 1.0 not in exponents or list(exponents) != sorted(set(exponents)):
         raise ValueError(f"exponents must be increasing, without repeats, and include 1.0; got {exponents}")
     n, v = logp.shape
     k = min(int(k), v)
     a = torch.tensor(exponents, dtype=torch.float32, device=logp.device)  # [G]
-    if k == v:  # lossless: the tail is empty
+    moment_temps = [t for t in entropy_temps if 1.0 / t in POWER_BASIS]
+    if k == v:  # lossless: the tail is empty, the head is everything
         top, ids = logp.topk(k, dim=-1)
-        return TeacherTopK(logp=top, ids=ids, exponents=a,
-                           log_tail=torch.full((n, len(exponents)), -math.inf, device=logp.device)), None
+        head = TeacherTopK(logp=top, ids=ids, exponents=a,
+                           log_tail=torch.full((n, len(exponents)), -math.inf, device=logp.device))
+        return TailSplit(head, None, {})  # no Gram product here: entropy_at gives the entropies
     values, order = logp.topk(k + 1, dim=-1)  # [N, k + 1]
     top, ids, log_m = values[:, :k], order[:, :k], values[:, k]  # log_m: [N] the largest tail log-prob
-    q = (logp - log_m[:, None]).exp_()  # [N, V]: p / m
+    work = logp.new_empty(n, SPLIT_BUFFER_ROWS if moment_temps else len(POWER_BASIS), v)  # [N, 4 or 5, V]
+    q = work[:, 2]  # [N, V]
+    torch.sub(logp, log_m[:, None], out=q).exp_()  # p / m
     q.scatter_(-1, ids, 0.0)  # the tail only
-    sums = torch.stack(_power_sums(q, exponents), dim=-1)  # [N, G] Σ_tail q^a, each ≥ 1
+    torch.sqrt(q, out=work[:, 1])
+    torch.sqrt(work[:, 1], out=work[:, 0])
+    torch.mul(q, q, out=work[:, 3])
+    if moment_temps:
+        work[:, 4].copy_(logp)
+    gram = torch.bmm(work, work.transpose(1, 2))  # [N, R, R]: Σ_v W_i W_j
+    sums = torch.stack([_tail_sum(e, gram, work, q) for e in exponents], dim=-1)  # [N, G] Σ_tail q^a, each ≥ 1
     log_tail = sums.log() + a[None, :] * log_m[:, None]  # log S(a) = log Σ q^a + a · log m
-    return TeacherTopK(logp=top, ids=ids, exponents=a, log_tail=log_tail), q
+    head = TeacherTopK(logp=top, ids=ids, exponents=a, log_tail=log_tail)
+    entropies = {}
+    for t in moment_temps:
+        i, b = POWER_BASIS.index(1.0 / t), 1.0 / t
+        w = torch.exp(b * top)  # [N, k] p^b on the head
+        scale = torch.exp(b * log_m)  # [N] m^b
+        z = w.sum(-1) + scale * _tail_sum(b, gram, work, q)
+        d = (w * top).sum(-1) + scale * gram[:, i, 4]
+        entropies[t] = entropy_from_moments(z, d, b)
+    return TailSplit(head, q, entropies)
 
 
-def _power_sums(q: Tensor, exponents: tuple[float, ...]) -> list[Tensor]:
-    """[Σ_v q(v)^a for a in exponents], each [N], for q [N, V] in [0, 1]. Multiples of 1/4 (up to 16) are
-    products of powers r^(2^j) of r = q^(1/4) (square roots and squarings, no exp); others use pow."""
-    if not all(float(4 * a).is_integer() and 0 < a <= 16 for a in exponents):
-        return [q.pow(a).sum(dim=-1) for a in exponents]
-    # r^(2^j) for r = q^(1/4), built by squaring; a plain dict and loop (a recursive closure would be a
-    # reference cycle holding [N, V] tensors until the cyclic GC happens to run: gigabytes per shard)
-    n_max = max(int(4 * e) for e in exponents)
-    half = q.sqrt()
-    powers = {1: half.sqrt(), 2: half, 4: q}
-    bit = 4
-    while bit * 2 <= n_max:
-        powers[bit * 2] = powers[bit] * powers[bit]
-        bit *= 2
-    sums = []
-    for e in exponents:
-        n, bit, product = int(4 * e), 1, None
-        while n:
-            if n & 1:
-                product = powers[bit] if product is None else product * powers[bit]
-            n, bit = n >> 1, bit << 1
-        sums.append(product.sum(dim=-1))
-    powers.clear()
-    return sums
+def _tail_sum(e: float, gram: Tensor, work: Tensor, q: Tensor) -> Tensor:
+    """Σ_v q(v)^e [N] from the Gram product of the powers in ``split_tail`` (pow for an exponent off it)."""
+    if e == POWER_BASIS[0]:
+        return work[:, 0].sum(dim=-1)
+    for i, b_i in enumerate(POWER_BASIS):
+        for j in range(i, len(POWER_BASIS)):
+            if b_i + POWER_BASIS[j] == e:
+                return gram[:, i, j]
+    return q.pow(e).sum(dim=-1)
 
 
 def _log_tail_at(top: TeacherTopK, a: Tensor) -> Tensor:

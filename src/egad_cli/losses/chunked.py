@@ -46,7 +46,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .cached import TeacherTopK
-from .divergences import Divergence, entropy_, value_and_grad
+from .divergences import Divergence, entropy_from_moments, rowdot, value_and_grad
 from .divergences import hellinger as hellinger_distance  # the stats function has a `hellinger` flag
 from .sampled import TeacherSampled
 
@@ -385,19 +385,31 @@ def chunked_distill_loss(
 
 
 def entropy_at(logits: Tensor, temp: float, consume: bool = False, normalized: bool = False) -> Tensor:
-    """H(softmax(logits / temp)) [C] from logits [C, V] with in-place arithmetic: the same values as
-    ``entropy(log_softmax(logits / temp))``. consume=True overwrites logits instead of allocating.
-    normalized=True: `logits` are already log-probabilities (at T = 1 nothing is re-normalised; at other
-    temperatures log_softmax(logp / T) = log_softmax(logits / T), a row constant apart). The one entropy
-    of the project: the live statistics pass and ``egad cache`` both call it."""
-    if temp != 1.0:
-        logp = logits.div_(temp) if consume else logits / temp  # [C, V]
-        torch.log_softmax(logp, dim=-1, out=logp)
-    elif normalized:
-        logp = logits  # entropy_ reads it (its one temporary is exp(logp))
+    """H(softmax(logits / temp)) [C] from logits [C, V]: the same values as
+    ``entropy(log_softmax(logits / temp))``, in three to five passes over the vocabulary.
+    consume=True may overwrite logits. normalized=True: `logits` are already log-probabilities (otherwise
+    they are normalised first). The one entropy of the project: the live statistics pass and ``egad cache``
+    both call it.
+
+    With x = logits − c (the row max keeps exp from overflowing), a = 1/temp, e = exp(a·x), z = Σ e and
+    d = Σ e·x: H = log z − a · d / z (``entropy_from_moments``; ``egad cache`` gets z and d from its power
+    sums where 1/temp is on their basis, ``losses.cached.split_tail``)."""
+    a = 1.0 / temp
+    if not normalized:  # through log p first, so that live and cached entropies are the same bits
+        logits = torch.log_softmax(logits, dim=-1, out=logits) if consume else torch.log_softmax(logits, dim=-1)
+        consume = True  # a tensor of our own now
+    if temp == 1.0:
+        x = logits  # log p ≤ 0, the largest ≥ −log V: exp neither over- nor underflows
     else:
-        logp = torch.log_softmax(logits, dim=-1, out=logits) if consume else torch.log_softmax(logits, dim=-1)
-    return entropy_(logp)
+        shift = logits.amax(dim=-1, keepdim=True)  # [C, 1]
+        x = logits.sub_(shift) if consume else logits - shift  # [C, V], ≤ 0
+    e = torch.mul(x, a).exp_() if a != 1.0 else torch.exp(x)  # [C, V] ≤ 1
+    z = e.sum(dim=-1)  # [C], ≥ the largest e
+    d = rowdot(e, x)  # [C]; nan in a row where x = -inf (a masked id: e = 0, and 0 · -inf is nan)
+    bad = ~torch.isfinite(d)
+    if bad.any():  # 0 · log 0 = 0, as `entropy` takes it
+        d[bad] = (e[bad] * x[bad]).nan_to_num_(nan=0.0).sum(dim=-1)
+    return entropy_from_moments(z, d, a)
 
 
 @torch.no_grad()

@@ -40,9 +40,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .cached import TeacherTopK, _log_tail_at, tail_of
+from .cached import TailSplit, TeacherTopK, _log_tail_at, split_tail
 
-__all__ = ["TeacherSampled", "draw_from_tail", "importance_weights", "sampled_from_logp"]
+__all__ = ["TeacherSampled", "draw_from_tail", "importance_weights", "sampled_from_logp",
+           "sampled_from_split"]
 
 
 @dataclass
@@ -161,9 +162,17 @@ def sampled_from_logp(logp: Tensor, k: int, uniforms: Tensor, exponents: tuple[f
     """The sampled cache's form of teacher log-probabilities logp [C, V] at T = 1 (fp32, full vocabulary):
     the exact top-k head, the tail power sums, and `uniforms.shape[1]` draws per row from the tail
     distribution r ∝ p^b (b = draw_exponent, on the grid `exponents`)."""
-    if draw_exponent not in exponents:
-        raise ValueError(f"the draw exponent {draw_exponent} must be on the exponent grid {exponents}")
-    head, tail = tail_of(logp, k, exponents)  # tail: [C, V] p / m on the tail, 0 on the head (None if k = V)
+    return sampled_from_split(logp, split_tail(logp, k, exponents), uniforms, draw_exponent)
+
+
+@torch.no_grad()
+def sampled_from_split(logp: Tensor, split: TailSplit, uniforms: Tensor, draw_exponent: float = 1.0) -> TeacherSampled:
+    """``sampled_from_logp`` from a split the caller already has (``egad cache`` also reads its entropies).
+    Overwrites split.tail when draw_exponent ≠ 1."""
+    head, tail = split.head, split.tail  # tail: [C, V] p / m on the tail, 0 on the head (None if k = V)
+    grid = head.exponents.tolist()
+    if not any(abs(g - draw_exponent) < 1e-6 for g in grid):
+        raise ValueError(f"the draw exponent {draw_exponent} must be on the exponent grid {tuple(grid)}")
     draws = uniforms.shape[1]
     if tail is None:
         zeros = torch.zeros(logp.shape[0], draws, dtype=torch.int64, device=logp.device)
@@ -171,7 +180,6 @@ def sampled_from_logp(logp: Tensor, k: int, uniforms: Tensor, exponents: tuple[f
     if draw_exponent != 1.0:
         tail.pow_(draw_exponent)  # (p / m)^b ∝ p^b on the tail, still 0 on the head
     ids, counts = draw_from_tail(tail, uniforms.to(logp.device))
-    del tail
     sample_logp = logp.gather(-1, ids).masked_fill(counts == 0, 0.0)
     return TeacherSampled(head, ids, counts.float(), sample_logp, draws, draw_exponent)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from egad_cli.config.schema import TeacherConfig
-from egad_cli.losses.cached import tail_of
-from egad_cli.losses.sampled import sampled_from_logp
+from egad_cli.losses.cached import SPLIT_BUFFER_ROWS, split_tail
+from egad_cli.losses.sampled import sampled_from_split
 from egad_cli.models.documents import base_forward
 
 
@@ -78,7 +78,11 @@ def teacher_rows(teacher, ids: torch.Tensor, vocab: int, plan: dict, store_dtype
     b, length = ids.shape
     layers = tuple(plan["layers"])
     exponents = tuple(plan["exponents"])
+    temps = tuple(plan["entropy_temps"])
     sampled = plan.get("kind", "topk") == "sampled"
+    draw_exponent = 1.0 / plan.get("draw_temperature", 1.0)
+    if sampled:  # the grid's own float (1/T may differ from it in the last bit)
+        draw_exponent = next(e for e in exponents if abs(e - draw_exponent) < 1e-9)
     out = base_forward(teacher, ids, output_hidden_states=bool(layers))
     hidden = out.last_hidden_state[:, :-1].reshape(b * (length - 1), -1)  # [N, Dt]
     head = teacher.get_output_embeddings().weight[:vocab]  # [V, Dt]
@@ -86,26 +90,34 @@ def teacher_rows(teacher, ids: torch.Tensor, vocab: int, plan: dict, store_dtype
     parts: dict[str, list[torch.Tensor]] = {}
     id_dtype = torch.uint16 if vocab <= 65_536 else torch.int32
     dt = torch.promote_types(hidden.dtype, head.dtype)
-    rows_per_chunk = min(chunk_size, max(1, SMALL_TENSOR_BYTES // (4 * vocab)))
-    for start in range(0, hidden.shape[0], rows_per_chunk):
+    # Chunks of rows small enough for glibc to reuse freed memory (below its mmap threshold; a fresh mmap
+    # costs a page fault per 4 KiB): the logits [C, V] of up to 24 MiB, since each matmul re-reads the
+    # whole head [V, Dt] (at 25 rows a chunk the matmuls took 2.5x the forward's own head matmul), and
+    # split_tail's [c, SPLIT_BUFFER_ROWS, V] work buffer on sub-chunks of those.
+    rows_per_matmul = min(chunk_size, max(1, SMALL_TENSOR_BYTES // (4 * vocab)))
+    rows_per_split = max(1, SMALL_TENSOR_BYTES // (4 * vocab * SPLIT_BUFFER_ROWS))
+    for start in range(0, hidden.shape[0], rows_per_matmul):
         with torch.autocast(device_type=hidden.device.type, enabled=False):  # as the live loss computes them
-            logits = (hidden[start:start + rows_per_chunk].to(dt) @ head.to(dt).T).float()  # [C, V]
-        logp = torch.log_softmax(logits, dim=-1, out=logits)  # [C, V], in place: the one normalisation
-        row = {"entropy": torch.stack([entropy_at(logp, t, normalized=True) for t in plan["entropy_temps"]], dim=-1)}
-        if sampled:
-            draw_exponent = next(e for e in exponents if abs(e - 1.0 / plan.get("draw_temperature", 1.0)) < 1e-9)
-            rows = sampled_from_logp(logp, plan["k"], flat_uniforms[start:start + rows_per_chunk], exponents,
-                                     draw_exponent)
-            top = rows.head
-            row.update(sample_ids=rows.sample_ids.to(id_dtype), sample_counts=rows.sample_counts.to(torch.uint8),
-                       sample_logp=rows.sample_logp.to(store_dtype))
-        else:
-            top, _ = tail_of(logp, plan["k"], exponents)
-        row.update(topk_logp=top.logp.to(store_dtype), topk_ids=top.ids.to(id_dtype),
-                   log_tail=top.log_tail.to(store_dtype))
-        for name, value in row.items():
-            parts.setdefault(name, []).append(value.cpu())
-        del logp, logits
+            logits = (hidden[start:start + rows_per_matmul].to(dt) @ head.to(dt).T).float()  # [C, V]
+        torch.log_softmax(logits, dim=-1, out=logits)  # [C, V], in place: the one normalisation
+        for sub in range(0, logits.shape[0], rows_per_split):
+            logp = logits[sub:sub + rows_per_split]  # [c, V]
+            split = split_tail(logp, plan["k"], exponents, entropy_temps=temps)
+            entropies = [split.entropies[t] if t in split.entropies else entropy_at(logp, t, normalized=True)
+                         for t in temps]
+            row = {"entropy": torch.stack(entropies, dim=-1)}
+            if sampled:
+                at = start + sub
+                rows = sampled_from_split(logp, split, flat_uniforms[at:at + logp.shape[0]], draw_exponent)
+                row.update(sample_ids=rows.sample_ids.to(id_dtype), sample_counts=rows.sample_counts.to(torch.uint8),
+                           sample_logp=rows.sample_logp.to(store_dtype))
+            top = split.head
+            row.update(topk_logp=top.logp.to(store_dtype), topk_ids=top.ids.to(id_dtype),
+                       log_tail=top.log_tail.to(store_dtype))
+            for name, value in row.items():
+                parts.setdefault(name, []).append(value.cpu())
+            del split
+        del logits
     fields = {name: torch.cat(chunks).reshape(b, length - 1, -1) for name, chunks in parts.items()}
     for layer in layers:
         fields[f"states.{layer}"] = out.hidden_states[layer][:, :-1].to(store_dtype).cpu()  # [B, L-1, Dt]
