@@ -124,6 +124,7 @@ def test_seed_summary_gives_mean_sd_and_paired_differences_to_the_baseline(tmp_p
     kd = [1.0, 2.0, 3.5]
     assert by_group["method=kd"][1:] == [3, f"{statistics.mean(kd):.4f} ± {statistics.stdev(kd):.4f}", "—"]
     diffs = [0.5 - 1.0, 1.7 - 2.0, 2.0 - 3.5]
-    assert by_group["method=egad"][3] == f"{statistics.mean(diffs):.4f} ± {statistics.stdev(diffs):.4f} (n=3)"
-    assert by_group["method=eakd"][1:] == [1, "9.0000", "8.0000 (n=1)"]  # one seed: no sd; the failed run is left out
+    mean, half = statistics.mean(diffs), 4.302652729911275 * statistics.stdev(diffs) / 3 ** 0.5  # t_{.975, 2}
+    assert by_group["method=egad"][3] == f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] (n=3) inconclusive"
+    assert by_group["method=eakd"][1:] == [1, "9.0000", "+8.0000 (n=1) inconclusive"]  # the failed run is left out
     assert seed_summary([r for r in runs if r.overrides["trainer.seed"] == "0"], "kl_after", "kd") is None

@@ -6,7 +6,8 @@
 
 When the sweep varies trainer.seed, a second table gives per group of seeds (the runs that differ
 only in their seed) the mean ± sample sd of the sort metric and the paired difference to the same
-group with method=<baseline> (default kd), seed by seed.
+group with method=<baseline> (default kd), seed by seed, with its 95 % t interval and "inconclusive"
+where the interval contains zero (``egad_cli.stats``).
 
 Columns: the job, its status (done / failed / running), the overrides that differ between runs,
 then metrics: summary.json's (``kl_before``, ``kl_after``, ``steps``, ``final.<name>``…) and, for
@@ -136,7 +137,8 @@ def run_report(raw: DictConfig) -> int:
             md += f"{caption}\n\n"
         md += markdown_table(columns, rows)
         if seeds is not None:
-            md += f"\n\nOver seeds: {summary_metric} (mean ± sample sd; Δ paired by seed)\n\n"
+            md += (f"\n\nOver seeds: {summary_metric} (mean ± sample sd; Δ paired by seed, mean [95 % t interval], "
+                   f"inconclusive where it contains 0)\n\n")
             md += markdown_table(*seeds)
         (out_dir / "report.md").write_text(md)
         console.print(escape(f"wrote {out_dir / 'report.csv'} and {out_dir / 'report.md'}"))

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from egad_cli.errors import UserError
+from egad_cli.stats import paired_difference
 
 JOB_ERROR = "error.txt"  #: written by a sweep job that ended in a user error (its message)
 SKIP_DIRS = {"checkpoints", "student", ".hydra", "tb", "tensorboard", "__pycache__"}
@@ -265,25 +266,28 @@ def fmt_mean_sd(values: list[float], digits: int = 4) -> str:
 
 def seed_summary(runs: list[Run], metric: str, baseline: str | None) -> tuple[list[str], list[list]] | None:
     """Per group of seeds: n, mean ± sd of `metric`, and the paired difference to the baseline group
-    (the group with method=<baseline> and the same other overrides), seed by seed: mean ± sd over the
-    seeds both ran. None when the sweep does not vary trainer.seed."""
+    (the group with method=<baseline> and the same other overrides), seed by seed, over the seeds both
+    ran: its mean with a 95 % t interval and a verdict, "inconclusive" where the interval holds zero
+    (``egad_cli.stats``). None when the sweep does not vary trainer.seed."""
     differ, _ = differing_overrides(runs)
     if SEED_KEY not in differ:
         return None
     groups = seed_groups(runs, metric)
     columns = ["group", "seeds", f"{metric} mean ± sd"]
     if baseline:
-        columns.append(f"Δ vs method={baseline} (paired)")
+        columns.append(f"Δ vs method={baseline} (paired, 95 % t interval)")
     rows = []
     for g in groups:
         row: list = [g.label, len(g.values), fmt_mean_sd(list(g.values.values()))]
         if baseline:
-            base_key = tuple((k, baseline if k == "method" else v) for k, v in g.key)
-            base = next((b for b in groups if b.key == base_key), None)
-            if base is None or base is g:
-                row.append("—")
-            else:
-                paired = [g.values[s] - base.values[s] for s in g.values if s in base.values]
-                row.append(f"{fmt_mean_sd(paired)} (n={len(paired)})" if paired else "—")
+            base = baseline_group(groups, g, baseline)
+            diff = None if base is None or base is g else paired_difference(g.values, base.values)
+            row.append("—" if diff is None else diff.text())
         rows.append(row)
     return columns, rows
+
+
+def baseline_group(groups: list[SeedGroup], group: SeedGroup, baseline: str) -> SeedGroup | None:
+    """The group with method=<baseline> and `group`'s other overrides (None if the sweep has none)."""
+    base_key = tuple((k, baseline if k == "method" else v) for k, v in group.key)
+    return next((b for b in groups if b.key == base_key), None)
