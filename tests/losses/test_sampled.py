@@ -214,3 +214,52 @@ def test_entropy_at_from_log_probabilities_equals_from_logits(temp):
     want = entropy(torch.log_softmax(logits / temp, dim=-1))
     got = entropy_at(torch.log_softmax(logits, dim=-1), temp, normalized=True)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def coarse_grained(logp: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Naive reference: log-probabilities [N, P + 1] of logp [N, V] on the distinct valid ids and the rest."""
+    keep = torch.zeros_like(logp, dtype=torch.bool)
+    for n in range(logp.shape[0]):
+        keep[n, ids[n][valid[n]]] = True
+    at = torch.where(valid, logp.gather(-1, ids), -torch.inf)
+    rest = torch.where(keep, -torch.inf, logp).logsumexp(dim=-1, keepdim=True)
+    return torch.cat([at, rest], dim=-1)
+
+
+@pytest.mark.parametrize("tau_value", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("name", [n for n in PER_ENTRY if not LOSSES[n].TEACHER_WEIGHTED])
+def test_the_bucketed_view_is_the_divergence_on_the_stored_ids_and_one_bucket(name, tau_value):
+    """Reverse-KL-type losses read a sampled cache as a top-k cache reads its head: the head and the drawn
+    ids exactly, the rest of the tail as one bucket. Against the naive coarse-graining of both full
+    distributions onto that partition (τ on the grid, so exact; fp32 throughout: rtol 1e-4), value and
+    gradient; a lower bound of the full divergence for the KL family (data processing)."""
+    t, s = teacher_student(seed=3)
+    logp = torch.log_softmax(t.double(), dim=-1).float()
+    rows = sampled_from_logp(logp, 3, torch.rand(TOKENS, 6, generator=torch.Generator().manual_seed(4)),
+                             DEFAULT_EXPONENTS)
+    view = rows.bucketed()
+    assert view.valid.shape == view.ids.shape and bool((~view.valid).any())  # some draws repeat: empty slots
+    tau = torch.full((TOKENS,), tau_value)
+    fn = divergence(name)
+    z = s.clone().requires_grad_(True)
+    got = view.divergence(z, tau, fn)
+    (got_grad,) = torch.autograd.grad(got.sum(), z)
+    zr = s.clone().requires_grad_(True)
+    want = fn(coarse_grained(torch.log_softmax(t / tau_value, dim=-1), view.ids, view.valid),
+              coarse_grained(torch.log_softmax(zr / tau_value, dim=-1), view.ids, view.valid))
+    (want_grad,) = torch.autograd.grad(want.sum(), zr)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6)
+    if "kl" in name:
+        assert (got <= live(t, s, fn, tau_value)[0] + 1e-6).all()
+
+
+def test_the_bucketed_view_of_an_empty_tail_is_the_live_loss():
+    """k = V: no draws at all (every sample slot empty); the view is the whole distribution."""
+    t, s = teacher_student(seed=5)
+    rows = sampled_from_logp(torch.log_softmax(t, dim=-1), V, torch.rand(TOKENS, 4), DEFAULT_EXPONENTS)
+    view = rows.bucketed()
+    assert not view.valid[:, V:].any()
+    fn = divergence("reverse_kl")
+    got = view.divergence(s, torch.ones(TOKENS), fn)
+    torch.testing.assert_close(got, live(t, s, fn, 1.0)[0], rtol=1e-5, atol=1e-6)

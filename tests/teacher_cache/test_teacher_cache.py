@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -160,6 +161,23 @@ def test_a_sweep_runs_every_job_from_one_cache(tmp_path, lossy, monkeypatch):
     assert all(s["teacher_cache"] == str(lossy) for s in summaries)
     assert all(len(read_jsonl(p)) == 4 for p in sweep.glob("*/metrics.jsonl"))
     assert not list(sweep.glob("*/error.txt"))
+
+
+def test_reverse_kl_type_losses_read_the_sampled_cache_bucketed(tmp_path, lossy, monkeypatch, capsys):
+    """rkl (reverse KL) and adakd from a sampled cache train on its bucketed view, with the warning that
+    says so; kd (forward KL) on the unbiased estimate."""
+    from egad_cli.losses.sampled import TeacherSampled
+
+    calls = []
+    original = TeacherSampled.bucketed
+    monkeypatch.setattr(TeacherSampled, "bucketed", lambda self: calls.append(1) or original(self))
+    for method, bucketed in (("rkl", True), ("adakd", True), ("kd", False)):
+        calls.clear()
+        assert distill(tmp_path / method, f"method={method}", f"teacher_cache={lossy}") == 0
+        out = capsys.readouterr().out
+        assert bool(calls) == bucketed and ("one bucket" in out) == bucketed, (method, out)
+        losses = losses_by_step(tmp_path / method)
+        assert len(losses) == 4 and all(math.isfinite(v) for v in losses.values())
 
 
 def refusal(capsys, tmp_path, *argv) -> str:

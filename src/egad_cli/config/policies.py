@@ -445,7 +445,8 @@ class LossConfig:
     PER_ENTRY: ClassVar[bool] = True
     #: every per-entry term carries the teacher's probability as a factor (ψ → 0 as p → 0): a sampled cache's
     #: draws then estimate it with bounded weights. Otherwise (reverse KL, JSD, skew reverse KL, TVD) a term
-    #: carries the student's mass q on ids the teacher rarely emits, weighted by 1 / π: unbiased but noisy
+    #: carries the student's mass q on ids the teacher rarely emits, weighted by 1 / π: unbiased but so noisy
+    #: that training on it diverged; a sampled cache serves these through its bucketed view (losses.sampled)
     TEACHER_WEIGHTED: ClassVar[bool] = False
 
     def problems(self, out: Problems) -> None:

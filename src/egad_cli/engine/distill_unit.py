@@ -40,6 +40,7 @@ from egad_cli.engine.runtime import Runtime
 from egad_cli.errors import UserError
 from egad_cli.losses import FeatureProjectors, chunked_distill_loss, chunked_token_stats, default_layer_map
 from egad_cli.losses.cached import TeacherTopK, cached_hellinger
+from egad_cli.losses.sampled import TeacherSampled
 from egad_cli.models.documents import base_forward
 from egad_cli.policies import DIFFICULTY, Stat, StepStats, TokenPolicy, stats_pass_request, teacher_entropy
 
@@ -340,6 +341,8 @@ class DistillUnit:
         ids, mask = mb["ids"], mb["mask"]
         targets, valid = shift(ids, mask)
         rows = self.cache.rows(mb["blocks"], self.runtime.device, states=self.features)
+        if isinstance(rows["top"], TeacherSampled) and not self.cfg.loss.TEACHER_WEIGHTED:
+            rows["top"] = rows["top"].bucketed()  # the student's mass off the draws is what it would exploit
         t_states = [rows["states"][lt] for _, lt in self.layer_map] if self.features else []
         stats = {s: rows["entropy"][s.temperature] for s in self.needs if s.kind == "teacher_entropy"}
         if self.student_stats:

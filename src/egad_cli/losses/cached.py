@@ -54,16 +54,19 @@ class TeacherTopK:
     ids: Tensor  #: [N, k] int64 their token ids
     exponents: Tensor  #: [G] increasing exponents a = 1/τ of the tail power sums (1.0 among them)
     log_tail: Tensor  #: [N, G] log Σ_{v ∉ top-k} p(v)^a (−inf when the tail is empty, k = V)
+    #: [N, k] False on empty slots (logp −inf there; their id repeats one of the row's real ids): a sampled
+    #: cache's stored ids seen as a partition (``TeacherSampled.bucketed``); None: every slot is real
+    valid: Tensor | None = None
 
     def rows(self, r: Tensor) -> TeacherTopK:
         """The rows r [C] (int64) of every per-token field."""
         return TeacherTopK(self.logp.index_select(0, r), self.ids.index_select(0, r), self.exponents,
-                           self.log_tail.index_select(0, r))
+                           self.log_tail.index_select(0, r), None if self.valid is None else self.valid.index_select(0, r))
 
     def divergence(self, s_logits: Tensor, tau: Tensor, divergence) -> Tensor:
         """Per-token divergence [N] over the partition {top-k} ∪ {tail} at τ [N] (differentiable w.r.t.
         the student's logits s_logits [N, V])."""
-        return divergence(teacher_buckets(self, tau), student_buckets(s_logits, self.ids, tau))
+        return divergence(teacher_buckets(self, tau), student_buckets(s_logits, self.ids, tau, self.valid))
 
     @torch.no_grad()
     def hellinger(self, s_logits: Tensor) -> Tensor:
@@ -71,7 +74,7 @@ class TeacherTopK:
         from .divergences import hellinger
 
         tau = torch.ones(s_logits.shape[0], device=s_logits.device)
-        return hellinger(teacher_buckets(self, tau), student_buckets(s_logits, self.ids, tau))
+        return hellinger(teacher_buckets(self, tau), student_buckets(s_logits, self.ids, tau, self.valid))
 
     @property
     def tau_range(self) -> tuple[float, float]:
@@ -197,16 +200,19 @@ def teacher_buckets(top: TeacherTopK, tau: Tensor) -> Tensor:
     return torch.cat([scaled, log_tail[:, None]], dim=-1) - log_z[:, None]
 
 
-def student_buckets(s_logits: Tensor, ids: Tensor, tau: Tensor) -> Tensor:
+def student_buckets(s_logits: Tensor, ids: Tensor, tau: Tensor, valid: Tensor | None = None) -> Tensor:
     """Student log-probabilities at per-token τ [N] over (the teacher's top-k ids, tail): [N, k + 1].
     Differentiable w.r.t. s_logits [N, V].
 
     The tail is log(1 − Σ_top q), summed in fp64, where the tail holds at least 1 % of the mass (the
     fp32 rounding of the log-probs then costs < 1e-5 relative); rows more confident than that take
     a log-sum-exp over their other entries (no cancellation when the tail is tiny). The first is one
-    [N, k] sum instead of a [N, V] masked copy and reduction: most rows of a learning student."""
+    [N, k] sum instead of a [N, V] masked copy and reduction: most rows of a learning student.
+    valid [N, k]: False on empty slots, which get −inf (see TeacherTopK.valid)."""
     logp = torch.log_softmax(s_logits.float() / tau.float()[:, None], dim=-1)  # [N, V]
     top = logp.gather(-1, ids)  # [N, k]
+    if valid is not None:  # an empty slot holds no mass (its id repeats a real one, so the scatter below is exact)
+        top = top.masked_fill(~valid, -math.inf)
     mass = top.double().exp().sum(dim=-1)  # [N]
     confident = mass >= 0.99
     tail = torch.log1p(-torch.where(confident, 0.0, mass)).float()  # [N]

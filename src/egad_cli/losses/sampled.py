@@ -28,6 +28,13 @@ How noisy D̂ is depends on ψ. Forward-KL-type terms carry p^τ(u_j) in ψ, whi
 of the weight: bounded weights, small variance. Reverse-KL-type terms carry q^τ(u_j) / p(u_j), the
 importance ratio of the student to the teacher: where the student puts mass on tail ids the teacher
 almost never emits, the estimate is unbiased but heavy-tailed (measured: bench/cache_accuracy.py).
+Worse, a student trained on it can move its mass onto ids the draws did not see, where the estimate
+cannot see it: rkl trained from a sampled cache on this estimate diverged (README "Teacher cache").
+So for those losses (``LossConfig.TEACHER_WEIGHTED`` False) egad reads the stored ids as a top-k cache
+reads its head: the head and the drawn ids exactly, the rest of the tail as one bucket whose teacher
+mass S(a) − Σ_j p(u_j)^a is known (``TeacherSampled.bucketed``). That is the divergence between the
+two distributions coarse-grained onto {stored ids} ∪ {bucket}: deterministic given the draws, a lower
+bound for the KL family, and stable (the student's mass outside the stored ids is in the bucket).
 
 Divergences whose value is not such a sum (``entropy_gated_kl``'s per-row gate) have no estimator
 here: a sampled cache refuses them (``LossConfig.per_entry``).
@@ -46,6 +53,11 @@ __all__ = ["TeacherSampled", "draw_from_tail", "importance_weights", "sampled_fr
            "sampled_from_split"]
 
 
+#: the least teacher mass ``TeacherSampled.bucketed`` leaves in the bucket, relative to the tail's: the stored
+#: (rounded) log-probabilities can make S(a) − Σ_j p(u_j)^a come out ≤ 0 when the draws hold nearly all the tail
+BUCKET_FLOOR = 1e-3
+
+
 @dataclass
 class TeacherSampled:
     """What a sampled cache stores per token for the divergence (N tokens, k head ids, m sample slots)."""
@@ -60,6 +72,22 @@ class TeacherSampled:
     #: the estimator's weights of the sample slots [N, m], when given (an average of several draws' estimators,
     #: bench/cache_accuracy.py); None: ``importance_weights`` of these draws
     weights: Tensor | None = None
+
+    def bucketed(self) -> TeacherTopK:
+        """The stored ids (head and distinct draws, [N, k + m]) with the rest of the tail as one bucket: the
+        top-k format's partition over them (see the module docstring). The bucket's teacher mass at each grid
+        exponent is S(a) − Σ_j p(u_j)^a, kept at ≥ BUCKET_FLOOR · S(a): a bucket the teacher leaves empty
+        while the student does not would make reverse KL infinite. Empty sample slots keep log p = −inf and repeat the row's top-1 id (valid False)."""
+        drawn = self.sample_counts > 0  # [N, m]
+        ids = torch.cat([self.head.ids, torch.where(drawn, self.sample_ids, self.head.ids[:, :1])], dim=-1)
+        sample_logp = self.sample_logp.masked_fill(~drawn, -torch.inf)  # [N, m]
+        grid = self.head.exponents.double()  # [G]
+        tail = self.head.log_tail.double().exp()  # [N, G] S(a)
+        taken = torch.exp(grid[None, :, None] * sample_logp.double()[:, None, :]).sum(dim=-1)  # [N, G]
+        rest = torch.maximum(tail - taken, BUCKET_FLOOR * tail)  # [N, G]; 0 where the tail is empty (k = V)
+        valid = torch.cat([torch.ones_like(self.head.ids, dtype=torch.bool), drawn], dim=-1)
+        return TeacherTopK(logp=torch.cat([self.head.logp, sample_logp], dim=-1), ids=ids,
+                           exponents=self.head.exponents, log_tail=rest.log().float(), valid=valid)
 
     @property
     def logp(self) -> Tensor:

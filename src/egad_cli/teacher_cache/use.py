@@ -81,10 +81,12 @@ def fit_warnings(cfg, manifest: dict) -> list[str]:
     """What this run can do from this cache, but less well than from the live teacher (printed, not refused)."""
     if cache_kind(manifest) != "sampled" or cfg.method.kd_weight == 0 or cfg.loss.TEACHER_WEIGHTED:
         return []
-    return [(f"loss={cfg.loss.name} from a sampled teacher cache: its estimate is unbiased, but each of its terms weights "
-            f"the student's probability on an id the teacher rarely emits by 1/π, so it is noisy "
-            f"(README \"Teacher cache\": accuracy and the students' quality). A top-k cache is less noisy and "
-            f"biased ({rebuild_hint(manifest, kind='topk', k=48)}); the live teacher is exact.")]
+    return [(f"loss={cfg.loss.name} from a sampled teacher cache: its terms carry the student's mass on ids the "
+             f"teacher rarely emits, which the teacher's draws cannot estimate stably (trained on the unbiased "
+             f"estimate, rkl diverged), so this run compares the stored ids (head and draws) exactly and the rest "
+             f"of the tail as one bucket, as a top-k cache does: stable, a lower bound (README \"Teacher cache\"). "
+             f"A top-k cache holds more ids ({rebuild_hint(manifest, kind='topk', k=48)}); the live teacher is "
+             f"exact.")]
 
 
 def check_fits(cfg, manifest: dict, root: Path, needs, student_layers: int) -> None:
