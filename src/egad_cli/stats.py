@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["PairedDiff", "paired_difference", "t_quantile", "two_sided_t_mass"]
+__all__ = ["PairedDiff", "mean_interval", "paired_difference", "t_quantile", "two_sided_t_mass"]
 
 
 def two_sided_t_mass(t: float, df: int) -> float:
@@ -99,3 +99,14 @@ def paired_difference(values: dict[str, float], baseline: dict[str, float], conf
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     half = t_quantile(confidence, n - 1) * sd / math.sqrt(n)
     return PairedDiff(n, mean, sd, mean - half, mean + half)
+
+
+def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """(mean, low, high): the mean of `values` with its t interval (None, None for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile(confidence, n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half

@@ -128,3 +128,63 @@ def test_seed_summary_gives_mean_sd_and_paired_differences_to_the_baseline(tmp_p
     assert by_group["method=egad"][3] == f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] (n=3) inconclusive"
     assert by_group["method=eakd"][1:] == [1, "9.0000", "+8.0000 (n=1) inconclusive"]  # the failed run is left out
     assert seed_summary([r for r in runs if r.overrides["trainer.seed"] == "0"], "kl_after", "kd") is None
+
+
+def hand_made_sweep(root, values, deciles):
+    """Run dirs as `egad distill -m` and `egad eval` leave them, with chosen numbers: values[(method, seed)] is
+    the eval KL, deciles[(method, seed)] its per-decile KL; the loss curve of each run is 10 − step/10 + seed."""
+    import json
+
+    for i, ((method, seed), value) in enumerate(values.items()):
+        run = root / f"{i}_method:{method}__trainer.seed:{seed}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- method={method}\n- trainer.seed={seed}\n")
+        (run / "summary.json").write_text(json.dumps({"method": method, "steps": 30, "tokens": 3000,
+                                                      "kl_after": value + 1}))
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 10 - s / 10 + int(seed)}) + "\n"
+                                                   for s in (10, 20, 30)))
+        (run / "eval.json").write_text(json.dumps({"kl_forward": value, "by_entropy_decile": [
+            {"bucket": b + 1, "kl_forward": kl} for b, kl in enumerate(deciles[(method, seed)])]}))
+
+
+def test_report_pictures_hold_one_series_per_group_with_the_hand_computed_numbers(tmp_path, capsys):
+    import json
+    import statistics
+
+    values = {("kd", "0"): 3.0, ("kd", "1"): 3.4, ("kd", "2"): 3.2,
+              ("egad", "0"): 2.9, ("egad", "1"): 3.3, ("egad", "2"): 3.15}
+    deciles = {(m, s): [1.0 + 0.1 * int(s), 2.0] if m == "kd" else [1.1 + 0.1 * int(s), 1.5]
+               for m, s in values}
+    sweep = tmp_path / "sweep"
+    hand_made_sweep(sweep, values, deciles)
+    assert egad("report", f"sweep_dir={sweep}", "sort_by=eval.kl_forward") == 0
+    out = capsys.readouterr().out
+    assert "in brief" in out and "method=egad" in out.split("in brief")[1]
+    data = json.loads((sweep / "report-plots.json").read_text())
+    assert set(data["curves"]) == {"method=kd", "method=egad"}  # one line per group
+    kd = data["curves"]["method=kd"]
+    assert kd["tokens"] == [1000.0, 2000.0, 3000.0] and kd["seeds"] == 3
+    assert kd["mean"] == pytest.approx([10.0, 9.0, 8.0]) and kd["low"] == [9.0, 8.0, 7.0] and kd["high"] == [11, 10, 9]
+    egad_point = data["metric_by_group"]["method=egad"]
+    mine = [2.9, 3.3, 3.15]
+    half = 4.302652729911275 * statistics.stdev(mine) / 3 ** 0.5
+    assert egad_point["mean"] == pytest.approx(statistics.mean(mine))
+    assert (egad_point["low"], egad_point["high"]) == pytest.approx((statistics.mean(mine) - half,
+                                                                     statistics.mean(mine) + half))
+    change = data["kl_forward_by_decile_vs_baseline"]
+    assert list(change) == ["method=egad"]  # the baseline has no line against itself
+    want_first = statistics.mean((1.1 + 0.1 * s) / (1.0 + 0.1 * s) - 1 for s in range(3))
+    assert change["method=egad"] == pytest.approx([want_first, -0.25])
+    for name in ("report-curves.png", "report-metric.png", "report-deciles.png"):
+        assert (sweep / name).stat().st_size > 1000
+    # the paired difference egad − kd: −0.1, −0.1, −0.05 → an interval below zero
+    md = (sweep / "report.md").read_text()
+    assert "(n=3) lower" in md
+
+
+def test_report_without_export_writes_no_pictures(tmp_path):
+    values = {("kd", "0"): 3.0, ("egad", "0"): 2.9}
+    sweep = tmp_path / "sweep"
+    hand_made_sweep(sweep, values, {k: [1.0, 2.0] for k in values})
+    assert egad("report", f"sweep_dir={sweep}", "export=false") == 0
+    assert not list(sweep.glob("report*"))

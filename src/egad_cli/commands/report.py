@@ -7,7 +7,9 @@
 When the sweep varies trainer.seed, a second table gives per group of seeds (the runs that differ
 only in their seed) the mean ± sample sd of the sort metric and the paired difference to the same
 group with method=<baseline> (default kd), seed by seed, with its 95 % t interval and "inconclusive"
-where the interval contains zero (``egad_cli.stats``).
+where the interval contains zero (``egad_cli.stats``). Then the pictures (``report_plots``): the
+training loss against tokens, the metric per group with its interval, eval KL by teacher-entropy decile
+against the baseline; compactly in the terminal, as PNGs and report-plots.json in the sweep dir.
 
 Columns: the job, its status (done / failed / running), the overrides that differ between runs,
 then metrics: summary.json's (``kl_before``, ``kl_after``, ``steps``, ``final.<name>``…) and, for
@@ -17,6 +19,7 @@ and report.md (the table as shown) into the sweep dir.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import hydra
@@ -24,7 +27,9 @@ from omegaconf import DictConfig
 from rich.markup import escape
 from rich.text import Text
 
+from egad_cli.commands.analysis import clean
 from egad_cli.commands.common import run_task
+from egad_cli.commands.report_plots import sweep_plot_data, terminal_rows, write_pngs
 from egad_cli.commands.sweep import (
     Run,
     check_sort_column,
@@ -128,6 +133,9 @@ def run_report(raw: DictConfig) -> int:
     seeds = seed_summary(runs, summary_metric, cfg.baseline) if summary_metric in available else None
     if seeds is not None:
         console.print(rich_table(seeds[0], seeds[1], title=f"over seeds: {summary_metric} (mean ± sample sd)"))
+    pictures = sweep_plot_data(runs, summary_metric, cfg.baseline)
+    if pictures["curves"] or pictures["metric_by_group"]:
+        console.print(rich_table(*terminal_rows(pictures), title="in brief: one row per group of seeds"))
     if cfg.export:
         out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else root
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +149,11 @@ def run_report(raw: DictConfig) -> int:
                    f"inconclusive where it contains 0)\n\n")
             md += markdown_table(*seeds)
         (out_dir / "report.md").write_text(md)
-        console.print(escape(f"wrote {out_dir / 'report.csv'} and {out_dir / 'report.md'}"))
+        written = [out_dir / "report.csv", out_dir / "report.md"]
+        if cfg.plots:
+            (out_dir / "report-plots.json").write_text(json.dumps(clean(pictures), indent=1) + "\n")
+            written += [out_dir / "report-plots.json", *write_pngs(pictures, out_dir)]
+        console.print(escape(f"wrote {', '.join(p.name for p in written)} into {out_dir}"))
     return 0
 
 

@@ -233,22 +233,36 @@ class SeedGroup:
     label: str  #: the group's other overrides, as key=value
     key: tuple  #: the group's other overrides, as sorted (key, value) pairs
     values: dict[str, float]  #: seed -> metric
+    runs: dict[str, Run] = field(default_factory=dict)  #: seed -> the finished run
 
 
-def seed_groups(runs: list[Run], metric: str) -> list[SeedGroup]:
-    """Finished runs grouped by every differing override except the seed (in first-seen order)."""
+def run_groups(runs: list[Run]) -> list[SeedGroup]:
+    """Finished runs grouped by every differing override except the seed (in first-seen order), without
+    values (``seed_groups`` reads a metric into them)."""
     differ, _ = differing_overrides(runs)
     others = [k for k in differ if k != SEED_KEY]
     groups: dict[tuple, SeedGroup] = {}
     for run in sorted(runs, key=lambda r: (r.job is None, r.job or 0, r.name)):
-        value = run.metrics.get(metric)
-        if run.status != "done" or not isinstance(value, (int, float)) or isinstance(value, bool):
+        if run.status != "done":
             continue
         key = tuple((k, run.overrides.get(k)) for k in others)
         label = " ".join(f"{k}={v}" for k, v in key) or "(all runs)"
-        group = groups.setdefault(key, SeedGroup(label, key, {}))
-        group.values[str(run.overrides.get(SEED_KEY))] = float(value)
+        groups.setdefault(key, SeedGroup(label, key, {})).runs[str(run.overrides.get(SEED_KEY))] = run
     return list(groups.values())
+
+
+def seed_groups(runs: list[Run], metric: str) -> list[SeedGroup]:
+    """Finished runs that have `metric`, grouped by every differing override except the seed."""
+    out = []
+    for group in run_groups(runs):
+        for seed, run in group.runs.items():
+            value = run.metrics.get(metric)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                group.values[seed] = float(value)
+        if group.values:
+            group.runs = {seed: group.runs[seed] for seed in group.values}
+            out.append(group)
+    return out
 
 
 def mean_sd(values: list[float]) -> tuple[float, float | None]:

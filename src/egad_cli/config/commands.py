@@ -172,6 +172,7 @@ class ReportConfig:
     export: bool = True  #: write report.csv and report.md
     out_dir: Optional[str] = None  #: where report.csv / report.md go (default: sweep_dir)
     baseline: Optional[str] = "kd"  #: seed sweeps: paired differences to the runs with method=<baseline> (null: none)
+    plots: bool = True  #: with export: report-curves/-metric/-deciles.png and report-plots.json (their numbers)
 
     def problems(self) -> Problems:
         out = Problems()
