@@ -9,7 +9,10 @@ the live full-vocabulary loss Σ τ² D / n and its gradient w.r.t. the student 
   of R estimates is one evaluation over the R draws' slots with their weights / R): relative loss
   error and gradient cosine; and the *noise*, the median over --single draws of one draw's gradient
   cosine and loss error;
-* topk (``kind=topk``, k = 48 + the tail bucket): its deterministic error and cosine.
+* topk (``kind=topk``, k = 48 + the tail bucket): its deterministic error and cosine;
+* for the losses a sampled cache serves bucketed (``LossConfig.TEACHER_WEIGHTED`` False: reverse KL, JSD, skew
+  reverse KL, TVD): the bucketed view of each single draw (``TeacherSampled.bucketed``), the error and cosine
+  of their mean and the median single-draw cosine.
 
 Values are rounded to fp16 as the cache stores them (log-probs, tail sums). Also the bytes per token of
 each format (without dual-branch states). Usage:
@@ -158,7 +161,16 @@ def main() -> None:
                 cells.append(f"{bias_err:>+16.2e} {bias_cos:>9.6f} {statistics.median(abs(e) for e, _ in one):>10.2e} "
                              f"{statistics.median(c for _, c in one):>10.4f}")
             t_err, t_cos = err_cos(*loss_and_grad(top, s_base, tau, fn))
-            print(f"{name:<16} {tau_value:>4g} " + " ".join(cells) + f" {t_err:>+11.2e} {t_cos:>9.5f}", flush=True)
+            line = f"{name:<16} {tau_value:>4g} " + " ".join(cells) + f" {t_err:>+11.2e} {t_cos:>9.5f}"
+            if not node.TEACHER_WEIGHTED:  # what training reads for these losses: the bucketed view of each draw
+                for _, singles in formats.values():
+                    pairs = [loss_and_grad(r.bucketed(), s_base, tau, fn) for r in singles]
+                    one = [err_cos(v, g) for v, g in pairs]
+                    mean_err, mean_cos = err_cos(statistics.mean(v for v, _ in pairs),
+                                                 torch.stack([g for _, g in pairs]).mean(dim=0))
+                    line += (f"  bucketed: mean of {len(pairs)} err {mean_err:+.2e} cos {mean_cos:.4f}, 1-draw cos "
+                             f"{statistics.median(c for _, c in one):.4f}")
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
