@@ -93,7 +93,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def losses_by_step(run_dir: Path, key: str = "loss") -> dict[int, float]:
-    return {row["step"]: row[key] for row in read_jsonl(Path(run_dir) / "metrics.jsonl")}
+    return {row["step"]: row[key] for row in read_jsonl(Path(run_dir) / "metrics.jsonl") if key in row}
 
 
 # ------------------------------------------------------------------------------------------ configs

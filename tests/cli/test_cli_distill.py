@@ -145,6 +145,18 @@ def test_same_command_gives_the_same_losses(smoke_run, tmp_path):
         assert losses_by_step(again, key) == pytest.approx(losses_by_step(first, key), rel=1e-6, abs=1e-7), key
 
 
+def test_held_out_kl_during_training_leaves_the_training_unchanged(smoke_run, tmp_path):
+    """eval.every=2 adds a held-out KL row at step 2 (not at the last step: kl_after is that one), and the
+    run trains exactly as without it (the held-out pass touches no RNG and no optimizer state)."""
+    run = tmp_path / "every"
+    assert _again(smoke_run, run, "eval.every=2") == 0
+    rows = read_jsonl(run / "metrics.jsonl")
+    kl_rows = [r for r in rows if "heldout_kl" in r]
+    assert [r["step"] for r in kl_rows] == [2] and math.isfinite(kl_rows[0]["heldout_kl"]) and kl_rows[0]["heldout_kl"] > 0
+    assert losses_by_step(run) == losses_by_step(smoke_run["run_dir"])
+    assert json.loads((run / "summary.json").read_text())["final"]["loss"] == losses_by_step(run)[4]
+
+
 def test_resume_continues_the_same_loss_curve(smoke_run, tmp_path):
     first = smoke_run["run_dir"]  # 4 uninterrupted steps, checkpoints at 2 and 4
     resumed = tmp_path / "resumed"

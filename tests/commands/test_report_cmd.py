@@ -132,7 +132,8 @@ def test_seed_summary_gives_mean_sd_and_paired_differences_to_the_baseline(tmp_p
 
 def hand_made_sweep(root, values, deciles):
     """Run dirs as `egad distill -m` and `egad eval` leave them, with chosen numbers: values[(method, seed)] is
-    the eval KL, deciles[(method, seed)] its per-decile KL; the loss curve of each run is 10 − step/10 + seed."""
+    the eval KL, deciles[(method, seed)] its per-decile KL; the loss curve of each run is 10 − step/10 + seed,
+    its held-out KL value + 2 at step 20 (eval.every) and value + 1 at the end (kl_after)."""
     import json
 
     for i, ((method, seed), value) in enumerate(values.items()):
@@ -142,7 +143,8 @@ def hand_made_sweep(root, values, deciles):
         (run / "summary.json").write_text(json.dumps({"method": method, "steps": 30, "tokens": 3000,
                                                       "kl_after": value + 1}))
         (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 10 - s / 10 + int(seed)}) + "\n"
-                                                   for s in (10, 20, 30)))
+                                                   for s in (10, 20, 30))
+                                           + json.dumps({"step": 20, "heldout_kl": value + 2}) + "\n")
         (run / "eval.json").write_text(json.dumps({"kl_forward": value, "by_entropy_decile": [
             {"bucket": b + 1, "kl_forward": kl} for b, kl in enumerate(deciles[(method, seed)])]}))
 
@@ -165,6 +167,8 @@ def test_report_pictures_hold_one_series_per_group_with_the_hand_computed_number
     kd = data["curves"]["method=kd"]
     assert kd["tokens"] == [1000.0, 2000.0, 3000.0] and kd["seeds"] == 3
     assert kd["mean"] == pytest.approx([10.0, 9.0, 8.0]) and kd["low"] == [9.0, 8.0, 7.0] and kd["high"] == [11, 10, 9]
+    held = data["heldout_curves"]["method=kd"]
+    assert held["tokens"] == [2000.0, 3000.0] and held["mean"] == pytest.approx([5.2, 4.2])
     egad_point = data["metric_by_group"]["method=egad"]
     mine = [2.9, 3.3, 3.15]
     half = 4.302652729911275 * statistics.stdev(mine) / 3 ** 0.5

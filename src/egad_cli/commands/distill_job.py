@@ -129,11 +129,11 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
 
     sampled_cache = teacher is None and cached.val is not None and cached.val.sampled
 
-    def kl(gathered=contextlib.nullcontext) -> tuple[float | None, float | None]:
+    def kl(gathered=contextlib.nullcontext, quiet: bool = False) -> tuple[float | None, float | None]:
         """(held-out KL, its standard error: only when estimated from a sampled cache)."""
         if teacher is None and cached.val is None:
             return None, None  # a cache without its val split: nothing to measure against
-        if runtime.is_main:  # a pass of seconds to minutes: say so, on a terminal or in a log file alike
+        if runtime.is_main and not quiet:  # a pass of seconds to minutes: say so, on a terminal or in a log file
             how = (" (estimated from the sampled teacher cache)" if sampled_cache else
                    " (from the teacher cache: top-k + tail bucket)" if teacher is None else "")
             console.print(f"[dim]held-out KL(teacher ‖ student) over up to {cfg.eval.max_tokens or 'all'} tokens"
@@ -156,8 +156,13 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
                           f"T={cfg.onpolicy.temperature:g}, top-p {cfg.onpolicy.top_p:g})")
     unit = DistillUnit(teacher, student, vocab, cfg, runtime, steps, cache=cached.train if teacher is None else None,
                        rollout=rollout)
+    def periodic_kl() -> dict[str, float]:
+        value, se = kl(unit.gathered, quiet=True)
+        return {} if value is None else {"heldout_kl": value, **({"heldout_kl_se": se} if se is not None else {})}
+
     result = train(unit, train_data, cfg.trainer, runtime, run_dir, steps, cfg.logging.progress, console,
-                   tensorboard=cfg.logging.tensorboard, final_checkpoint=False)
+                   tensorboard=cfg.logging.tensorboard, final_checkpoint=False, evaluate=periodic_kl,
+                   eval_every=cfg.eval.every)
     # The student and the summary are written before the final checkpoint: if the disk fills up, the
     # exported student is what must survive (the last periodic checkpoint still allows a resume).
     try:

@@ -2,9 +2,9 @@
 
 Three figures, each one line (or point) per group of seeds (the runs that differ only in trainer.seed):
 
-* ``report-curves.png``: the training loss against tokens seen: the mean over the group's seeds, with a
-  band from the lowest to the highest seed (with 3–5 seeds a ± sd band would be an estimate of an
-  estimate; min–max shows what was run);
+* ``report-curves.png``: the training loss, and the held-out KL (before, every ``eval.every`` steps, after),
+  against tokens seen: the mean over the group's seeds, with a band from the lowest to the highest seed
+  (with 3–5 seeds a ± sd band would be an estimate of an estimate; min–max shows what was run);
 * ``report-metric.png``: the eval metric (the sort column) per group: the mean with its 95 % t interval;
 * ``report-deciles.png``: eval forward KL by teacher-entropy decile, relative to the baseline method's
   (paired by seed where both ran the seed, else against its mean): where in the entropy range a method
@@ -29,9 +29,10 @@ SPARK = "▁▂▃▄▅▆▇█"
 FILES = ("report-curves.png", "report-metric.png", "report-deciles.png")
 
 
-def loss_curve(run_dir: Path) -> tuple[list[float], list[float]] | None:
-    """(tokens seen, loss) at each logged step of a run, from metrics.jsonl and summary.json's tokens per
-    step; None without a readable log."""
+def run_curve(run_dir: Path, key: str) -> tuple[list[float], list[float]] | None:
+    """(tokens seen, value) of a run: key "loss" at each logged step (metrics.jsonl); key "heldout_kl" at
+    the start (summary.json's kl_before), every eval.every steps (metrics.jsonl) and the end (kl_after).
+    Tokens from summary.json's tokens per step; None without a readable log or any point."""
     summary_file, log = run_dir / "summary.json", run_dir / "metrics.jsonl"
     try:
         summary = json.loads(summary_file.read_text())
@@ -39,17 +40,21 @@ def loss_curve(run_dir: Path) -> tuple[list[float], list[float]] | None:
         rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return None
-    points = [(r["step"] * per_step, float(r["loss"])) for r in rows if "step" in r and "loss" in r]
+    points = [(r["step"] * per_step, float(r[key])) for r in rows
+              if isinstance(r.get("step"), int) and isinstance(r.get(key), (int, float))]
+    if key == "heldout_kl":
+        ends = [(0.0, summary.get("kl_before")), (float(summary["tokens"]), summary.get("kl_after"))]
+        points = sorted([(x, float(y)) for x, y in ends if isinstance(y, (int, float))] + points)
     if not points:
         return None
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def curves(groups: list[SeedGroup]) -> dict[str, dict]:
-    """Per group: tokens, and the mean / min / max loss over its seeds at the steps all of them logged."""
+def curves(groups: list[SeedGroup], key: str = "loss") -> dict[str, dict]:
+    """Per group: tokens, and the mean / min / max of `key` over its seeds at the points all of them have."""
     out = {}
     for g in groups:
-        per_seed = [c for c in (loss_curve(run.path) for run in g.runs.values()) if c is not None]
+        per_seed = [c for c in (run_curve(run.path, key) for run in g.runs.values()) if c is not None]
         if not per_seed:
             continue
         common = sorted(set.intersection(*(set(x) for x, _ in per_seed)))
@@ -110,6 +115,7 @@ def sweep_plot_data(runs, metric: str, baseline: str | None) -> dict:
     metric_groups = seed_groups(runs, metric)
     return {"metric": metric, "baseline": baseline,
             "curves": curves(run_groups(runs)),
+            "heldout_curves": curves(run_groups(runs), "heldout_kl"),
             "metric_by_group": metric_points(metric_groups),
             "kl_forward_by_decile_vs_baseline": decile_changes(run_groups(runs), baseline)}
 
@@ -153,15 +159,19 @@ def write_pngs(data: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    if data["curves"]:
-        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-        for label, c in data["curves"].items():
-            (line,) = ax.plot(c["tokens"], c["mean"], label=f"{label} (n={c['seeds']})")
-            if c["seeds"] > 1:
-                ax.fill_between(c["tokens"], c["low"], c["high"], color=line.get_color(), alpha=0.2)
-        ax.set_xlabel("training tokens")
-        ax.set_ylabel("training loss (mean over seeds; band: lowest to highest seed)")
-        ax.legend(fontsize="small")
+    panels = [(key, title) for key, title in (("curves", "training loss"), ("heldout_curves", "held-out KL"))
+              if data.get(key)]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), dpi=120, squeeze=False)
+        for ax, (key, title) in zip(axes[0], panels):
+            for label, c in data[key].items():
+                (line,) = ax.plot(c["tokens"], c["mean"], marker="." if len(c["tokens"]) < 12 else None,
+                                  label=f"{label} (n={c['seeds']})")
+                if c["seeds"] > 1:
+                    ax.fill_between(c["tokens"], c["low"], c["high"], color=line.get_color(), alpha=0.2)
+            ax.set_xlabel("training tokens")
+            ax.set_ylabel(f"{title} (mean over seeds; band: lowest to highest seed)")
+            ax.legend(fontsize="small")
         written.append(_save(fig, plt, out_dir / FILES[0]))
     if data["metric_by_group"]:
         fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(data["metric_by_group"])), dpi=120)

@@ -236,12 +236,16 @@ class EvalConfig:
     max_tokens: int = 8192  #: held-out tokens used (0 = the whole validation split)
     batch_size: int = 4  #: sequences per evaluation batch
     before: bool = True  #: measure before training too (the baseline)
+    #: also measure the held-out KL every N training steps (0: only before and after), logged to metrics.jsonl
+    #: as heldout_kl (heldout_kl_se from a sampled cache) for egad report's curves; costs one held-out pass each
+    every: int = 0
     prompts: list[str] = field(default_factory=lambda: ["def fibonacci(n):", "import os\n"])  #: eval: prompts
     max_new_tokens: int = 32  #: eval: greedy generation length
     onpolicy_prompts: int = 32  #: eval: held-out prompts the student continues, sampling as set in onpolicy.* (0: skip)
 
     def problems(self, out: Problems) -> None:
         out.check(self.max_tokens >= 0, "eval.max_tokens", "must be >= 0")
+        out.check(self.every >= 0, "eval.every", "must be >= 0 (0: the held-out KL only before and after training)")
         out.check(self.onpolicy_prompts >= 0, "eval.onpolicy_prompts", "must be >= 0 (0: no on-policy metric)")
         out.check(self.batch_size > 0, "eval.batch_size", "must be positive")
         out.check(self.max_new_tokens >= 0, "eval.max_new_tokens", "must be >= 0")

@@ -53,11 +53,13 @@ class TrainResult:
 
 
 def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_dir: Path, total_steps: int,
-          progress: bool = True, console=None, tensorboard: bool = False, final_checkpoint: bool = True
-          ) -> TrainResult:
+          progress: bool = True, console=None, tensorboard: bool = False, final_checkpoint: bool = True,
+          evaluate: Callable[[], dict[str, float]] | None = None, eval_every: int = 0) -> TrainResult:
     """Train to `total_steps`. final_checkpoint=False leaves the last step's checkpoint to the caller
     (``result.save_checkpoint()``), so it can write the student and summary first: when the disk
-    fills up, the export is what must survive."""
+    fills up, the export is what must survive. evaluate: called (on every rank) after each eval_every-th
+    step before the last; its numbers go to metrics.jsonl as a row of their own at that step. It must not
+    touch the RNGs or the optimizer (the held-out pass does neither), so a run trains the same with it."""
     seed_everything(cfg.seed)
     optimizer, scheduler = build_optimizer(unit.named_trainable(), cfg, total_steps)
     sampler = BlockSampler(len(data), cfg.batch_size, cfg.seed, runtime.rank, runtime.world_size)
@@ -91,8 +93,9 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
         return save_checkpoint(ckpt_root, step, state, cfg.keep_ckpts)
 
     result = TrainResult(steps=start, tokens=done_tokens, save_checkpoint=lambda: checkpoint(result.steps))
-    if history:  # resuming a finished run reports its last logged step, not nothing
-        result.last_logs = {k: v for k, v in history[-1].items() if k != "step"}
+    trained = [row for row in history if "loss" in row]  # not the held-out KL rows (eval.every)
+    if trained:  # resuming a finished run reports its last logged step, not nothing
+        result.last_logs = {k: v for k, v in trained[-1].items() if k != "step"}
     bar = TrainProgress(total_steps, start, enabled=progress, console=console if runtime.is_main else None)
     params = [p for _, p, _ in unit.named_trainable() if p.requires_grad]
     t_start, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
@@ -117,6 +120,8 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
                     window_tokens, window_start = 0, now
                 else:
                     bar.update(done, None)
+                if evaluate is not None and eval_every and done % eval_every == 0 and done < total_steps:
+                    metrics.write({"step": done, **evaluate()})
                 if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < total_steps:
                     checkpoint(done)
         if final_checkpoint:
