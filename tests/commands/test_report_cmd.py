@@ -192,3 +192,22 @@ def test_report_without_export_writes_no_pictures(tmp_path):
     hand_made_sweep(sweep, values, {k: [1.0, 2.0] for k in values})
     assert egad("report", f"sweep_dir={sweep}", "export=false") == 0
     assert not list(sweep.glob("report*"))
+
+
+def test_report_follows_links_to_runs_of_other_sweeps_once(tmp_path):
+    """Runs gathered from several sweeps by symlinks are reported; a link cycle or a second link to the
+    same run does not repeat it."""
+    import json
+
+    hand_made_sweep(tmp_path / "a", {("kd", "0"): 3.0}, {("kd", "0"): [1.0]})
+    hand_made_sweep(tmp_path / "b", {("egad", "0"): 2.9}, {("egad", "0"): [1.0]})
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "kd").symlink_to(next((tmp_path / "a").iterdir()))
+    (merged / "egad").symlink_to(next((tmp_path / "b").iterdir()))
+    (merged / "egad-again").symlink_to(next((tmp_path / "b").iterdir()))
+    (merged / "loop").symlink_to(merged)
+    assert egad("report", f"sweep_dir={merged}") == 0
+    data = json.loads((merged / "report-plots.json").read_text())
+    assert sorted(data["curves"]) == ["method=egad", "method=kd"]
+    assert all(c["seeds"] == 1 for c in data["curves"].values())

@@ -62,10 +62,16 @@ def is_run_dir(path: Path) -> bool:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Every run dir under root (root itself included), not descending into a run dir."""
-    found = []
-    for dirpath, dirnames, _ in os.walk(root):
+    """Every run dir under root (root itself included), not descending into a run dir. Symlinked dirs are
+    followed (a report over runs gathered from several sweeps by links), each real dir once."""
+    found, seen = [], set()
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
         here = Path(dirpath)
+        real = here.resolve()
+        if real in seen:  # a link back up, or two links to one dir
+            dirnames[:] = []
+            continue
+        seen.add(real)
         if is_run_dir(here):
             found.append(here)
             dirnames[:] = []
