@@ -158,6 +158,10 @@ def write_pngs(data: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    labels = list(dict.fromkeys([*data.get("curves", {}), *data.get("heldout_curves", {}), *data["metric_by_group"],
+                                 *data["kl_forward_by_decile_vs_baseline"]]))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color = {label: palette[i % len(palette)] for i, label in enumerate(labels)}  # one colour per group in every figure
     written = []
     panels = [(key, title) for key, title in (("curves", "training loss"), ("heldout_curves", "held-out KL"))
               if data.get(key)]
@@ -165,10 +169,10 @@ def write_pngs(data: dict, out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), dpi=120, squeeze=False)
         for ax, (key, title) in zip(axes[0], panels):
             for label, c in data[key].items():
-                (line,) = ax.plot(c["tokens"], c["mean"], marker="." if len(c["tokens"]) < 12 else None,
-                                  label=f"{label} (n={c['seeds']})")
+                ax.plot(c["tokens"], c["mean"], marker="." if len(c["tokens"]) < 12 else None, color=color[label],
+                        label=f"{label} (n={c['seeds']})")
                 if c["seeds"] > 1:
-                    ax.fill_between(c["tokens"], c["low"], c["high"], color=line.get_color(), alpha=0.2)
+                    ax.fill_between(c["tokens"], c["low"], c["high"], color=color[label], alpha=0.2)
             ax.set_xlabel("training tokens")
             ax.set_ylabel(f"{title} (mean over seeds; band: lowest to highest seed)")
             ax.legend(fontsize="small")
@@ -177,7 +181,7 @@ def write_pngs(data: dict, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(data["metric_by_group"])), dpi=120)
         for y, (label, p) in enumerate(data["metric_by_group"].items()):
             err = None if p["low"] is None else [[p["mean"] - p["low"]], [p["high"] - p["mean"]]]
-            ax.errorbar([p["mean"]], [y], xerr=err, fmt="o", capsize=4, label=label)
+            ax.errorbar([p["mean"]], [y], xerr=err, fmt="o", capsize=4, color=color[label], label=label)
         ax.set_yticks(range(len(data["metric_by_group"])), list(data["metric_by_group"]))
         ax.invert_yaxis()
         ax.set_xlabel(f"{data['metric']} (mean over seeds, 95 % t interval)")
@@ -185,7 +189,7 @@ def write_pngs(data: dict, out_dir: Path) -> list[Path]:
     if data["kl_forward_by_decile_vs_baseline"]:
         fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
         for label, change in data["kl_forward_by_decile_vs_baseline"].items():
-            ax.plot(range(1, len(change) + 1), [100 * c for c in change], marker="o", label=label)
+            ax.plot(range(1, len(change) + 1), [100 * c for c in change], marker="o", color=color[label], label=label)
         ax.axhline(0, color="gray", linewidth=0.8)
         ax.set_xlabel("teacher-entropy decile (1 = most certain tokens)")
         ax.set_ylabel(f"eval KL fwd vs method={data['baseline']} (%)")
