@@ -60,3 +60,9 @@ def test_the_interval_covers_at_its_nominal_rate():
         diff = paired_difference(other, base)
         covered += diff.low <= 0.3 <= diff.high
     assert 0.93 <= covered / 4000 <= 0.97
+
+
+def test_a_non_finite_difference_is_inconclusive():
+    """A diverged run (NaN or inf in its summary) must not read as a clear win or loss."""
+    assert paired_difference({"0": math.nan, "1": 1.0}, {"0": 0.0, "1": 0.0}).verdict == "inconclusive"
+    assert paired_difference({"0": math.inf, "1": 1.0}, {"0": 0.0, "1": 0.0}).verdict == "inconclusive"

@@ -75,7 +75,7 @@ class PairedDiff:
     @property
     def verdict(self) -> str:
         """'lower' / 'higher' when the interval excludes zero, 'inconclusive' when it contains it (or n = 1)."""
-        if self.low is None or self.low <= 0 <= self.high:
+        if self.low is None or not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low <= 0 <= self.high:
             return "inconclusive"
         return "lower" if self.high < 0 else "higher"
 

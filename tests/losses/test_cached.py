@@ -121,3 +121,20 @@ def test_entropy_at_gives_masked_ids_no_mass():
         want = entropy(torch.log_softmax(x[:, :V // 2] / temp, dim=-1))
         torch.testing.assert_close(entropy_at(masked.clone(), temp), want, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(entropy_at(masked.clone(), temp, consume=True), want, rtol=1e-5, atol=1e-6)
+
+
+def test_split_tail_gram_without_blas_and_masked_ids():
+    """The accelerator path (the Gram product pair by pair, no TF32 matmul) equals the CPU's batched matmul;
+    a masked id (log p = −inf) in the tail takes no part in the sums or the entropies (no 0 · −inf)."""
+    from egad_cli.losses.cached import DEFAULT_EXPONENTS, _gram, split_tail
+    from egad_cli.losses.divergences import entropy
+
+    work = torch.rand(3, 5, 200, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(_gram(work, blas=False), _gram(work, blas=True), rtol=1e-5, atol=1e-6)
+    x = logits(9)
+    x[:, 7] = -torch.inf
+    logp = torch.log_softmax(x, dim=-1)
+    split = split_tail(logp, 3, DEFAULT_EXPONENTS, entropy_temps=(1.0, 2.0))
+    assert torch.isfinite(split.head.log_tail).all()
+    for t, h in split.entropies.items():
+        torch.testing.assert_close(h, entropy(torch.log_softmax(x / t, dim=-1)), rtol=1e-5, atol=1e-5)

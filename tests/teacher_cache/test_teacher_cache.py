@@ -361,9 +361,17 @@ def test_every_refusal_suggests_a_command_that_runs_as_printed(tmp_path, capsys,
     assert distill(tmp_path / "ok", f"teacher_cache={new}", *run[case]) == 0
 
 
-def test_a_divergence_without_a_per_entry_sum_is_refused_by_a_sampled_cache(capsys, tmp_path, lossy):
-    err = refusal(capsys, tmp_path, f"teacher_cache={lossy}", "method=kd", "loss=entropy_gated_kl")
-    assert "loss=entropy_gated_kl" in err and "kind=topk" in err
+def test_a_divergence_without_a_per_entry_sum_reads_a_sampled_cache_bucketed(capsys, tmp_path, lossy, monkeypatch):
+    """EOPD's gated loss has no unbiased estimate from draws (its gate reads the whole row); like the other
+    losses that are not teacher-weighted it reads the stored ids and one bucket, as from a top-k cache."""
+    from egad_cli.losses.sampled import TeacherSampled
+
+    calls = []
+    original = TeacherSampled.bucketed
+    monkeypatch.setattr(TeacherSampled, "bucketed", lambda self: calls.append(1) or original(self))
+    assert distill(tmp_path / "run", f"teacher_cache={lossy}", "method=kd", "loss=entropy_gated_kl") == 0
+    assert calls and "one bucket" in capsys.readouterr().out
+    assert all(math.isfinite(v) for v in losses_by_step(tmp_path / "run").values())
 
 
 def test_a_topk_cache_of_format_1_is_read_as_before(tmp_path):

@@ -58,6 +58,8 @@ def curves(groups: list[SeedGroup], key: str = "loss") -> dict[str, dict]:
         if not per_seed:
             continue
         common = sorted(set.intersection(*(set(x) for x, _ in per_seed)))
+        if not common:  # seeds logged at different steps: no point to average
+            continue
         at = [dict(zip(x, y)) for x, y in per_seed]
         out[g.label] = {"tokens": common, "seeds": len(per_seed),
                         "mean": [sum(s[t] for s in at) / len(at) for t in common],

@@ -253,7 +253,11 @@ def run_groups(runs: list[Run]) -> list[SeedGroup]:
             continue
         key = tuple((k, run.overrides.get(k)) for k in others)
         label = " ".join(f"{k}={v}" for k, v in key) or "(all runs)"
-        groups.setdefault(key, SeedGroup(label, key, {})).runs[str(run.overrides.get(SEED_KEY))] = run
+        group = groups.setdefault(key, SeedGroup(label, key, {}))
+        seed, n = str(run.overrides.get(SEED_KEY)), 1
+        while (seed if n == 1 else f"{seed}#{n}") in group.runs:  # the same seed twice (runs linked in from two
+            n += 1                                                 # sweeps): both kept; pairs use the first
+        group.runs[seed if n == 1 else f"{seed}#{n}"] = run
     return list(groups.values())
 
 
@@ -263,7 +267,7 @@ def seed_groups(runs: list[Run], metric: str) -> list[SeedGroup]:
     for group in run_groups(runs):
         for seed, run in group.runs.items():
             value = run.metrics.get(metric)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 group.values[seed] = float(value)
         if group.values:
             group.runs = {seed: group.runs[seed] for seed in group.values}

@@ -37,7 +37,7 @@ CACHE_DTYPES = ("float16", "bfloat16", "float32")
 #: (the same grid as ``egad_cli.losses.cached.DEFAULT_EXPONENTS``; kept here so config needs no torch)
 TAIL_EXPONENTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 DEVICES_HELP = "valid: auto, cpu, cuda, cuda:N"
-#: teacher-cache formats (DESIGN §7; README "Teacher cache" has the measurements behind the defaults)
+#: teacher-cache formats (DESIGN §7; docs/teacher-cache.md has the measurements behind the defaults)
 CACHE_KINDS = ("sampled", "topk")
 #: k when `k` is null: a few exact top ids beside the draws (sampled); the older top-k format's k
 DEFAULT_K = {"sampled": 4, "topk": 48}

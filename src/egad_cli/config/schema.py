@@ -238,6 +238,7 @@ class EvalConfig:
     before: bool = True  #: measure before training too (the baseline)
     #: also measure the held-out KL every N training steps (0: only before and after), logged to metrics.jsonl
     #: as heldout_kl (heldout_kl_se from a sampled cache) for egad report's curves; costs one held-out pass each
+    #: (counted in train_seconds, not in tokens_per_s; eval_seconds in its row)
     every: int = 0
     prompts: list[str] = field(default_factory=lambda: ["def fibonacci(n):", "import os\n"])  #: eval: prompts
     max_new_tokens: int = 32  #: eval: greedy generation length

@@ -130,7 +130,7 @@ class DistillUnit:
         self.use_ce = self.alpha > 0  # without it the chunked loss skips the CE term and its gradient buffers
         self.chunk_size = cfg.loss.chunk_rows(vocab_size)
         # The statistics pass and the loss both need the teacher's logits: keep the pass's for the loss
-        # when a step's fit keep_teacher_logits_mb (the rule, README "Performance").
+        # when a step's fit keep_teacher_logits_mb (the rule, docs/performance.md).
         self.keep_budget = cfg.loss.keep_teacher_logits_mb * 2**20
 
         projectors = None

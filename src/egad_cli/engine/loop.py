@@ -121,7 +121,11 @@ def train(unit: Unit, data: Packed, cfg: TrainerConfig, runtime: Runtime, run_di
                 else:
                     bar.update(done, None)
                 if evaluate is not None and eval_every and done % eval_every == 0 and done < total_steps:
-                    metrics.write({"step": done, **evaluate()})
+                    started = time.perf_counter()
+                    measured = evaluate()
+                    if measured:
+                        metrics.write({"step": done, **measured, "eval_seconds": time.perf_counter() - started})
+                    window_start += time.perf_counter() - started  # tokens_per_s counts training time only
                 if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < total_steps:
                     checkpoint(done)
         if final_checkpoint:

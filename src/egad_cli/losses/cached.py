@@ -148,9 +148,9 @@ def split_tail(logp: Tensor, k: int, exponents: tuple[float, ...] = DEFAULT_EXPO
     torch.sqrt(q, out=work[:, 1])
     torch.sqrt(work[:, 1], out=work[:, 0])
     torch.mul(q, q, out=work[:, 3])
-    if moment_temps:
-        work[:, 4].copy_(logp)
-    gram = torch.bmm(work, work.transpose(1, 2))  # [N, R, R]: Σ_v W_i W_j
+    if moment_temps:  # a masked id (log p = −inf, q = 0) would give 0 · −inf: the lowest finite value gives 0
+        torch.clamp(logp, min=torch.finfo(logp.dtype).min, out=work[:, 4])
+    gram = _gram(work)  # [N, R, R]: Σ_v W_i W_j
     sums = torch.stack([_tail_sum(e, gram, work, q) for e in exponents], dim=-1)  # [N, G] Σ_tail q^a, each ≥ 1
     log_tail = sums.log() + a[None, :] * log_m[:, None]  # log S(a) = log Σ q^a + a · log m
     head = TeacherTopK(logp=top, ids=ids, exponents=a, log_tail=log_tail)
@@ -163,6 +163,20 @@ def split_tail(logp: Tensor, k: int, exponents: tuple[float, ...] = DEFAULT_EXPO
         d = (w * top).sum(-1) + scale * gram[:, i, 4]
         entropies[t] = entropy_from_moments(z, d, b)
     return TailSplit(head, q, entropies)
+
+
+def _gram(work: Tensor, blas: bool | None = None) -> Tensor:
+    """Σ_v W_i(v) W_j(v) [N, R, R] for work [N, R, V]. On a CPU one batched matmul (BLAS reads W once);
+    elsewhere (or blas=False) the pairs one by one in fp32, since a CUDA matmul may run in TF32
+    (torch.set_float32_matmul_precision("high")), whose 10-bit mantissa would cost the sums 1e-3 relative."""
+    if blas if blas is not None else work.device.type == "cpu":
+        return torch.bmm(work, work.transpose(1, 2))
+    n, r, _ = work.shape
+    gram = work.new_empty(n, r, r)
+    for i in range(r):
+        for j in range(i, r):
+            gram[:, i, j] = gram[:, j, i] = (work[:, i] * work[:, j]).sum(dim=-1)
+    return gram
 
 
 def _tail_sum(e: float, gram: Tensor, work: Tensor, q: Tensor) -> Tensor:

@@ -161,7 +161,7 @@ def entropy_gated_kl(t_logp: Tensor, s_logp: Tensor, *, threshold: float = 1.0, 
     H(p) is the entropy (nats) of the teacher distribution this function receives (at the token's
     temperature; T = 1 in the ``eopd`` preset). The gate depends on the teacher only, so it carries no
     gradient. The paper's full text was not available to us: this is our reading of its abstract
-    (README, "On-policy distillation"); threshold and weight are config fields.
+    (docs/on-policy.md); threshold and weight are config fields.
     """
     gate = (entropy(t_logp) > threshold).to(t_logp.dtype) * fkl_weight  # [N]
     return reverse_kl(t_logp, s_logp) + gate * forward_kl(t_logp, s_logp)
@@ -184,9 +184,11 @@ def entropy_from_moments(z: Tensor, d: Tensor, a: float) -> Tensor:
 
 
 def rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """Σ_v a(v) · b(v) per row of a, b [N, V] -> [N], as a batched matrix product: BLAS reads both once and
-    writes no [N, V] product (``(a * b).sum(-1)`` writes one, and the page faults of a fresh large buffer
-    cost as much as the arithmetic on a CPU)."""
+    """Σ_v a(v) · b(v) per row of a, b [N, V] -> [N]. On a CPU as a batched matrix product: BLAS reads both
+    once and writes no [N, V] product (``(a * b).sum(-1)`` writes one, and the page faults of a fresh large
+    buffer cost as much as the arithmetic). Elsewhere elementwise: a CUDA matmul may run in TF32."""
+    if a.device.type != "cpu":
+        return (a * b).sum(dim=-1)
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(a.shape[0])
 
 

@@ -29,15 +29,16 @@ of the weight: bounded weights, small variance. Reverse-KL-type terms carry q^τ
 importance ratio of the student to the teacher: where the student puts mass on tail ids the teacher
 almost never emits, the estimate is unbiased but heavy-tailed (measured: bench/cache_accuracy.py).
 Worse, a student trained on it can move its mass onto ids the draws did not see, where the estimate
-cannot see it: rkl trained from a sampled cache on this estimate diverged (README "Teacher cache").
+cannot see it: rkl trained from a sampled cache on this estimate diverged (docs/teacher-cache.md).
 So for those losses (``LossConfig.TEACHER_WEIGHTED`` False) egad reads the stored ids as a top-k cache
 reads its head: the head and the drawn ids exactly, the rest of the tail as one bucket whose teacher
 mass S(a) − Σ_j p(u_j)^a is known (``TeacherSampled.bucketed``). That is the divergence between the
 two distributions coarse-grained onto {stored ids} ∪ {bucket}: deterministic given the draws, a lower
 bound for the KL family, and stable (the student's mass outside the stored ids is in the bucket).
 
-Divergences whose value is not such a sum (``entropy_gated_kl``'s per-row gate) have no estimator
-here: a sampled cache refuses them (``LossConfig.per_entry``).
+Divergences whose value is not such a sum (``entropy_gated_kl``'s per-row gate) have no unbiased
+estimator here (``LossConfig.PER_ENTRY``); they are not teacher-weighted either, so they read the bucketed
+view, where the gate sees the entropy of the coarse-grained teacher, as from a top-k cache.
 """
 
 from __future__ import annotations
@@ -169,9 +170,12 @@ def draw_from_tail(tail: Tensor, uniforms: Tensor) -> tuple[Tensor, Tensor]:
     """Draws by inverse CDF from the rows of `tail` [C, V] (non-negative weights, e.g. p / m with the head
     zeroed) for uniforms [C, N] in [0, 1): (unique ids [C, N] int64 padded with 0, counts [C, N] int64,
     0 on padding), unique ids first in increasing order. A row without tail mass gets no draws."""
-    cdf = tail.cumsum(dim=-1)  # [C, V]
+    # fp64: an fp32 running sum over V ~ 1e5 entries drifts by ~1e-3 of the mass, so the ids would be drawn
+    # from a distribution other than the r their weights 1/π assume. right=True: the first cdf > x, never an
+    # id of weight 0 (its cdf equals the one before it).
+    cdf = tail.double().cumsum(dim=-1)  # [C, V]
     total = cdf[:, -1:]  # [C, 1]
-    picks = torch.searchsorted(cdf, uniforms * total, right=True).clamp_(max=tail.shape[1] - 1)  # [C, N]
+    picks = torch.searchsorted(cdf, uniforms.double() * total, right=True).clamp_(max=tail.shape[1] - 1)  # [C, N]
     picks, _ = picks.sort(dim=-1)
     first = torch.ones_like(picks, dtype=torch.bool)
     first[:, 1:] = picks[:, 1:] != picks[:, :-1]  # [C, N] the first of each run of equal ids

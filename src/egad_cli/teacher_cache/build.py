@@ -55,6 +55,8 @@ def tensor_sha256(*tensors: torch.Tensor) -> str:
 #: block is mapped fresh on every allocation and page-faulted in (measured: a sqrt over [508, 49,152] took 191 ms
 #: allocating against 18 ms into a reused buffer), a smaller one is recycled from the heap
 SMALL_TENSOR_BYTES = 24 << 20
+#: the same on an accelerator, where the bound is memory, not the allocator
+ACCELERATOR_TENSOR_BYTES = 1 << 30
 
 
 def block_uniforms(seed: int, split: str, block: int, rows: int, draws: int) -> torch.Tensor:
@@ -90,12 +92,15 @@ def teacher_rows(teacher, ids: torch.Tensor, vocab: int, plan: dict, store_dtype
     parts: dict[str, list[torch.Tensor]] = {}
     id_dtype = torch.uint16 if vocab <= 65_536 else torch.int32
     dt = torch.promote_types(hidden.dtype, head.dtype)
-    # Chunks of rows small enough for glibc to reuse freed memory (below its mmap threshold; a fresh mmap
-    # costs a page fault per 4 KiB): the logits [C, V] of up to 24 MiB, since each matmul re-reads the
-    # whole head [V, Dt] (at 25 rows a chunk the matmuls took 2.5x the forward's own head matmul), and
-    # split_tail's [c, SPLIT_BUFFER_ROWS, V] work buffer on sub-chunks of those.
-    rows_per_matmul = min(chunk_size, max(1, SMALL_TENSOR_BYTES // (4 * vocab)))
-    rows_per_split = max(1, SMALL_TENSOR_BYTES // (4 * vocab * SPLIT_BUFFER_ROWS))
+    # On a CPU, chunks of rows small enough for glibc to reuse freed memory (below its mmap threshold; a
+    # fresh mmap costs a page fault per 4 KiB): the logits [C, V] of up to 24 MiB, since each matmul re-reads
+    # the whole head [V, Dt] (at 25 rows a chunk the matmuls took 2.5x the forward's own head matmul), and
+    # split_tail's [c, SPLIT_BUFFER_ROWS, V] work buffer on sub-chunks of those. An accelerator's caching
+    # allocator has no such cost, and many small chunks would be many small kernels: chunk_size rows.
+    per_row = 4 * vocab  # bytes of one fp32 row of logits
+    budget = SMALL_TENSOR_BYTES if hidden.device.type == "cpu" else ACCELERATOR_TENSOR_BYTES
+    rows_per_matmul = min(chunk_size, max(1, budget // per_row))
+    rows_per_split = min(rows_per_matmul, max(1, budget // (per_row * SPLIT_BUFFER_ROWS)))
     for start in range(0, hidden.shape[0], rows_per_matmul):
         with torch.autocast(device_type=hidden.device.type, enabled=False):  # as the live loss computes them
             logits = (hidden[start:start + rows_per_matmul].to(dt) @ head.to(dt).T).float()  # [C, V]
@@ -114,11 +119,11 @@ def teacher_rows(teacher, ids: torch.Tensor, vocab: int, plan: dict, store_dtype
             top = split.head
             row.update(topk_logp=top.logp.to(store_dtype), topk_ids=top.ids.to(id_dtype),
                        log_tail=top.log_tail.to(store_dtype))
-            for name, value in row.items():
-                parts.setdefault(name, []).append(value.cpu())
+            for name, value in row.items():  # on the device: one copy to the host at the end, not one per chunk
+                parts.setdefault(name, []).append(value)
             del split
         del logits
-    fields = {name: torch.cat(chunks).reshape(b, length - 1, -1) for name, chunks in parts.items()}
+    fields = {name: torch.cat(chunks).reshape(b, length - 1, -1).cpu() for name, chunks in parts.items()}
     for layer in layers:
         fields[f"states.{layer}"] = out.hidden_states[layer][:, :-1].to(store_dtype).cpu()  # [B, L-1, Dt]
     return fields

@@ -47,10 +47,6 @@ def fit_problems(cfg, manifest: dict, needs, student_layers: int) -> list[str]:
     from egad_cli.losses.feature import default_layer_map
 
     problems = []
-    if cache_kind(manifest) == "sampled" and cfg.method.kd_weight > 0 and not cfg.loss.PER_ENTRY:
-        problems.append(f"loss={cfg.loss.name}: its value is not a sum over vocabulary entries, so the draws of a "
-                        f"sampled cache give no unbiased estimate of it; use the live teacher, or a top-k cache: "
-                        f"{rebuild_hint(manifest, kind='topk', k=48)}")
     lo, hi = cfg.temperature.tau_range()
     c_lo, c_hi = tau_support(manifest)
     if cfg.method.kd_weight > 0 and (lo < c_lo * (1 - 1e-6) or hi > c_hi * (1 + 1e-6)):
@@ -84,7 +80,7 @@ def fit_warnings(cfg, manifest: dict) -> list[str]:
     return [(f"loss={cfg.loss.name} from a sampled teacher cache: its terms carry the student's mass on ids the "
              f"teacher rarely emits, which the teacher's draws cannot estimate stably (trained on the unbiased "
              f"estimate, rkl diverged), so this run compares the stored ids (head and draws) exactly and the rest "
-             f"of the tail as one bucket, as a top-k cache does: stable, a lower bound (README \"Teacher cache\"). "
+             f"of the tail as one bucket, as a top-k cache does: stable, a lower bound (docs/teacher-cache.md). "
              f"A top-k cache holds more ids ({rebuild_hint(manifest, kind='topk', k=48)}); the live teacher is "
              f"exact.")]
 
