@@ -42,7 +42,9 @@ test-kernels: install
 
 # kd, egad, eakd and adakd × 3 seeds at the demo's budget, from one teacher cache (the teacher runs once; the
 # default sampled format, with the states egad's dual branch reads), then the exact held-out metrics of every
-# job with the live teacher (`egad eval`) and one table with mean ± sd per method (README "Results").
+# job with the live teacher (`egad eval`; without generations or the on-policy metric, which the table does not
+# show and which took ~40 % of an eval) and one table with mean ± sd per method, paired differences to kd with
+# their 95 % intervals, and the pictures (docs/results.md).
 # The training data is one epoch of the demo's budget (150 steps × 4 blocks of 128 tokens), so the cache
 # holds exactly what the runs read.
 COMPARE_DIR ?= multirun/compare
@@ -52,7 +54,8 @@ compare: install
 	$(VENV)/bin/egad cache $(COMPARE_DATA) out_dir=$(COMPARE_CACHE)
 	$(VENV)/bin/egad distill -m teacher_cache=$(COMPARE_CACHE) method=kd,egad,eakd,adakd trainer.seed=0,1,2 \
 		hydra.sweep.dir=$(COMPARE_DIR)
-	$(VENV)/bin/egad eval -m run_dir=$$(ls -d $(COMPARE_DIR)/*_*/ | sed 's:/$$::' | paste -sd, -) eval.max_new_tokens=0
+	$(VENV)/bin/egad eval -m run_dir=$$(ls -d $(COMPARE_DIR)/*_*/ | sed 's:/$$::' | paste -sd, -) eval.max_new_tokens=0 \
+		eval.onpolicy_prompts=0
 	$(VENV)/bin/egad report sweep_dir=$(COMPARE_DIR) sort_by=eval.kl_forward
 
 lint: install

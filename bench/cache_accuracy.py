@@ -140,7 +140,7 @@ def main() -> None:
     for name in LOSSES.names():
         node = LOSSES[name]()
         if not node.PER_ENTRY:
-            print(f"{name:<16} (not a per-entry sum: a sampled cache refuses it)")
+            print(f"{name:<16} (not a per-entry sum: no unbiased estimate; a sampled cache serves it bucketed)")
             continue
         fn = node.divergence()
         for tau_value in TAUS:

@@ -186,7 +186,8 @@ class CacheCommandConfig:
 
     Per predicting token (kind=sampled, the default): the k most likely ids with their exact
     log-probabilities at T = 1, `draws` ids drawn from the rest of the teacher's distribution (unique ids,
-    counts, log-probabilities: every divergence and its gradient estimated without bias, DESIGN §7), the
+    counts, log-probabilities: forward-KL-type divergences and their gradients estimated without bias,
+    reverse-KL-type ones read over the stored ids and one bucket; docs/teacher-cache.md), the
     tail power sums on a grid of exponents 1/τ (the normaliser at any per-token τ), the exact entropy at
     each of ``entropy_temps``, and (for the dual branch) hidden states at ``layers``. kind=topk keeps
     the top-k and one tail bucket instead of the draws (a coarse-grained, lower-bound divergence).
