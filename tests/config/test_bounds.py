@@ -58,6 +58,7 @@ BOUNDED = {
     "trainer.keep_ckpts": ([], 0),
     "trainer.threads": ([], 0),
     "eval.max_tokens": ([], -1),
+    "eval.every": ([], -1),
     "eval.batch_size": ([], 0),
     "eval.max_new_tokens": ([], -1),
     "eval.onpolicy_prompts": ([], -1),

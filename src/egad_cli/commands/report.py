@@ -27,9 +27,8 @@ from omegaconf import DictConfig
 from rich.markup import escape
 from rich.text import Text
 
-from egad_cli.commands.analysis import clean
 from egad_cli.commands.common import run_task
-from egad_cli.commands.report_plots import sweep_plot_data, terminal_rows, write_pngs
+from egad_cli.commands.report_plots import json_safe, sweep_plot_data, terminal_rows, write_pngs
 from egad_cli.commands.sweep import (
     Run,
     check_sort_column,
@@ -151,7 +150,7 @@ def run_report(raw: DictConfig) -> int:
         (out_dir / "report.md").write_text(md)
         written = [out_dir / "report.csv", out_dir / "report.md"]
         if cfg.plots:
-            (out_dir / "report-plots.json").write_text(json.dumps(clean(pictures), indent=1) + "\n")
+            (out_dir / "report-plots.json").write_text(json.dumps(json_safe(pictures), indent=1) + "\n")
             written += [out_dir / "report-plots.json", *write_pngs(pictures, out_dir)]
         console.print(escape(f"wrote {', '.join(p.name for p in written)} into {out_dir}"))
     return 0
