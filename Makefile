@@ -43,7 +43,7 @@ test-kernels: install
 # kd, egad, eakd and adakd × 3 seeds at the demo's budget, from one teacher cache (the teacher runs once; the
 # default sampled format, with the states egad's dual branch reads), then the exact held-out metrics of every
 # job with the live teacher (`egad eval`; without generations or the on-policy metric, which the table does not
-# show and which took ~40 % of an eval) and one table with mean ± sd per method, paired differences to kd with
+# show and which took 35 % of an eval) and one table with mean ± sd per method, paired differences to kd with
 # their 95 % intervals, and the pictures (docs/results.md).
 # The training data is one epoch of the demo's budget (150 steps × 4 blocks of 128 tokens), so the cache
 # holds exactly what the runs read.
