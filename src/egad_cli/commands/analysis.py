@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from egad_cli.config import cache_dir
 from egad_cli.config.schema import TrainerConfig
 from egad_cli.data import Packed, build_splits, check_sources, pack_all
@@ -24,17 +22,6 @@ from egad_cli.ui.console import console
 def show_progress(enabled: bool) -> bool:
     """Progress bars only on a terminal: redirected to a file or a CI log they would be blank lines."""
     return enabled and console.is_terminal
-
-
-def clean(value):
-    """JSON-safe: non-finite floats become null (json.dumps would write NaN, which is not JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [clean(v) for v in value]
-    return value
 
 
 def preflight(cfg) -> Runtime:

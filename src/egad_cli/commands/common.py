@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -89,3 +90,14 @@ def run_task(fn: Callable, *args):
     except KeyboardInterrupt:  # while loading or measuring, before training started: nothing to resume
         err_console.print("[yellow]interrupted before training started; nothing was trained, nothing to resume[/]")
         sys.exit(130)
+
+
+def json_safe(value):
+    """JSON-safe: non-finite floats become null (json.dumps would write NaN, which is not JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value

@@ -10,7 +10,8 @@ import torch
 from rich.markup import escape
 from rich.text import Text
 
-from egad_cli.commands.analysis import clean, load, preflight, show_progress, split_of
+from egad_cli.commands.analysis import load, preflight, show_progress, split_of
+from egad_cli.commands.common import json_safe
 from egad_cli.config.commands import EvalCommandConfig
 from egad_cli.evaluation.entropy import printable
 from egad_cli.evaluation.generation import side_by_side
@@ -122,6 +123,6 @@ def run(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
                   "device": str(runtime.device), "seconds": round(time.perf_counter() - started, 2)},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(clean(result), indent=2))
+    (out_dir / "eval.json").write_text(json.dumps(json_safe(result), indent=2))
     console.print(escape(f"wrote {out_dir / 'eval.json'}"))
     return summary["kl_forward"]

@@ -14,7 +14,8 @@ import torch
 from rich.markup import escape
 from rich.text import Text
 
-from egad_cli.commands.analysis import clean, load, preflight, show_progress, split_of
+from egad_cli.commands.analysis import load, preflight, show_progress, split_of
+from egad_cli.commands.common import json_safe
 from egad_cli.config.commands import InspectEntropyConfig
 from egad_cli.data import Packed
 from egad_cli.errors import UserError
@@ -228,7 +229,7 @@ def save(a: dict, m: dict[str, torch.Tensor], tokenizer, cfg: InspectEntropyConf
     """entropy.json (everything shown), entropy_tokens.csv (one row per token), entropy_hist.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "entropy.json", out_dir / "entropy_tokens.csv", out_dir / "entropy_hist.png"]
-    paths[0].write_text(json.dumps(clean(a), indent=2))
+    paths[0].write_text(json.dumps(json_safe(a), indent=2))
     write_csv(paths[1], m, tokenizer)
     write_png(paths[2], a, cfg)
     return paths

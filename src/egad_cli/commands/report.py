@@ -27,8 +27,8 @@ from omegaconf import DictConfig
 from rich.markup import escape
 from rich.text import Text
 
-from egad_cli.commands.common import run_task
-from egad_cli.commands.report_plots import json_safe, sweep_plot_data, terminal_rows, write_pngs
+from egad_cli.commands.common import json_safe, run_task
+from egad_cli.commands.report_plots import sweep_plot_data, terminal_rows, write_pngs
 from egad_cli.commands.sweep import (
     Run,
     check_sort_column,

@@ -122,18 +122,6 @@ def sweep_plot_data(runs, metric: str, baseline: str | None) -> dict:
             "kl_forward_by_decile_vs_baseline": decile_changes(run_groups(runs), baseline)}
 
 
-def json_safe(value):
-    """Non-finite floats as null (json.dumps would write NaN, which is not JSON); no torch import here, so
-    a report's config errors stay instant (tests/test_layers.py)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def sparkline(values: list[float], width: int = 24) -> str:
     """values resampled to `width` cells, drawn with eighth-height blocks (low = ▁, high = █)."""
     if not values:
