@@ -112,6 +112,7 @@ def test_seed_summary_gives_mean_sd_and_paired_differences_to_the_baseline(tmp_p
     from pathlib import Path
 
     from egad_cli.commands.sweep import Run, seed_summary
+    from egad_cli.stats import seeds_needed
 
     values = {("kd", "0"): 1.0, ("kd", "1"): 2.0, ("kd", "2"): 3.5, ("egad", "0"): 0.5, ("egad", "1"): 1.7,
               ("egad", "2"): 2.0, ("eakd", "0"): 9.0}
@@ -122,11 +123,15 @@ def test_seed_summary_gives_mean_sd_and_paired_differences_to_the_baseline(tmp_p
     assert columns[0] == "group" and "paired" in columns[3]
     by_group = {row[0]: row for row in rows}
     kd = [1.0, 2.0, 3.5]
-    assert by_group["method=kd"][1:] == [3, f"{statistics.mean(kd):.4f} ± {statistics.stdev(kd):.4f}", "—"]
+    assert by_group["method=kd"][1:] == [3, f"{statistics.mean(kd):.4f} ± {statistics.stdev(kd):.4f}", "—", "—"]
     diffs = [0.5 - 1.0, 1.7 - 2.0, 2.0 - 3.5]
     mean, half = statistics.mean(diffs), 4.302652729911275 * statistics.stdev(diffs) / 3 ** 0.5  # t_{.975, 2}
     assert by_group["method=egad"][3] == f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] (n=3) inconclusive"
-    assert by_group["method=eakd"][1:] == [1, "9.0000", "+8.0000 (n=1) inconclusive"]  # the failed run is left out
+    # seeds to resolve 1 % of kd's mean (0.02167) with the differences' sd (0.6429): ratio 29.7, n ≈ 7.85 · 29.7² + 2
+    assert "1 %" in columns[4] and by_group["method=egad"][4] == str(seeds_needed(statistics.stdev(diffs),
+                                                                                   0.01 * statistics.mean(kd)))
+    assert 6900 <= int(by_group["method=egad"][4]) <= 6940
+    assert by_group["method=eakd"][1:] == [1, "9.0000", "+8.0000 (n=1) inconclusive", "—"]  # failed run left out
     assert seed_summary([r for r in runs if r.overrides["trainer.seed"] == "0"], "kl_after", "kd") is None
 
 

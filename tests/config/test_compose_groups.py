@@ -138,9 +138,20 @@ PRESETS = {
     "gkd": ("jsd", "fixed", "none", "logits_only", "uniform"),
     "onpolicy": ("reverse_kl", "fixed", "none", "logits_only", "uniform"),
     "eopd": ("entropy_gated_kl", "fixed", "none", "logits_only", "uniform"),
+    # the study's ablation arms: kd plus one EGAD mechanism, egad minus one
+    "egad_only_curriculum": ("forward_kl", "fixed", "linear", "logits_only", "uniform"),
+    "egad_only_temperature": ("forward_kl", "entropy", "none", "logits_only", "uniform"),
+    "egad_only_branch": ("forward_kl", "fixed", "none", "dual", "uniform"),
+    "egad_no_curriculum": ("forward_kl", "entropy", "none", "dual", "uniform"),
+    "egad_no_temperature": ("forward_kl", "fixed", "linear", "dual", "uniform"),
+    "egad_no_branch": ("forward_kl", "entropy", "linear", "logits_only", "uniform"),
 }
 #: the on-policy share each preset sets (every other preset: 0, off-policy)
 LMBDA = {"gkd": 0.5, "onpolicy": 1.0, "eopd": 1.0}
+
+
+def test_every_method_preset_is_in_the_table():
+    assert set(PRESETS) == set(group_options("method"))
 
 
 @pytest.mark.parametrize("method", sorted(PRESETS))

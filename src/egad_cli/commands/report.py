@@ -7,7 +7,8 @@
 When the sweep varies trainer.seed, a second table gives per group of seeds (the runs that differ
 only in their seed) the mean ± sample sd of the sort metric and the paired difference to the same
 group with method=<baseline> (default kd), seed by seed, with its 95 % t interval and "inconclusive"
-where the interval contains zero (``egad_cli.stats``). Then the pictures (``report_plots``): the
+where the interval contains zero (``egad_cli.stats``), and how many seeds a comparison with the
+measured spread would need to resolve a difference of 1 % of the baseline's mean (80 % power). Then the pictures (``report_plots``): the
 training loss against tokens, the metric per group with its interval, eval KL by teacher-entropy decile
 against the baseline; compactly in the terminal, as PNGs and report-plots.json in the sweep dir.
 
@@ -145,7 +146,8 @@ def run_report(raw: DictConfig) -> int:
         md += markdown_table(columns, rows)
         if seeds is not None:
             md += (f"\n\nOver seeds: {summary_metric} (mean ± sample sd; Δ paired by seed, mean [95 % t interval], "
-                   f"inconclusive where it contains 0)\n\n")
+                   f"inconclusive where it contains 0; seeds to resolve 1 % of the baseline's mean with 80 % power, "
+                   f"from the measured sd of the differences)\n\n")
             md += markdown_table(*seeds)
         (out_dir / "report.md").write_text(md)
         written = [out_dir / "report.csv", out_dir / "report.md"]

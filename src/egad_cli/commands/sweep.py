@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from egad_cli.errors import UserError
-from egad_cli.stats import paired_difference
+from egad_cli.stats import PairedDiff, paired_difference, seeds_needed
 
 JOB_ERROR = "error.txt"  #: written by a sweep job that ended in a user error (its message)
 SKIP_DIRS = {"checkpoints", "student", ".hydra", "tb", "tensorboard", "__pycache__"}
@@ -299,16 +299,32 @@ def seed_summary(runs: list[Run], metric: str, baseline: str | None) -> tuple[li
     groups = seed_groups(runs, metric)
     columns = ["group", "seeds", f"{metric} mean ± sd"]
     if baseline:
-        columns.append(f"Δ vs method={baseline} (paired, 95 % t interval)")
+        columns += [f"Δ vs method={baseline} (paired, 95 % t interval)",
+                    f"seeds to resolve {RESOLVE_SHARE * 100:g} % (80 % power)"]
     rows = []
     for g in groups:
         row: list = [g.label, len(g.values), fmt_mean_sd(list(g.values.values()))]
         if baseline:
             base = baseline_group(groups, g, baseline)
             diff = None if base is None or base is g else paired_difference(g.values, base.values)
-            row.append("—" if diff is None else diff.text())
+            row += ["—", "—"] if diff is None else [diff.text(), seeds_to_resolve(diff, base)]
         rows.append(row)
     return columns, rows
+
+
+#: the difference, as a share of the baseline's mean, that the seed table says how many seeds would resolve
+RESOLVE_SHARE = 0.01
+
+
+def seeds_to_resolve(diff: PairedDiff, base: SeedGroup) -> str:
+    """Seeds a paired comparison with this spread (the measured sd of the differences) needs for its 95 %
+    interval to exclude zero, with 80 % power, when the true difference is RESOLVE_SHARE of the baseline's
+    mean (``egad_cli.stats.seeds_needed``): '—' with one seed (no spread to go on)."""
+    base_mean = sum(base.values.values()) / len(base.values)
+    if diff.sd is None or not math.isfinite(diff.sd) or not math.isfinite(base_mean) or base_mean == 0:
+        return "—"
+    n = seeds_needed(diff.sd, RESOLVE_SHARE * abs(base_mean))
+    return "> 100000" if n is None else str(n)
 
 
 def baseline_group(groups: list[SeedGroup], group: SeedGroup, baseline: str) -> SeedGroup | None:
