@@ -20,7 +20,8 @@ On the embedded corpus only:
      half and double, ρ at 0.5 and 1), method=egad, on the first --sensitivity-seeds seeds, each value paired
      by seed with egad at the defaults (a grid, one knob at a time: 10 points instead of 3^5 = 243).
 
-Writes OUT/study.md (the stage times, the share of runs that finished and were evaluated, the cross-check
+Every egad command runs in OUT (the prose corpus is addressed as data/enwiki/*.txt, so its held-out split, which
+follows each file's path as spelled, does not depend on where OUT lies). Writes OUT/study.md (the stage times, the share of runs that finished and were evaluated, the cross-check
 and the sensitivity tables; the method tables are in OUT/<corpus>/runs/report.md with the pictures) and
 OUT/study.json (the same numbers). A stage that finished leaves OUT/.done/<stage>; running the command again
 goes on from the first stage that did not (delete OUT/.done/<stage> to redo one).
@@ -54,15 +55,17 @@ BLOCK, BATCH = 128, 4  #: the demo's block and batch: a step is 512 tokens
 METRIC = "kl_forward"  #: eval.json's exact held-out KL(teacher ‖ student)
 
 
-def egad(args: list[str], log: Path) -> int:
-    """Run one egad command, its output to `log`; the return code (a failed job of a sweep is not fatal)."""
+def egad(args: list[str], log: Path, cwd: Path) -> int:
+    """Run one egad command in `cwd`, its output to `log`; the return code (a failed job of a sweep is not
+    fatal)."""
     exe = Path(sys.executable).with_name("egad")
     log.parent.mkdir(parents=True, exist_ok=True)
     print("$ egad " + " ".join(args), flush=True)
     with log.open("a") as out:
         out.write("$ egad " + " ".join(args) + "\n")
         out.flush()
-        return subprocess.run([str(exe), *args], stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+        return subprocess.run([str(exe), *args], stdout=out, stderr=subprocess.STDOUT, check=False,
+                              cwd=cwd).returncode
 
 
 class Study:
@@ -103,7 +106,9 @@ class Study:
             return [f"dataset.max_train_tokens={train}", *val] if not self.args.smoke else []
         # the smoke corpus has few articles: hold out half, so that the held-out split is never empty
         share = ["dataset.val_fraction=0.5"] if self.args.smoke else []
-        return ["dataset=text", f"dataset.paths=[{self.out / 'data' / corpus}/*.txt]", *val, *share]
+        # relative to the study dir, where every egad command runs: a text corpus's held-out split is decided by
+        # each file's path as the pattern spells it, so the split stays the same wherever the study dir lies
+        return ["dataset=text", f"dataset.paths=[data/{corpus}/*.txt]", *val, *share]
 
     def prose(self) -> str | None:
         target = self.out / "data" / "enwiki"
@@ -119,14 +124,14 @@ class Study:
         cache = self.out / corpus / "teacher-cache"
         student = [] if self.args.smoke else [f"student={self.args.student}"]  # smoke: its own tiny student
         code = egad(["cache", *self.data_args(corpus), *student, f"out_dir={cache}", *self.debug],
-                    self.out / corpus / "cache.log")
+                    self.out / corpus / "cache.log", self.out)
         return None if code == 0 else f"egad cache exited {code}"
 
     def runs(self, corpus: str, sweep: str, extra: list[str], methods: list[str], seeds: list[str]) -> str | None:
         sweep_dir = self.out / corpus / sweep
         code = egad(["distill", "-m", f"teacher_cache={self.out / corpus / 'teacher-cache'}",
                      f"method={','.join(methods)}", f"trainer.seed={','.join(seeds)}", *self.train_args(),
-                     *extra, f"hydra.sweep.dir={sweep_dir}", *self.debug], self.out / corpus / f"{sweep}.log")
+                     *extra, f"hydra.sweep.dir={sweep_dir}", *self.debug], self.out / corpus / f"{sweep}.log", self.out)
         return None if code in (0, 2) else f"egad distill exited {code}"  # 2: some jobs failed (counted later)
 
     def train_args(self) -> list[str]:
@@ -141,7 +146,7 @@ class Study:
         sweep_dir = self.out / "embedded" / "live"
         code = egad(["distill", "-m", f"method={','.join(self.args.live)}", f"trainer.seed={self.seeds[0]}",
                      *self.data_args("embedded"), *self.train_args(), f"hydra.sweep.dir={sweep_dir}",
-                     *self.debug], self.out / "embedded" / "live.log")
+                     *self.debug], self.out / "embedded" / "live.log", self.out)
         return None if code in (0, 2) else f"egad distill exited {code}"
 
     def sensitivity(self) -> str | None:
@@ -160,12 +165,12 @@ class Study:
             return None
         code = egad(["eval", "-m", f"run_dir={','.join(str(p) for p in run_dirs)}", "eval.max_new_tokens=0",
                      "eval.onpolicy_prompts=0", f"hydra.sweep.dir={self.out / corpus / 'eval'}", *self.debug],
-                    self.out / corpus / "eval.log")
+                    self.out / corpus / "eval.log", self.out)
         return None if code in (0, 2) else f"egad eval exited {code}"
 
     def report(self, corpus: str) -> str | None:
         code = egad(["report", f"sweep_dir={self.out / corpus / 'runs'}", f"sort_by=eval.{METRIC}"],
-                    self.out / corpus / "report.log")
+                    self.out / corpus / "report.log", self.out)
         return None if code == 0 else f"egad report exited {code}"
 
     # ------------------------------------------------------------------ reading the runs
