@@ -100,15 +100,18 @@ class Study:
     # ------------------------------------------------------------------ corpora
     def data_args(self, corpus: str) -> list[str]:
         """The dataset overrides of a corpus (the cache records them: the runs from it need none)."""
-        val = ["dataset.max_val_tokens=1024"] if self.args.smoke else [f"dataset.max_val_tokens={self.args.val_tokens}"]
+        if self.args.smoke:
+            budget = []  # the smoke config's own
+        else:  # the cache holds what the runs read (a corpus with fewer tokens is read in several epochs)
+            budget = [f"dataset.max_train_tokens={self.args.steps * BLOCK * BATCH}",
+                      f"dataset.max_val_tokens={self.args.val_tokens}"]
         if corpus == "embedded":
-            train = self.args.steps * BLOCK * BATCH
-            return [f"dataset.max_train_tokens={train}", *val] if not self.args.smoke else []
+            return budget
         # the smoke corpus has few articles: hold out half, so that the held-out split is never empty
         share = ["dataset.val_fraction=0.5"] if self.args.smoke else []
         # relative to the study dir, where every egad command runs: a text corpus's held-out split is decided by
         # each file's path as the pattern spells it, so the split stays the same wherever the study dir lies
-        return ["dataset=text", f"dataset.paths=[data/{corpus}/*.txt]", *val, *share]
+        return ["dataset=text", f"dataset.paths=[data/{corpus}/*.txt]", *budget, *share]
 
     def prose(self) -> str | None:
         target = self.out / "data" / "enwiki"
