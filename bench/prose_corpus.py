@@ -13,9 +13,9 @@ with the data runs), so ``--no-deps`` is enough.
 The wikitext is reduced to prose by rules, in order: comments, references, templates (innermost first, so nested
 ones go too), tables, files and categories are dropped; links keep their shown text; bold/italic quotes, HTML
 tags and list markers go; headings stay as lines; the sections from "See also" / "References" / "Notes" /
-"External links" / "Further reading" on (lists of citations, not prose) are cut. Redirects and non-article pages
-are skipped. The result is not perfect (an unbalanced template leaves a residue) but it is prose: tested on
-hand-made wikitext (tests/data/test_prose_corpus.py).
+"External links" / "Further reading" on (lists of citations, not prose) are cut. Redirects, non-article pages
+and disambiguation pages are skipped. The result is not perfect (an unbalanced template leaves a residue) but it
+is prose: tested on hand-made wikitext (tests/data/test_prose_corpus.py).
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ def wiki_pages(xml_text: bytes) -> Iterator[tuple[str, str]]:
             continue
         text_node = next((n for n in page.iter() if n.tag.rsplit("}", 1)[-1] == "text"), None)
         text = (text_node.text or "") if text_node is not None else ""
-        if text.lstrip().upper().startswith("#REDIRECT"):
+        title = fields["title"].text or ""
+        if text.lstrip().upper().startswith("#REDIRECT") or "(disambiguation)" in title:  # not prose: lists
             continue
-        yield fields["title"].text or "", text
+        yield title, text
 
 
 def _drop_nested(text: str, pattern: re.Pattern) -> str:

@@ -66,7 +66,7 @@ def export(pages: list[tuple[str, int, str]], namespace: bool = True) -> bytes:
 def test_only_articles_are_kept_and_written_one_per_file(prose, tmp_path, namespace):
     long_prose = "Plain words of an article. " * 100
     xml = export([("Ada Lovelace", 0, long_prose + "\n" + WIKITEXT), ("AdaL", 0, "#REDIRECT [[Ada Lovelace]]"),
-                  ("Talk:Ada", 1, long_prose), ("Stub", 0, "A stub."), ("Ada/Notes?", 0, long_prose)], namespace)
+                  ("Talk:Ada", 1, long_prose), ("Stub", 0, "A stub."), ("Ada (disambiguation)", 0, long_prose), ("Ada/Notes?", 0, long_prose)], namespace)
     assert [t for t, _ in prose.wiki_pages(xml)] == ["Ada Lovelace", "Stub", "Ada/Notes?"]
     files, chars = prose.write_corpus(xml, tmp_path / "out", min_chars=2000)
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
