@@ -6,8 +6,8 @@
 
 The embedded corpus is Python source; a result should also hold on prose. gensim's wheel carries, as test data,
 the first 106 articles of a 2016 English Wikipedia dump (``enwiki-latest-pages-articles1.xml-p000000010p000030302
--shortened.bz2``, 6 MB of wikitext, CC BY-SA): real encyclopaedic prose, ~1 M SmolLM2 tokens once cleaned. The
-file is read from the installed distribution's file list; gensim itself is never imported (no code that came
+-shortened.bz2``, 6 MB of wikitext, CC BY-SA): real encyclopaedic prose, 94 articles and ~620k SmolLM2 tokens
+once cleaned. The file is read from the installed distribution's file list; gensim itself is never imported (no code that came
 with the data runs), so ``--no-deps`` is enough.
 
 The wikitext is reduced to prose by rules, in order: comments, references, templates (innermost first, so nested
