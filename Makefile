@@ -64,7 +64,7 @@ compare: install
 # and the knob sensitivity sweep (bench/study.py; docs/results.md). Sized for a GPU: at the default budget
 # (1500 steps, student=small) it is days of CPU. Scale it with STUDY_ARGS, e.g.
 #   make study STUDY_ARGS="--steps 150 --student tiny --corpora embedded"
-# Interrupted? Run it again: it goes on from the first stage that did not finish.
+# Interrupted? Run it again with the same STUDY_ARGS: finished runs are kept, a cut-off run resumes from its checkpoint.
 GENSIM_SPEC ?= gensim==4.4.0
 STUDY_DIR ?= study
 STUDY_ARGS ?=

@@ -6,7 +6,7 @@
 
 The embedded corpus is Python source; a result should also hold on prose. gensim's wheel carries, as test data,
 the first 106 articles of a 2016 English Wikipedia dump (``enwiki-latest-pages-articles1.xml-p000000010p000030302
--shortened.bz2``, 6 MB of wikitext, CC BY-SA): real encyclopaedic prose, 94 articles and ~620k SmolLM2 tokens
+-shortened.bz2``, 6 MB of wikitext, CC BY-SA): real encyclopaedic prose, 92 articles and ~620k SmolLM2 tokens
 once cleaned. The file is read from the installed distribution's file list; gensim itself is never imported (no code that came
 with the data runs), so ``--no-deps`` is enough.
 
@@ -26,7 +26,7 @@ import html
 import re
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -64,9 +64,13 @@ def wiki_pages(xml_text: bytes) -> Iterator[tuple[str, str]]:
         text_node = next((n for n in page.iter() if n.tag.rsplit("}", 1)[-1] == "text"), None)
         text = (text_node.text or "") if text_node is not None else ""
         title = fields["title"].text or ""
-        if text.lstrip().upper().startswith("#REDIRECT") or "(disambiguation)" in title:  # not prose: lists
-            continue
+        if text.lstrip().upper().startswith("#REDIRECT") or "(disambiguation)" in title or _LIST_PAGE.search(text):
+            continue  # not prose: a redirect, or a list of meanings
         yield title, text
+
+
+#: the templates that mark a disambiguation or set-index page (a list of meanings, not prose)
+_LIST_PAGE = re.compile(r"\{\{\s*(?:disambig\w*|dab|hndis|geodis|set ?index(?: article)?|sia)\s*[|}]", re.IGNORECASE)
 
 
 def _drop_nested(text: str, pattern: re.Pattern) -> str:
@@ -126,11 +130,11 @@ def file_name(index: int, title: str) -> str:
     return f"{index:03d}_{slug}.txt"
 
 
-def write_corpus(xml_text: bytes, out: Path, min_chars: int = MIN_CHARS) -> tuple[int, int]:
-    """One .txt per article of at least ``min_chars`` characters; returns (files, characters)."""
+def write_corpus(pages: Iterable[tuple[str, str]], out: Path, min_chars: int = MIN_CHARS) -> tuple[int, int]:
+    """One .txt per article (``wiki_pages``) of at least ``min_chars`` characters; returns (files, characters)."""
     out.mkdir(parents=True, exist_ok=True)
     files = chars = 0
-    for title, wikitext in wiki_pages(xml_text):
+    for title, wikitext in pages:
         text = plain_text(wikitext)
         if len(text) < min_chars:
             continue
@@ -147,13 +151,16 @@ def main(argv: list[str] | None = None) -> None:
                     "instead of gensim's")
     ap.add_argument("--min-chars", type=int, default=MIN_CHARS)
     args = ap.parse_args(argv)
-    dump = args.dump or installed_dump()
-    raw = dump.read_bytes()
-    if dump.suffix == ".bz2":
-        raw = bz2.decompress(raw)
     if args.out.is_dir() and any(args.out.glob("*.txt")):
         raise SystemExit(f"error: {args.out} already holds .txt files: remove them or choose another directory")
-    files, chars = write_corpus(raw, args.out, args.min_chars)
+    dump = args.dump or installed_dump()
+    try:
+        raw = dump.read_bytes()
+        raw = bz2.decompress(raw) if dump.suffix == ".bz2" else raw
+        pages = list(wiki_pages(raw))  # the whole export in memory: meant for small exports like gensim's (6 MB)
+    except (OSError, ValueError, EOFError, ET.ParseError) as exc:
+        raise SystemExit(f"error: --dump {dump}: not a readable MediaWiki XML export (.xml or .xml.bz2): {exc}") from None
+    files, chars = write_corpus(pages, args.out, args.min_chars)
     if not files:
         raise SystemExit(f"error: no article of {dump} has {args.min_chars} characters of prose")
     print(f"{files} articles, {chars / 1e6:.2f} M characters of prose -> {args.out}/*.txt", file=sys.stderr)

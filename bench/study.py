@@ -1,11 +1,11 @@
-"""`make study`: does entropy guidance help, and which of EGAD's mechanisms? One command, resumable by stage.
+"""`make study`: does entropy guidance help, and which of EGAD's mechanisms? One command, resumable.
 
     python bench/study.py [--out study] [--seeds 0,1,2,3,4] [--steps 1500] [--student small] [--smoke] …
 
 Per corpus (the embedded Python source, and English Wikipedia prose from bench/prose_corpus.py):
   1. one teacher cache (`egad cache`, the default sampled format, with the states the dual branch reads for
      --student), holding the training blocks the runs read and the held-out split;
-  2. `egad distill -m` from that cache: --methods × --seeds, at --steps optimizer steps of 4 × 128 tokens
+  2. `egad distill` from that cache: --methods × --seeds, at --steps optimizer steps of 4 × 128 tokens
      (1500: 768,000 tokens, 10× the demo), student --student. The methods: kd, egad, eakd, adakd, rkl, and
      egad with each mechanism alone (egad_only_curriculum / _temperature / _branch: kd plus one) and with
      each one removed (egad_no_…: egad minus one), presets in conf/method/;
@@ -20,11 +20,15 @@ On the embedded corpus only:
      half and double, ρ at 0.5 and 1), method=egad, on the first --sensitivity-seeds seeds, each value paired
      by seed with egad at the defaults (a grid, one knob at a time: 10 points instead of 3^5 = 243).
 
-Every egad command runs in OUT (the prose corpus is addressed as data/enwiki/*.txt, so its held-out split, which
-follows each file's path as spelled, does not depend on where OUT lies). Writes OUT/study.md (the stage times, the share of runs that finished and were evaluated, the cross-check
-and the sensitivity tables; the method tables are in OUT/<corpus>/runs/report.md with the pictures) and
-OUT/study.json (the same numbers). A stage that finished leaves OUT/.done/<stage>; running the command again
-goes on from the first stage that did not (delete OUT/.done/<stage> to redo one).
+Every egad command runs in OUT (the prose corpus is addressed as data/enwiki/*.txt, so its held-out split,
+which follows each file's path as spelled, does not depend on where OUT lies). Each run is its own `egad
+distill` with its own dir (OUT/<corpus>/runs/method:kd__trainer.seed:0 …). Running the command again goes on
+where it stopped: finished runs are kept, a run cut off with a checkpoint resumes from it, a failed run is
+retried; a study dir holds one design (other arguments are refused: use another --out). A stage that finished
+leaves OUT/.done/<stage> and is skipped after; a stage with failed runs or evals stops the study, listing them,
+unless --keep-going. Writes OUT/study.md (the stage times, the share of runs that finished and were
+evaluated, the cross-check and the sensitivity tables; the method tables are in OUT/<corpus>/runs/report.md
+with the pictures) and OUT/study.json (the same numbers).
 
 Cost on this 2-core CPU (measured, see docs/results.md): one run of the `small` student from the cache takes
 ~1.2 s per step, so the default study (11 methods × 5 seeds × 2 corpora + 2 live + 30 sensitivity runs at
@@ -46,6 +50,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import prose_corpus
 
+from egad_cli.config import conf_dir
+
 METHODS = ("kd", "egad", "eakd", "adakd", "rkl", "egad_only_curriculum", "egad_only_temperature",
            "egad_only_branch", "egad_no_curriculum", "egad_no_temperature", "egad_no_branch")
 #: one knob at a time around its default (conf/method/egad.yaml and the group defaults): γ 1, κ 0.5, ρ 0.8, q 0.3, μ 1
@@ -55,17 +61,33 @@ BLOCK, BATCH = 128, 4  #: the demo's block and batch: a step is 512 tokens
 METRIC = "kl_forward"  #: eval.json's exact held-out KL(teacher ‖ student)
 
 
+def egad_exe() -> str:
+    beside = Path(sys.executable).with_name("egad")
+    found = str(beside) if beside.is_file() else shutil.which("egad")
+    if found is None:
+        raise SystemExit("error: no `egad` command beside this Python or on PATH: run the study with the Python "
+                         "of the environment egad is installed in (make study uses .venv)")
+    return found
+
+
 def egad(args: list[str], log: Path, cwd: Path) -> int:
-    """Run one egad command in `cwd`, its output to `log`; the return code (a failed job of a sweep is not
-    fatal)."""
-    exe = Path(sys.executable).with_name("egad")
+    """Run one egad command in `cwd`, its output appended to `log`; its return code."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print("$ egad " + " ".join(args), flush=True)
     with log.open("a") as out:
         out.write("$ egad " + " ".join(args) + "\n")
         out.flush()
-        return subprocess.run([str(exe), *args], stdout=out, stderr=subprocess.STDOUT, check=False,
-                              cwd=cwd).returncode
+        proc = subprocess.Popen([egad_exe(), *args], stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached egad too: let it write its checkpoint before this exits
+            proc.wait()
+            raise
+
+
+def point_dir(sweep_dir: Path, point: list[str]) -> Path:
+    """A run's dir, named by its overrides like a Hydra job dir (method:kd__trainer.seed:0): passable as run_dir=."""
+    return sweep_dir / "__".join(o.replace("=", ":") for o in point)
 
 
 class Study:
@@ -107,7 +129,7 @@ class Study:
                       f"dataset.max_val_tokens={self.args.val_tokens}"]
         if corpus == "embedded":
             return budget
-        # articles are long and few (94): 5 % of them by hash is 2 articles, ~3k tokens; 10 % is 8, ~49k tokens.
+        # articles are long and few (92): 5 % of them by hash is 1 article (~14k tokens); 10 % is 7 (~60k tokens).
         # The smoke corpus has fewer: half, so that its held-out split is never empty
         share = [f"dataset.val_fraction={0.5 if self.args.smoke else 0.1}"]
         # relative to the study dir, where every egad command runs: a text corpus's held-out split is decided by
@@ -131,12 +153,50 @@ class Study:
                     self.out / corpus / "cache.log", self.out)
         return None if code == 0 else f"egad cache exited {code}"
 
-    def runs(self, corpus: str, sweep: str, extra: list[str], methods: list[str], seeds: list[str]) -> str | None:
-        sweep_dir = self.out / corpus / sweep
-        code = egad(["distill", "-m", f"teacher_cache={self.out / corpus / 'teacher-cache'}",
-                     f"method={','.join(methods)}", f"trainer.seed={','.join(seeds)}", *self.train_args(),
-                     *extra, f"hydra.sweep.dir={sweep_dir}", *self.debug], self.out / corpus / f"{sweep}.log", self.out)
-        return None if code in (0, 2) else f"egad distill exited {code}"  # 2: some jobs failed (counted later)
+    def train(self, corpus: str, sweep: str, points: list[list[str]], source: list[str]) -> str | None:
+        """One `egad distill` per point (its own overrides), into its own dir: a run that finished is kept, one
+        cut off with a checkpoint is resumed from it (trainer.resume), one without is set aside under
+        OUT/.attempts/ and started again; a finished run's checkpoints are deleted (its student is exported;
+        at `small` a checkpoint with its optimizer state is ~340 MB)."""
+        from egad_cli.engine.checkpoint import list_checkpoints
+
+        sweep_dir, log = self.out / corpus / sweep, self.out / corpus / f"{sweep.replace('/', '-')}.log"
+        failed = []
+        for point in points:
+            run_dir = point_dir(sweep_dir, point)
+            if (run_dir / "summary.json").is_file():
+                continue
+            resume = []
+            if list_checkpoints(run_dir / "checkpoints"):
+                resume = [f"trainer.resume={run_dir}"]
+            elif run_dir.exists():
+                aside = self.out / ".attempts" / f"{run_dir.relative_to(self.out)}.{time.strftime('%Y%m%d-%H%M%S')}"
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                run_dir.rename(aside)
+            code = egad(["distill", *source, *point, *self.train_args(), *resume, f"hydra.run.dir={run_dir}",
+                         *self.debug], log, self.out)
+            if code == 0 and (run_dir / "summary.json").is_file():
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            else:
+                failed.append(f"{run_dir.name} (exit {code})")
+        return self.failures(failed, len(points), "runs", log)
+
+    def failures(self, failed: list[str], total: int, what: str, log: Path) -> str | None:
+        if not failed:
+            return None
+        message = (f"{len(failed)} of {total} {what} failed: {', '.join(failed[:4])}{' …' if len(failed) > 4 else ''}"
+                   f" (see {log})")
+        if self.args.keep_going:
+            print(f"warning: {message}; going on (--keep-going)", flush=True)
+            return None
+        return f"{message}; run the study again to retry just those, or pass --keep-going to go on without them"
+
+    def cached(self, corpus: str) -> list[str]:
+        return [f"teacher_cache={self.out / corpus / 'teacher-cache'}"]
+
+    def runs(self, corpus: str) -> str | None:
+        points = [[f"method={m}", f"trainer.seed={s}"] for m in self.args.methods for s in self.seeds]
+        return self.train(corpus, "runs", points, self.cached(corpus))
 
     def train_args(self) -> list[str]:
         if self.args.smoke:
@@ -144,33 +204,32 @@ class Study:
         warmup = max(1, self.args.steps // 10)
         return [f"student={self.args.student}", f"trainer.max_steps={self.args.steps}",
                 f"trainer.warmup_steps={warmup}", f"trainer.ckpt_every={max(50, self.args.steps // 5)}",
-                f"trainer.batch_size={BATCH}"]
+                "trainer.keep_ckpts=1", f"trainer.batch_size={BATCH}"]
 
     def live(self) -> str | None:
-        sweep_dir = self.out / "embedded" / "live"
-        code = egad(["distill", "-m", f"method={','.join(self.args.live)}", f"trainer.seed={self.seeds[0]}",
-                     *self.data_args("embedded"), *self.train_args(), f"hydra.sweep.dir={sweep_dir}",
-                     *self.debug], self.out / "embedded" / "live.log", self.out)
-        return None if code in (0, 2) else f"egad distill exited {code}"
+        points = [[f"method={m}", f"trainer.seed={self.seeds[0]}"] for m in self.args.live]
+        return self.train("embedded", "live", points, self.data_args("embedded"))
 
     def sensitivity(self) -> str | None:
         seeds = self.seeds[: self.args.sensitivity_seeds]
-        for knob in self.args.knobs:
-            key = knob.split("=", 1)[0]
-            problem = self.runs("embedded", f"sensitivity/{key}", [knob], ["egad"], seeds)
+        problems = []
+        for key, values in self.args.knobs:
+            points = [["method=egad", f"{key}={v}", f"trainer.seed={s}"] for v in values for s in seeds]
+            problem = self.train("embedded", f"sensitivity/{key}", points, self.cached("embedded"))
             if problem:
-                return problem
-        return None
+                problems.append(problem)
+        return "; ".join(problems) or None
 
     def evaluate(self, corpus: str) -> str | None:
-        run_dirs = [p for p in self.run_dirs(self.out / corpus) if (p / "summary.json").is_file()
-                    and not (p / "eval.json").is_file()]
-        if not run_dirs:
+        pending = [p for p in self.run_dirs(self.out / corpus) if (p / "summary.json").is_file()
+                   and not (p / "eval.json").is_file()]
+        if not pending:
             return None
-        code = egad(["eval", "-m", f"run_dir={','.join(str(p) for p in run_dirs)}", "eval.max_new_tokens=0",
-                     "eval.onpolicy_prompts=0", f"hydra.sweep.dir={self.out / corpus / 'eval'}", *self.debug],
-                    self.out / corpus / "eval.log", self.out)
-        return None if code in (0, 2) else f"egad eval exited {code}"
+        log = self.out / corpus / "eval.log"
+        egad(["eval", "-m", f"run_dir={','.join(str(p) for p in pending)}", "eval.max_new_tokens=0",
+              "eval.onpolicy_prompts=0", f"hydra.sweep.dir={self.out / corpus / 'eval'}", *self.debug], log, self.out)
+        failed = [p.name for p in pending if not (p / "eval.json").is_file()]
+        return self.failures(failed, len(pending), "evals", log)
 
     def report(self, corpus: str) -> str | None:
         code = egad(["report", f"sweep_dir={self.out / corpus / 'runs'}", f"sort_by=eval.{METRIC}"],
@@ -195,7 +254,7 @@ class Study:
         for corpus in self.args.corpora:
             planned = len(self.args.methods) * len(self.seeds)
             if corpus == "embedded":
-                values = sum(len(k.split("=", 1)[1].split(",")) for k in self.args.knobs)
+                values = sum(len(v) for _, v in self.args.knobs)
                 planned += len(self.args.live) + values * len(self.seeds[: self.args.sensitivity_seeds])
             runs = self.read(self.out / corpus)
             out[corpus] = {"planned": planned, "finished": sum(r.status == "done" for r in runs),
@@ -214,6 +273,14 @@ class Study:
                          "relative": (cache / live - 1) if live and cache is not None else None})
         return rows
 
+    @staticmethod
+    def same_ranking(rows: list[dict]) -> bool | None:
+        """Whether the live runs rank the methods as their cache-trained twins do (None: fewer than two pairs)."""
+        pairs = [r for r in rows if r["live"] is not None and r["cache"] is not None]
+        if len(pairs) < 2:
+            return None
+        return (sorted(pairs, key=lambda r: r["live"]) == sorted(pairs, key=lambda r: r["cache"]))
+
     def sensitivity_table(self) -> list[dict]:
         """Each knob value against egad at the defaults, paired by seed (mean difference, 95 % t interval)."""
         from egad_cli.stats import paired_difference
@@ -222,14 +289,13 @@ class Study:
                    for r in self.read(self.out / "embedded" / "runs")
                    if r.overrides.get("method") == "egad" and f"eval.{METRIC}" in r.metrics}
         rows = []
-        for knob in self.args.knobs:
-            key = knob.split("=", 1)[0]
+        for key, _ in self.args.knobs:
             by_value: dict[str, dict[str, float]] = {}
             for run in self.read(self.out / "embedded" / "sensitivity" / key):
                 if f"eval.{METRIC}" in run.metrics:
                     by_value.setdefault(run.overrides.get(key), {})[run.overrides.get("trainer.seed")] = \
                         run.metrics[f"eval.{METRIC}"]
-            for value, values in sorted(by_value.items()):
+            for value, values in sorted(by_value.items(), key=lambda kv: as_number(kv[0])):
                 diff = paired_difference(values, default)
                 rows.append({"knob": key, "value": value, "n": len(values), "mean": sum(values.values()) / len(values),
                              "vs_default": None if diff is None else diff.text()})
@@ -237,11 +303,9 @@ class Study:
 
     def summary(self) -> None:
         counts = self.counts()
-        self.state.update(counts=counts, crosscheck=self.crosscheck() if "embedded" in self.args.corpora else [],
-                          sensitivity=self.sensitivity_table() if "embedded" in self.args.corpora else [],
-                          settings={"steps": self.args.steps, "tokens_per_run": self.args.steps * BLOCK * BATCH,
-                                    "student": self.args.student, "seeds": self.seeds, "methods": self.args.methods,
-                                    "smoke": self.args.smoke})
+        crosscheck = self.crosscheck() if "embedded" in self.args.corpora else []
+        self.state.update(counts=counts, crosscheck=crosscheck, same_ranking=self.same_ranking(crosscheck),
+                          sensitivity=self.sensitivity_table() if "embedded" in self.args.corpora else [])
         self.save()
         budget = ("debug=smoke (its tiny models and steps)" if self.args.smoke else
                   f"{self.args.steps} steps × {BATCH} × {BLOCK} tokens per run, student={self.args.student}")
@@ -256,6 +320,8 @@ class Study:
             lines += [f"| {r['method']} | {r['seed']} | {fmt(r['live'])} | {fmt(r['cache'])} | "
                       f"{pct(r['relative'])} |"
                       for r in self.state["crosscheck"]]
+            if self.state["same_ranking"] is not None:
+                lines += ["", f"Live and from the cache, the methods rank {'the same' if self.state['same_ranking'] else 'differently'}."]
         if self.state["sensitivity"]:
             lines += ["", (f"Sensitivity (method=egad, one knob at a time; Δ {METRIC} vs the defaults, paired by seed, "
                           "95 % t interval):"), "", "| knob | value | seeds | mean | Δ vs defaults |", "|---|---|---|---|---|"]
@@ -264,13 +330,34 @@ class Study:
         (self.out / "study.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines), flush=True)
 
+    def settings(self) -> dict:
+        a = self.args
+        return {"steps": a.steps, "tokens_per_run": a.steps * BLOCK * BATCH, "student": a.student,
+                "seeds": self.seeds, "methods": a.methods, "corpora": a.corpora, "live": a.live,
+                "knobs": [[k, v] for k, v in a.knobs], "sensitivity_seeds": a.sensitivity_seeds,
+                "val_tokens": a.val_tokens, "smoke": a.smoke}
+
+    def check_settings(self) -> None:
+        """A study dir holds one design: going on with other settings would mix budgets in one table."""
+        before, now = self.state.get("settings"), self.settings()
+        if before is None:
+            self.state["settings"] = now
+            return
+        changed = [k for k in now if before.get(k) != now[k]]
+        if changed:
+            raise SystemExit(f"error: {self.out} holds a study with other settings ({', '.join(changed)}: "
+                             f"{', '.join(f'{before.get(k)} → {now[k]}' for k in changed)}); rerun with the same "
+                             f"arguments to go on, or pass another --out")
+
     def run(self) -> None:
+        self.check_settings()
         self.out.mkdir(parents=True, exist_ok=True)
+        self.save()
         if "enwiki" in self.args.corpora:
             self.stage("prose-corpus", self.prose)
         for corpus in self.args.corpora:
             self.stage(f"{corpus}/cache", lambda c=corpus: self.cache(c))
-            self.stage(f"{corpus}/runs", lambda c=corpus: self.runs(c, "runs", [], self.args.methods, self.seeds))
+            self.stage(f"{corpus}/runs", lambda c=corpus: self.runs(c))
         if "embedded" in self.args.corpora:
             if self.args.live:
                 self.stage("embedded/live", self.live)
@@ -305,23 +392,58 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prose-dump", type=Path, default=None, help="a MediaWiki export instead of gensim's")
     ap.add_argument("--prose-min-chars", type=int, default=prose_corpus.MIN_CHARS)
     ap.add_argument("--smoke", action="store_true", help="debug=smoke: tiny random models, a few steps")
+    ap.add_argument("--keep-going", action="store_true", help="go on to the next stage when runs or evals failed "
+                    "(they are listed; a rerun without it retries them)")
     args = ap.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     args.corpora = [c for c in args.corpora.split(",") if c]
     args.live = [m for m in args.live.split(",") if m]
-    args.knobs = [k for k in args.knobs.split(";") if k]
+    knobs = [k for k in args.knobs.split(";") if k]
+    bad_knobs = [k for k in knobs if "=" not in k or not k.split("=", 1)[1].strip(",")]
+    if bad_knobs:
+        ap.error(f"--knobs: each must be key=v1[,v2…] (got {bad_knobs})")
+    args.knobs = [(k.split("=", 1)[0], [v for v in k.split("=", 1)[1].split(",") if v]) for k in knobs]
     unknown = [c for c in args.corpora if c not in ("embedded", "enwiki")]
     if unknown:
         ap.error(f"--corpora: unknown {unknown} (embedded, enwiki)")
-    bad_knobs = [k for k in args.knobs if not k.split("=", 1)[-1] or "=" not in k]
-    if bad_knobs:
-        ap.error(f"--knobs: each must be key=v1[,v2…] (got {bad_knobs})")
+    presets = sorted(p.stem for p in (conf_dir() / "method").glob("*.yaml"))
+    for flag, names in (("--methods", args.methods), ("--live", args.live)):
+        wrong = [m for m in names if m not in presets]
+        if wrong:
+            ap.error(f"{flag}: no method preset {wrong} (conf/method/: {', '.join(presets)})")
+    if not args.methods:
+        ap.error("--methods: at least one")
     if args.steps < 1:
         ap.error("--steps must be >= 1")
-    if not args.seeds.strip(","):
-        ap.error("--seeds: at least one")
+    if not args.seeds.strip(",") or not all(s.isdigit() for s in args.seeds.split(",") if s):
+        ap.error(f"--seeds: comma-separated non-negative integers (got {args.seeds!r})")
+    if args.knobs and args.sensitivity_seeds and "embedded" in args.corpora and "egad" not in args.methods:
+        ap.error("--knobs: the sensitivity runs are paired with method=egad at its defaults: keep egad in --methods "
+                 "(or pass --knobs '')")
     return args
 
 
+def check_knob_keys(knobs: list[tuple[str, list[str]]], cwd: Path) -> None:
+    """Each knob composes with method=egad (`egad distill --cfg job` fails on an unknown key or a value of the
+    wrong type), before any run: a typo found after the cache build would cost hours. A value out of range is
+    refused by each run's own validation, which names the key."""
+    for key, values in knobs:
+        for value in values:
+            done = subprocess.run([egad_exe(), "distill", "--cfg", "job", "method=egad", f"{key}={value}"],
+                                  capture_output=True, text=True, check=False, cwd=cwd)
+            if done.returncode != 0:
+                reason = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["(no message)"]
+                raise SystemExit(f"error: --knobs {key}={value} does not compose with method=egad: {reason[0]}")
+
+
+def as_number(text: str | None) -> tuple:
+    try:
+        return (0, float(text))
+    except (TypeError, ValueError):
+        return (1, str(text))
+
+
 if __name__ == "__main__":
-    Study(parse()).run()
+    arguments = parse()
+    check_knob_keys(arguments.knobs if arguments.sensitivity_seeds else [], Path.cwd())
+    Study(arguments).run()

@@ -133,10 +133,10 @@ def seeds_needed(sd: float, delta: float, confidence: float = 0.95, power: float
 
     if sd == 0:
         return 2
-    if not enough(max_n):
-        return None
     lo, hi = 1, 2  # enough(lo) is false by convention (one seed has no spread); find a hi that is enough
     while not enough(hi):
+        if hi >= max_n:
+            return None
         lo, hi = hi, min(2 * hi, max_n)
     while hi - lo > 1:  # the left side falls and the right side rises with n: bisect on the first n that is enough
         mid = (lo + hi) // 2

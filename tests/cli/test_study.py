@@ -64,11 +64,37 @@ def test_the_study_runs_end_to_end_on_smoke_and_resumes_by_stage(tmp_path):
     assert second.stdout.count("done before, skipped") == len(stages) and "$ egad" not in second.stdout
     assert json.loads((out / "study.json").read_text())["counts"] == state["counts"]
 
+    # a run cut off before it finished (no summary, and its checkpoints gone): the stage goes on from there,
+    # retrains just that run (the cut-off attempt set aside, not deleted) and evaluates just it
+    cut = out / "embedded" / "runs" / "method:egad__trainer.seed:0"
+    for name in ("summary.json", "eval.json"):
+        (cut / name).unlink()
+    for stage in ("embedded/runs", "embedded/eval", "embedded/report"):
+        (out / ".done" / stage).unlink()
+    third = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert third.stdout.count("$ egad distill") == 1 and f"hydra.run.dir={cut}" in third.stdout
+    assert third.stdout.count("$ egad eval") == 1 and third.stdout.count(str(cut)) >= 2
+    assert len(list((out / ".attempts" / "embedded" / "runs").iterdir())) == 1
+    assert json.loads((out / "study.json").read_text())["counts"] == state["counts"]
+
+    other = subprocess.run([*argv, "--seeds", "0,1"], capture_output=True, text=True, check=False)
+    assert other.returncode != 0 and "other settings (seeds" in other.stderr and "--out" in other.stderr
+
 
 def test_bad_arguments_are_refused_before_any_work(tmp_path):
     for bad, message in ((["--corpora", "embedded,fortunes"], "unknown"), (["--knobs", "branch.q"], "key=v1"),
-                         (["--steps", "0"], "--steps")):
+                         (["--steps", "0"], "--steps"), (["--methods", "kd,egda"], "no method preset ['egda']"),
+                         (["--live", "kdd"], "--live"), (["--seeds", "0,one"], "--seeds"),
+                         (["--methods", "kd"], "keep egad in --methods")):
         done = subprocess.run([sys.executable, str(STUDY), "--out", str(tmp_path / "s"), *bad],
                               capture_output=True, text=True, check=False)
         assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_knob_that_does_not_compose_is_refused_before_any_work(tmp_path):
+    done = subprocess.run([sys.executable, str(STUDY), "--out", str(tmp_path / "s"), "--knobs", "branch.qq=0.1"],
+                          capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert done.returncode != 0 and "--knobs branch.qq=0.1 does not compose" in done.stderr
     assert not (tmp_path / "s").exists()

@@ -216,3 +216,17 @@ def test_report_follows_links_to_runs_of_other_sweeps_once(tmp_path):
     data = json.loads((merged / "report-plots.json").read_text())
     assert sorted(data["curves"]) == ["method=egad", "method=kd"]
     assert all(c["seeds"] == 1 for c in data["curves"].values())
+
+
+def test_a_resumed_run_stays_in_its_group(tmp_path):
+    """trainer.resume says how a run was started, not what it is: a resumed seed is still one of its group's."""
+    from egad_cli.commands.sweep import find_runs, read_run, seed_summary
+
+    values = {("kd", "0"): 3.0, ("kd", "1"): 3.4, ("egad", "0"): 2.9, ("egad", "1"): 3.3}
+    hand_made_sweep(tmp_path, values, {key: [1.0, 2.0] for key in values})
+    resumed = next(p for p in tmp_path.iterdir() if p.name.endswith("method:egad__trainer.seed:1"))
+    overrides = resumed / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + f"- trainer.resume={resumed}\n")
+    runs = [read_run(p, tmp_path) for p in find_runs(tmp_path)]
+    _, rows = seed_summary(runs, "eval.kl_forward", "kd")
+    assert [row[:2] for row in rows] == [["method=kd", 2], ["method=egad", 2]]

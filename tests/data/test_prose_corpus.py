@@ -66,9 +66,10 @@ def export(pages: list[tuple[str, int, str]], namespace: bool = True) -> bytes:
 def test_only_articles_are_kept_and_written_one_per_file(prose, tmp_path, namespace):
     long_prose = "Plain words of an article. " * 100
     xml = export([("Ada Lovelace", 0, long_prose + "\n" + WIKITEXT), ("AdaL", 0, "#REDIRECT [[Ada Lovelace]]"),
-                  ("Talk:Ada", 1, long_prose), ("Stub", 0, "A stub."), ("Ada (disambiguation)", 0, long_prose), ("Ada/Notes?", 0, long_prose)], namespace)
+                  ("Talk:Ada", 1, long_prose), ("Stub", 0, "A stub."), ("Ada (disambiguation)", 0, long_prose),
+                  ("Alien", 0, "{{Disambiguation|geo}}\n" + long_prose), ("Set", 0, "{{set index article}}\n" + long_prose), ("Ada/Notes?", 0, long_prose)], namespace)
     assert [t for t, _ in prose.wiki_pages(xml)] == ["Ada Lovelace", "Stub", "Ada/Notes?"]
-    files, chars = prose.write_corpus(xml, tmp_path / "out", min_chars=2000)
+    files, chars = prose.write_corpus(prose.wiki_pages(xml), tmp_path / "out", min_chars=2000)
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert (files, written) == (2, ["000_Ada_Lovelace.txt", "001_Ada_Notes.txt"])  # the stub is left out
     assert chars == sum(len(p.read_text()) for p in (tmp_path / "out").iterdir())
@@ -84,6 +85,11 @@ def test_the_command_reads_a_bz2_dump_and_refuses_to_mix_into_a_filled_dir(prose
         prose.main([str(tmp_path / "out"), "--dump", str(dump)])
     with pytest.raises(SystemExit, match="no article"):
         prose.main([str(tmp_path / "empty"), "--dump", str(dump), "--min-chars", "100000"])
+    for bad in (tmp_path / "missing.xml.bz2", tmp_path / "d.txt"):
+        if bad.suffix == ".txt":
+            bad.write_text("<mediawiki><page>")  # cut off
+        with pytest.raises(SystemExit, match=r"not a readable MediaWiki XML export"):
+            prose.main([str(tmp_path / "other"), "--dump", str(bad)])
 
 
 def test_without_gensim_the_error_says_what_to_install(prose, monkeypatch):

@@ -44,6 +44,10 @@ class Run:
         return self.overrides.get(column)
 
 
+#: overrides that say how a run was started, not what it is
+NOT_A_SETTING = ("trainer.resume",)
+
+
 def _hydra_job(path: Path) -> tuple[str | None, int | None]:
     """(config name, job number) from .hydra/hydra.yaml, or (None, None)."""
     file = path / ".hydra" / "hydra.yaml"
@@ -134,6 +138,8 @@ def read_run(path: Path, root: Path) -> Run:
     name = str(path.relative_to(root)) if path != root else path.name
     overrides_file = path / ".hydra" / "overrides.yaml"
     overrides = parse_overrides(list(OmegaConf.load(overrides_file))) if overrides_file.is_file() else {}
+    for key in NOT_A_SETTING:  # a resumed run is the same run: it must not form a group of its own
+        overrides.pop(key, None)
     summary = _read_json(path / "summary.json")
     metrics: dict[str, Any] = {}
     if summary is not None:
