@@ -33,7 +33,7 @@ with the pictures) and OUT/study.json (the same numbers).
 Cost on this 2-core CPU (measured, see docs/results.md): one run of the `small` student from the cache takes
 ~1.2 s per step, so the default study (11 methods × 5 seeds × 2 corpora + 2 live + 30 sensitivity runs at
 1500 steps) is a multi-day CPU job; it is sized for a GPU. --steps, --seeds, --methods and --corpora scale it
-down. --smoke runs the same sequence on debug=smoke (tiny random models) in about a minute: the test.
+down. --smoke runs the same sequence on debug=smoke (tiny random models) in 1–2 minutes: the test.
 """
 
 from __future__ import annotations
