@@ -326,7 +326,7 @@ def seeds_to_resolve(diff: PairedDiff, base: SeedGroup) -> str:
     """Seeds a paired comparison with this spread (the measured sd of the differences) needs for its 95 %
     interval to exclude zero, with 80 % power, when the true difference is RESOLVE_SHARE of the baseline's
     mean (``egad_cli.stats.seeds_needed``): '—' with one seed (no spread to go on)."""
-    base_mean = sum(base.values.values()) / len(base.values)
+    base_mean, _ = mean_sd(list(base.values.values()))
     if diff.sd is None or not math.isfinite(diff.sd) or not math.isfinite(base_mean) or base_mean == 0:
         return "—"
     n = seeds_needed(diff.sd, RESOLVE_SHARE * abs(base_mean))
