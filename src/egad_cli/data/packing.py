@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +23,9 @@ class Packed:
 
     ids: torch.Tensor  #: [n_blocks, block_size] int64
     mask: torch.Tensor  #: [n_blocks, block_size] bool
+    #: per-block tensors beside ids (cross-tokenizer: the teacher's tokens and the alignment,
+    #: ``data.alignment.pack_pair``); indexed like ids and carried into every batch
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -39,11 +42,16 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps([items, tokenizer.eos_token_id]).encode()).hexdigest()[:16]
 
 
-def cache_key(cfg: DatasetConfig, tokenizer) -> str:
+def cache_key(cfg: DatasetConfig, tokenizer, student_tokenizer=None) -> str:
     files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in source_files(cfg)]
     # document_masks changes what the models attend to, not the packed tokens: left out of the key
     settings = {k: v for k, v in asdict(cfg).items() if k != "document_masks"}
-    blob = json.dumps([CACHE_VERSION, settings, tokenizer_fingerprint(tokenizer), files], sort_keys=True)
+    prints = [tokenizer_fingerprint(tokenizer)]
+    if student_tokenizer is not None:  # cross-tokenizer blocks: both tokenisations and their alignment
+        from egad_cli.data.alignment import ALIGNMENT_VERSION
+
+        prints += [tokenizer_fingerprint(student_tokenizer), ALIGNMENT_VERSION]
+    blob = json.dumps([CACHE_VERSION, settings, *prints, files], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -70,14 +78,20 @@ def pack(docs: list[Document], tokenizer, block_size: int, max_tokens: int) -> P
                   mask=torch.tensor(mask[:n], dtype=torch.bool).view(n_blocks, block_size))
 
 
-def build_splits(cfg: DatasetConfig, tokenizer, cache_dir: Path | None = None) -> Splits:
-    """The packed train/validation splits, from the cache when the corpus and tokenizer are unchanged."""
+def build_splits(cfg: DatasetConfig, tokenizer, cache_dir: Path | None = None, student_tokenizer=None) -> Splits:
+    """The packed train/validation splits, from the cache when the corpus and tokenizer are unchanged.
+    student_tokenizer: a cross-tokenizer run's student tokenizer: ids are then the student's tokens and
+    ``extra`` holds the teacher's and the alignment (``data.alignment.pack_pair``)."""
     cache_file = None
     if cache_dir is not None:
-        cache_file = Path(cache_dir).expanduser() / "data" / f"{cfg.name}-{cache_key(cfg, tokenizer)}.pt"
+        key = cache_key(cfg, tokenizer, student_tokenizer)
+        cache_file = Path(cache_dir).expanduser() / "data" / f"{cfg.name}-{key}.pt"
         if cache_file.is_file():
             blob = torch.load(cache_file, weights_only=True)
-            return Splits(Packed(blob["train_ids"], blob["train_mask"]), Packed(blob["val_ids"], blob["val_mask"]))
+            return Splits(*(Packed(blob[f"{part}_ids"], blob[f"{part}_mask"],
+                                   {k[len(part) + 1:]: v for k, v in blob.items()
+                                    if k.startswith(f"{part}_") and k not in (f"{part}_ids", f"{part}_mask")})
+                            for part in ("train", "val")))
     docs = sorted(iter_documents(cfg), key=lambda d: order_key(d.key))
     train_docs = [d for d in docs if split_of(d.key, cfg.val_fraction) == "train"]
     val_docs = [d for d in docs if split_of(d.key, cfg.val_fraction) == "val"]
@@ -90,8 +104,14 @@ def build_splits(cfg: DatasetConfig, tokenizer, cache_dir: Path | None = None) -
     if not train_docs or not val_docs:
         raise UserError(f"{where}: {len(docs)} document(s) give an empty {'train' if not train_docs else 'validation'} "
                         f"split at dataset.val_fraction={cfg.val_fraction}; add documents or change val_fraction")
-    splits = Splits(pack(train_docs, tokenizer, cfg.block_size, cfg.max_train_tokens),
-                    pack(val_docs, tokenizer, cfg.block_size, cfg.max_val_tokens))
+    if student_tokenizer is None:
+        splits = Splits(pack(train_docs, tokenizer, cfg.block_size, cfg.max_train_tokens),
+                        pack(val_docs, tokenizer, cfg.block_size, cfg.max_val_tokens))
+    else:
+        from egad_cli.data.alignment import pack_pair
+
+        splits = Splits(pack_pair(train_docs, tokenizer, student_tokenizer, cfg.block_size, cfg.max_train_tokens),
+                        pack_pair(val_docs, tokenizer, student_tokenizer, cfg.block_size, cfg.max_val_tokens))
     for name, part in (("train", splits.train), ("validation", splits.val)):
         if len(part) == 0:
             raise UserError(f"{where}: the {name} split has fewer than dataset.block_size={cfg.block_size} tokens; "
@@ -99,8 +119,8 @@ def build_splits(cfg: DatasetConfig, tokenizer, cache_dir: Path | None = None) -
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(f".tmp-{os.getpid()}")  # own file: ranks of a torchrun may write at once
-        torch.save({"train_ids": splits.train.ids, "train_mask": splits.train.mask,
-                    "val_ids": splits.val.ids, "val_mask": splits.val.mask}, tmp)
+        torch.save({f"{part}_{k}": v for part, packed in (("train", splits.train), ("val", splits.val))
+                    for k, v in {"ids": packed.ids, "mask": packed.mask, **packed.extra}.items()}, tmp)
         tmp.replace(cache_file)
     return splits
 

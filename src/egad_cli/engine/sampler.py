@@ -33,4 +33,4 @@ class BlockSampler:
         """ids/mask [B, L] on the device; blocks (data indices) and seq (run sequence indices j) [B] on the CPU."""
         idx = self.indices(micro_step)
         return {"ids": data.ids[idx].to(device), "mask": data.mask[idx].to(device), "blocks": idx,
-                "seq": self.sequences(micro_step)}
+                "seq": self.sequences(micro_step), **{k: v[idx].to(device) for k, v in data.extra.items()}}

@@ -23,7 +23,7 @@ def spread_blocks(data: Packed, max_tokens: int) -> Packed:
     if len(data) == 0:
         return data
     index = spread_index(len(data), data.ids.shape[1], max_tokens)
-    return Packed(ids=data.ids[index], mask=data.mask[index])
+    return Packed(ids=data.ids[index], mask=data.mask[index], extra={k: v[index] for k, v in data.extra.items()})
 
 
 def spread_index(n: int, block: int, max_tokens: int) -> Tensor:
