@@ -114,9 +114,26 @@ class StudentConfig:
     arch: ArchConfig = field(default_factory=ArchConfig)  #: for init=scratch
     seed: Optional[int] = None  #: init seed for scratch students (null: trainer.seed in distill, else 0)
     trust_remote_code: bool = False  #: allow custom modelling code from the checkpoint
+    #: the student's tokenizer. null: the teacher's (scratch, from_teacher) or the one in student.path (hf);
+    #: train: a byte-level BPE of student.tokenizer_vocab_size tokens trained on the training split (cached
+    #: under cache_dir); or a tokenizer directory / tokenizer.json. One that differs from the teacher's makes
+    #: the run cross-tokenizer (docs/cross-tokenizer.md)
+    tokenizer: Optional[str] = None
+    tokenizer_vocab_size: int = 8192  #: for tokenizer=train: the vocabulary size, special tokens included
 
     def problems(self, out: Problems) -> None:
         out.choice(self.init, "student.init", ("scratch", "from_teacher", "hf"))
+        if self.tokenizer is not None:
+            out.check(self.init != "from_teacher", "student.tokenizer",
+                      "cannot be set with student.init=from_teacher (its layers and embeddings are the teacher's, "
+                      "for the teacher's vocabulary); use student=tiny/small with a tokenizer of its own")
+            out.check(self.init != "hf", "student.tokenizer",
+                      "cannot replace the tokenizer of a pretrained student (student=hf uses the one in "
+                      "student.path, whose embeddings were trained for it); drop student.tokenizer")
+        if self.tokenizer == "train":
+            out.check(300 <= self.tokenizer_vocab_size <= 1_000_000, "student.tokenizer_vocab_size",
+                      f"{self.tokenizer_vocab_size} is outside [300, 1000000] (256 byte tokens, the special "
+                      f"tokens and some merges)")
         if self.init == "scratch":
             self.arch.problems("student.arch", out)
         if self.init == "from_teacher":
@@ -295,6 +312,20 @@ class OnPolicyConfig:
 
 
 @dataclass
+class CrossConfig:
+    """Cross-tokenizer distillation (a student whose tokenizer differs from the teacher's; docs/cross-tokenizer.md)."""
+
+    uld_weight: float = 1.0  #: weight of the ULD term (sorted probabilities of the mass no shared token string maps)
+    uld_top: int = 256  #: the ULD term compares each side's top-N unmapped probabilities
+    min_aligned: float = 0.3  #: refuse a run where fewer than this share of the student's tokens align with the teacher's
+
+    def problems(self, out: Problems) -> None:
+        out.check(self.uld_weight >= 0, "cross.uld_weight", f"must be >= 0, got {self.uld_weight}")
+        out.check(self.uld_top >= 1, "cross.uld_top", f"must be >= 1, got {self.uld_top}")
+        out.check(0 <= self.min_aligned <= 1, "cross.min_aligned", f"must be in [0, 1], got {self.min_aligned}")
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = False  #: also write TensorBoard events (needs the tensorboard package)
     progress: bool = True  #: show rich progress bars
@@ -316,13 +347,14 @@ class DistillConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
+    cross: CrossConfig = field(default_factory=CrossConfig)
     cache_dir: str = "~/.cache/egad"  #: dequantised teachers and tokenised corpora
     teacher_cache: Optional[str] = None  #: a teacher cache dir (`egad cache`): train from it, the teacher unloaded
     run_dir: str = "."  #: where this run writes (set by Hydra)
 
     def problems(self) -> Problems:
         out = Problems()
-        for group in (self.teacher, self.student, self.dataset, self.method, self.trainer, self.eval):
+        for group in (self.teacher, self.student, self.dataset, self.method, self.trainer, self.eval, self.cross):
             group.problems(out)  # the policy groups are checked by validate() through their registries
         curriculum_problems(self.curriculum, self.weighting, out)
         self.onpolicy.problems(self.dataset.block_size, out)
@@ -334,6 +366,13 @@ class DistillConfig:
             out.append(f"onpolicy.lmbda={self.onpolicy.lmbda}: on-policy sampling is not built for "
                        f"trainer.strategy=fsdp (generation over sharded layers needs every rank in lock-step); use "
                        f"trainer.strategy=ddp, or onpolicy.lmbda=0")
+        if self.student.tokenizer is not None and self.teacher_cache:
+            out.append("student.tokenizer: a teacher cache stores the teacher's distributions at its own tokens "
+                       "only, not what aligning another tokenizer needs; drop teacher_cache for a cross-tokenizer "
+                       "run (the teacher then runs live)")
+        if self.student.tokenizer is not None and self.onpolicy.lmbda > 0:
+            out.append(f"onpolicy.lmbda={self.onpolicy.lmbda}: on-policy sampling is not built for a student with "
+                       f"its own tokenizer (student.tokenizer); set onpolicy.lmbda=0")
         if self.onpolicy.lmbda > 0 and self.teacher_cache:
             out.append(f"onpolicy.lmbda={self.onpolicy.lmbda}: the student's samples need the live teacher to "
                        f"grade them, and a teacher cache only holds the dataset's tokens; drop teacher_cache or "

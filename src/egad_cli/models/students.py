@@ -44,12 +44,18 @@ def layer_subset(teacher, n_layers: int):
     return student
 
 
-def build_student(cfg: StudentConfig, teacher, t_tok, default_seed: int = 0, vocab_rows: int | None = None):
+def build_student(cfg: StudentConfig, teacher, t_tok, default_seed: int = 0, vocab_rows: int | None = None,
+                  s_tok=None):
     """Return (student in fp32 master weights, its tokenizer). default_seed: used when student.seed is null.
-    teacher may be None (a teacher cache) when vocab_rows, the teacher's lm_head rows, is given."""
+    teacher may be None (a teacher cache) when vocab_rows, the teacher's lm_head rows, is given.
+    s_tok: the student's own tokenizer (student.tokenizer, ``models.student_tokenizer``): a scratch student is
+    built for its vocabulary instead of the teacher's."""
     if cfg.init == "from_teacher" and teacher is None:
         raise UserError("student.init=from_teacher copies the teacher's layers, which a teacher cache does not "
                         "hold; use student=tiny/small/hf with teacher_cache=…, or drop teacher_cache")
+    if cfg.init == "scratch" and s_tok is not None:
+        seed = cfg.seed if cfg.seed is not None else default_seed
+        return random_llama(cfg.arch, len(s_tok), s_tok, seed).float(), s_tok
     if cfg.init == "scratch":
         rows = vocab_rows if vocab_rows is not None else teacher.get_output_embeddings().weight.shape[0]
         seed = cfg.seed if cfg.seed is not None else default_seed

@@ -9,6 +9,11 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, int]:
     return dict(tokenizer.get_vocab())
 
 
+def same_vocabulary(t_tok, s_tok) -> bool:
+    """Whether two tokenizers map the same strings to the same ids (padding rows aside)."""
+    return tokenizer_fingerprint(t_tok) == tokenizer_fingerprint(s_tok)
+
+
 def check_shared_vocab(teacher, student, t_tok, s_tok, *, student_key: str = "student") -> int:
     """Return V, the real shared vocabulary size both models' logits are sliced to.
 
@@ -21,8 +26,9 @@ def check_shared_vocab(teacher, student, t_tok, s_tok, *, student_key: str = "st
         differing = len(set(t_vocab.items()) ^ set(s_vocab.items()))
         raise UserError(
             f"{student_key}: the student's tokenizer differs from the teacher's ({len(s_vocab)} vs {len(t_vocab)} "
-            f"tokens, {differing} entries differ). Logit distillation needs one shared vocabulary: use "
-            f"student=tiny/small/from_teacher (built on the teacher's tokenizer) or a student trained with it.")
+            f"tokens, {differing} entries differ). This command needs one shared vocabulary: use "
+            f"student=tiny/small/from_teacher (built on the teacher's tokenizer) or a student trained with it; "
+            f"`egad distill` with the live teacher (no teacher_cache) distils across tokenizers.")
     vocab = len(t_tok)
     if teacher is not None:  # None: a teacher cache, whose rows were checked when it was written
         check_head_rows(teacher, vocab, "teacher")
