@@ -18,6 +18,15 @@ On-policy mode (``onpolicy.lmbda`` > 0, ``engine.onpolicy``): ``plan`` first let
 prompts of a share λ of the sequences; the rewritten micro-batches (loss on the sampled tokens only) then
 take the same path as data, so every divergence and policy applies to them unchanged.
 
+Cross-tokenizer (``vmap``: the student has its own tokenizer, ``losses.cross_vocab``): a batch holds the
+student's tokens (ids) and the teacher's (t_ids) of the same text, and t_index, the teacher position aligned to
+each student position (``data.alignment``). The teacher runs on its own tokens; its rows are gathered at the
+aligned positions, and from there on the step's "tokens" are the aligned pairs: the policies (difficulty,
+curriculum, temperature, hard-token routing) read the teacher's entropy at the aligned teacher position, the
+logit term compares the two next-token distributions mapped onto shared token strings, the dual branch reads
+both models' states at the pair. A student position inside a span where the boundaries disagree gets no
+distillation term (only the CE term, when α > 0, which covers every student token).
+
 The teacher is either live (a model: its hidden states and lm_head give exact logits) or a teacher
 cache (``teacher_cache.SplitReader``: top-k log-probs + tail sums, exact entropies, stored states),
 read for the step's blocks in ``plan``; everything after that is the same code.
@@ -40,6 +49,7 @@ from egad_cli.engine.runtime import Runtime
 from egad_cli.errors import UserError
 from egad_cli.losses import FeatureProjectors, chunked_distill_loss, chunked_token_stats, default_layer_map
 from egad_cli.losses.cached import TeacherTopK, cached_hellinger
+from egad_cli.losses.cross_vocab import VocabMap, cross_vocab_loss
 from egad_cli.losses.sampled import TeacherSampled
 from egad_cli.models.documents import base_forward
 from egad_cli.policies import DIFFICULTY, Stat, StepStats, TokenPolicy, stats_pass_request, teacher_entropy
@@ -68,6 +78,8 @@ class MicroPlan:
     hard_idx: Tensor  #: [M] positions of hard tokens (dual branch)
     w_hard: Tensor  #: [M] token weights of those tokens
     t_states: list[Tensor]  #: per layer pair, [M, Dt] teacher states at the hard positions
+    s_valid: Tensor | None = None  #: cross-tokenizer: [N_s] the student's loss tokens (the CE term's)
+    s_rows: Tensor | None = None  #: cross-tokenizer: [N] the student position of each aligned pair
 
 
 @dataclass
@@ -100,6 +112,15 @@ def policy_needs(policies: dict[str, TokenPolicy]) -> frozenset[Stat]:
     return frozenset(needs)
 
 
+def check_cross_needs(cfg: DistillConfig, needs: frozenset[Stat]) -> None:
+    """A cross-tokenizer run compares the two models' distributions only through the mapped loss: a policy
+    whose statistic compares them token by token over one vocabulary (AdaKD's Hellinger difficulty) is refused."""
+    if any(s.kind == "hellinger" for s in needs):
+        raise UserError(f"method={cfg.method.name}: its token difficulty (the Hellinger distance between the "
+                        f"teacher's and the student's distributions) needs one shared vocabulary, and this "
+                        f"student has its own tokenizer; pick another method (kd, egad, eakd, rkl, jsd, …)")
+
+
 def build_policies(cfg: DistillConfig, ctx: PolicyContext) -> dict[str, TokenPolicy]:
     return {"difficulty": cfg.difficulty.build(ctx), "curriculum": cfg.curriculum.build(ctx),
             "weighting": cfg.weighting.build(ctx), "temperature": cfg.temperature.build(ctx),
@@ -108,10 +129,15 @@ def build_policies(cfg: DistillConfig, ctx: PolicyContext) -> dict[str, TokenPol
 
 class DistillUnit:
     def __init__(self, teacher: nn.Module | None, student: nn.Module, vocab_size: int, cfg: DistillConfig,
-                 runtime: Runtime, total_steps: int, cache=None, rollout: Rollout | None = None):
+                 runtime: Runtime, total_steps: int, cache=None, rollout: Rollout | None = None,
+                 vmap: VocabMap | None = None):
         """teacher: the live teacher, or None with ``cache`` (a ``teacher_cache.SplitReader`` of the train split).
-        rollout: on-policy mode's sampler of student continuations (None: off-policy)."""
+        rollout: on-policy mode's sampler of student continuations (None: off-policy).
+        vmap: cross-tokenizer runs: the shared token strings of the two vocabularies (vocab_size: the
+        teacher's; the student's is vmap.s_vocab)."""
         self.cfg, self.runtime, self.vocab = cfg, runtime, vocab_size
+        self.vmap = vmap
+        self.s_vocab = vmap.s_vocab if vmap is not None else vocab_size
         self.teacher, self.cache, self.rollout = teacher, cache, rollout
         ctx = PolicyContext(vocab_size=vocab_size, total_steps=total_steps)
         built = build_policies(cfg, ctx)
@@ -124,6 +150,8 @@ class DistillUnit:
         self.mu = cfg.branch.mu if self.features else 0.0
 
         self.needs: frozenset[Stat] = policy_needs(built)
+        if vmap is not None:
+            check_cross_needs(cfg, self.needs)
         self.stats_request = stats_pass_request(self.needs)
         self.student_stats = any(s.needs_student for s in self.needs)  # the no-grad student pass in `plan`
         self.needs_teacher = self.kd_weight > 0 or self.features or bool(self.needs)
@@ -179,8 +207,10 @@ class DistillUnit:
         return self.train_modules.student
 
     def head(self, model: nn.Module) -> Tensor:
-        """lm_head weight sliced to the shared vocabulary: [V, D]."""
-        return model.get_output_embeddings().weight[: self.vocab]
+        """lm_head weight sliced to the model's real vocabulary: [V, D] (the same V for both models, except
+        in a cross-tokenizer run)."""
+        rows = self.s_vocab if model is self.student else self.vocab
+        return model.get_output_embeddings().weight[:rows]
 
     def plan(self, micro_batches: list[dict], progress: float) -> StepPlan:
         onpolicy_logs = {}
@@ -205,7 +235,9 @@ class DistillUnit:
         hard = self.routing(stats)[own]  # [N_step] bool
         stats = StepStats(valid, progress, {s: v[own] for s, v in stats.values.items()})
         n_valid = valid.sum().float()
-        den = step_denominators(w.sum() if self.cfg.weighting.norm == "sum_w" else n_valid, n_valid, self.runtime)
+        # the CE term's tokens: every student loss token (cross-tokenizer: not only the aligned ones)
+        n_ce = sum(p["s_valid"].sum() for p in parts).float() if self.vmap is not None else n_valid
+        den = step_denominators(w.sum() if self.cfg.weighting.norm == "sum_w" else n_valid, n_ce, self.runtime)
         # kd_weight = 0 (plain fine-tuning): zero logit weights let the chunked loss skip the divergence.
         w_logit = w if self.kd_weight > 0 else torch.zeros_like(w)
         micro = []
@@ -215,10 +247,13 @@ class DistillUnit:
             micro.append(MicroPlan(
                 ids=p["ids"], targets=p["targets"], valid=p["valid"], t_hidden=p["t_hidden"], t_top=p["t_top"],
                 t_logits=p["t_logits"], tau=mb_tau,
-                w=mb_logit, hard_idx=idx, w_hard=mb_w[idx], t_states=[s[idx].clone() for s in p["t_states"]]))
+                w=mb_logit, hard_idx=idx, w_hard=mb_w[idx], t_states=[s[idx].clone() for s in p["t_states"]],
+                s_valid=p.get("s_valid"), s_rows=p.get("s_rows")))
         n = n_valid.clamp_min(1)
         logs = {"tau_mean": float((tau * valid).sum() / n), "weight_mean": float((w * valid).sum() / n),
                 "hard_frac": float((hard & valid).sum() / n)}
+        if self.vmap is not None:
+            logs["aligned_frac"] = float(n_valid / n_ce.clamp_min(1))
         if teacher_entropy(1.0) in stats:
             logs["entropy_mean"] = float((stats[teacher_entropy(1.0)] * valid).sum() / n)
         if onpolicy_logs:
@@ -233,6 +268,8 @@ class DistillUnit:
         mp = plan.micro[index]
         out = self.model(mp.ids, output_hidden_states=self.features)
         s_hidden = flat(out.last_hidden_state)  # [N, Ds]
+        if self.vmap is not None:
+            return self._cross_loss(plan, index, out, s_hidden)
         t_hidden, t_head = mp.t_hidden, (self.head(self.teacher) if mp.t_hidden is not None else None)
         if t_hidden is None and mp.t_top is None:  # plain fine-tuning: no teacher; w is all 0, so this only
             t_hidden, t_head = s_hidden.detach(), self.head(self.student).detach()  # makes shapes line up
@@ -258,6 +295,45 @@ class DistillUnit:
         loss = self.kd_weight * (L_logit + self.mu * L_feature) + self.alpha * L_ce
         parts = {"loss": loss.item(), "loss_logit": L_logit.item(), "loss_feature": L_feature.item(),
                  "loss_ce": L_ce.item()}
+        if index == 0:
+            parts.update(plan.logs)
+        return loss, parts
+
+    def _cross_loss(self, plan: StepPlan, index: int, out, s_hidden_all: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """``loss`` of a cross-tokenizer run: the logit term on the aligned pairs (mapped divergence + ULD), the
+        CE term on every student loss token, the feature term on the hard pairs."""
+        mp = plan.micro[index]
+        s_hidden = s_hidden_all[mp.s_rows]  # [N, Ds] the student at the aligned pairs
+        t_logits, mp.t_logits = mp.t_logits, None
+        s_head = self.head(self.student)
+        mapped_sum = uld_sum = torch.zeros((), device=s_hidden.device)
+        if mp.t_hidden is not None:  # None: plain fine-tuning, no teacher
+            mapped_sum, uld_sum = cross_vocab_loss(
+                s_hidden, s_head, mp.t_hidden, self.head(self.teacher), mp.tau, mp.w, self.divergence, self.vmap,
+                uld_weight=self.cfg.cross.uld_weight, uld_top=self.cfg.cross.uld_top, chunk_size=self.chunk_size,
+                t_logits=t_logits)
+        ce_sum = torch.zeros((), device=s_hidden.device)
+        if self.use_ce:  # every student loss token; zero logit weights make the chunked loss CE only
+            zeros = torch.zeros_like(mp.s_valid, dtype=s_hidden_all.dtype)
+            _, ce_sum = chunked_distill_loss(
+                s_hidden_all, s_head, s_hidden_all.detach(), s_head.detach(), torch.ones_like(zeros), zeros,
+                divergence=self.divergence, labels=mp.targets, ce_coef=mp.s_valid.to(zeros.dtype),
+                chunk_size=self.chunk_size)
+        feature_sum = torch.zeros((), device=s_hidden.device)
+        if self.features and mp.hard_idx.numel() > 0:
+            rows = mp.s_rows[mp.hard_idx]  # [M] student positions of the hard pairs
+            s_states = [flat(out.hidden_states[ls])[rows] for ls, _ in self.layer_map]  # [M, Ds] each
+            phi = self.train_modules.projectors(s_states, mp.t_states, self.cfg.branch.feature_loss)  # [M]
+            feature_sum = (mp.w_hard * phi).sum()
+        elif self.features:  # keep the projectors in the graph (see loss)
+            feature_sum = sum(p.sum() for p in self.train_modules.projectors.parameters()) * 0.0
+        den = plan.denominators
+        L_mapped, L_uld = mapped_sum / den.weight, uld_sum / den.weight
+        L_logit = L_mapped + self.cfg.cross.uld_weight * L_uld
+        L_feature, L_ce = feature_sum / den.weight, ce_sum / den.tokens
+        loss = self.kd_weight * (L_logit + self.mu * L_feature) + self.alpha * L_ce
+        parts = {"loss": loss.item(), "loss_logit": L_logit.item(), "loss_mapped": L_mapped.item(),
+                 "loss_uld": L_uld.item(), "loss_feature": L_feature.item(), "loss_ce": L_ce.item()}
         if index == 0:
             parts.update(plan.logs)
         return loss, parts
@@ -302,6 +378,8 @@ class DistillUnit:
     def _teacher_pass(self, mb: dict) -> dict:
         if self.cache is not None:
             return self._cached_pass(mb)
+        if self.vmap is not None:
+            return self._cross_pass(mb)
         ids, mask = mb["ids"], mb["mask"]
         targets, valid = shift(ids, mask)
         t_hidden, t_states, stats, t_logits = None, [], {}, None
@@ -325,6 +403,38 @@ class DistillUnit:
                 t_logits = by_key.get("teacher_logits")
         return {"ids": ids, "targets": targets, "valid": valid, "t_hidden": t_hidden, "t_top": None,
                 "t_logits": t_logits, "t_states": t_states, "stats": stats}
+
+    def _cross_pass(self, mb: dict) -> dict:
+        """The live pass of a cross-tokenizer run: the teacher on its own tokens, its rows gathered at the pairs
+        (student position j, teacher position t_index[j]) where both tokenisations end at the same byte."""
+        ids, mask = mb["ids"], mb["mask"]
+        targets, s_valid = shift(ids, mask)  # [N_s] each
+        t_ids = mb["t_ids"]  # [B, Lt]
+        t_index = mb["t_index"]  # [B, Ls-1]: teacher predicting position aligned to each student one, or -1
+        s_rows = ((t_index.reshape(-1) >= 0) & s_valid).nonzero().squeeze(1)  # [N] student flat positions
+        blocks = torch.div(s_rows, ids.shape[1] - 1, rounding_mode="floor")  # [N]
+        t_rows = blocks * (t_ids.shape[1] - 1) + t_index.reshape(-1)[s_rows]  # [N] teacher flat positions
+        if not self.needs_teacher:  # plain fine-tuning (method=ce) on the student's tokens: no teacher pass
+            return {"ids": ids, "targets": targets, "valid": torch.ones_like(s_rows, dtype=torch.bool),
+                    "t_hidden": None, "t_top": None, "t_logits": None, "t_states": [], "stats": {},
+                    "s_valid": s_valid, "s_rows": s_rows}
+        with torch.no_grad() if self.runtime.strategy == "fsdp" else torch.inference_mode():
+            out = base_forward(self.teacher, t_ids, output_hidden_states=self.features)
+        t_hidden = flat(out.last_hidden_state)[t_rows].clone()  # [N, Dt]
+        t_states = [flat(out.hidden_states[lt])[t_rows].clone() for _, lt in self.layer_map] if self.features else []
+        stats, t_logits = {}, None
+        if self.needs - {DIFFICULTY}:
+            s_hidden = None
+            if self.student_stats:
+                s_hidden = flat(self.train_modules(ids).last_hidden_state)[s_rows]  # [N, Ds]
+            by_key = chunked_token_stats(
+                t_hidden, self.head(self.teacher), s_hidden, self.head(self.student) if s_hidden is not None else None,
+                **self.stats_request, keep_teacher_logits=self._keeps_logits(t_hidden), chunk_size=self.chunk_size)
+            stats = {s: by_key[s.key] for s in self.needs if s != DIFFICULTY}  # Stat -> [N]
+            t_logits = by_key.get("teacher_logits")
+        return {"ids": ids, "targets": targets, "valid": torch.ones_like(s_rows, dtype=torch.bool),
+                "t_hidden": t_hidden, "t_top": None, "t_logits": t_logits, "t_states": t_states, "stats": stats,
+                "s_valid": s_valid, "s_rows": s_rows}
 
     def _keeps_logits(self, t_hidden: Tensor) -> bool:
         """Keep the statistics pass's teacher logits [N, V] for the loss (no second teacher head matmul)
