@@ -184,10 +184,27 @@ def _save_tiny_student(path: Path, extra_tokens: list[str], vocab_rows: int | No
     return path
 
 
-def test_student_with_another_tokenizer_is_refused(capsys, tmp_path, corpus_dir):
+def test_student_with_another_tokenizer_distils_across_tokenizers(capsys, tmp_path, corpus_dir):
+    """A pretrained student of 'another family' (its own tokenizer, two tokens the teacher lacks): a cross-tokenizer
+    run, no longer a refusal; its tokenizer is the one in its directory."""
     student = _save_tiny_student(tmp_path / "student", ["<|extra_0|>", "<|extra_1|>"])
+    run_dir = tmp_path / "run"
+    code = egad("distill", "debug=smoke", *text_dataset_args(corpus_dir), "student=hf", f"student.path={student}",
+                "trainer.max_steps=1", f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'c'}")
+    assert code == 0, capsys.readouterr().err
+    cross = json.loads((run_dir / "summary.json").read_text())["cross_tokenizer"]
+    # 256 bytes, EOS and the two extra tokens' strings, which the byte teacher spells with several tokens
+    assert cross["student_vocab"] == 259 and cross["shared_strings"] == 257
+
+
+def test_a_student_with_another_tokenizer_and_a_teacher_cache_is_refused(capsys, tmp_path, corpus_dir):
+    student = _save_tiny_student(tmp_path / "student", ["<|extra_0|>", "<|extra_1|>"])
+    cache = tmp_path / "tcache"
+    assert egad("cache", "debug=smoke", *text_dataset_args(corpus_dir), f"out_dir={cache}",
+                f"cache_dir={tmp_path / 'c'}", f"hydra.run.dir={tmp_path / 'log'}") == 0
+    capsys.readouterr()
     code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", *text_dataset_args(corpus_dir),
-                        "student=hf", f"student.path={student}")
+                        "student=hf", f"student.path={student}", f"teacher_cache={cache}")
     assert code == 2
     assert "tokenizer" in err and "student" in err
     assert "259 vs 257" in err  # the student's and the teacher's token counts

@@ -105,7 +105,8 @@ def test_run_dir_without_a_student(run_dir, tmp_path, capsys):
     assert "does not exist" in stderr(capsys)
 
 
-def test_vocabulary_mismatch(teacher_dir, corpus_dir, tmp_path, capsys):
+def test_a_student_with_another_vocabulary_is_evaluated_across_tokenizers(teacher_dir, corpus_dir, tmp_path, capsys):
+    """One token the teacher lacks makes another vocabulary: the cross-tokenizer metrics, not a refusal."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     other = tmp_path / "other"
@@ -116,8 +117,13 @@ def test_vocabulary_mismatch(teacher_dir, corpus_dir, tmp_path, capsys):
     model.save_pretrained(other)
     tok.save_pretrained(other)
     assert egad("eval", f"student.path={other}", *random_teacher_args(corpus_dir),
-                f"hydra.run.dir={tmp_path}") == 2
-    assert "tokenizer differs" in stderr(capsys)
+                f"hydra.run.dir={tmp_path / 'out'}") == 0
+    result = json.loads((tmp_path / "out" / "eval.json").read_text())
+    # every byte and EOS are shared strings, so every position of the two (identical) tokenisations aligns, and
+    # the student (the teacher's weights, one extra row) predicts almost what the teacher does
+    assert result["aligned_share"] == 1.0
+    assert result["bits_per_byte_student"] == pytest.approx(result["bits_per_byte_teacher"], rel=0.05)
+    assert result["kl_forward"] < 0.05
 
 
 def test_empty_split(tmp_path, capsys, teacher_dir):

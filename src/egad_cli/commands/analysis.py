@@ -34,12 +34,13 @@ def preflight(cfg) -> Runtime:
     return runtime
 
 
-def load(cfg, runtime: Runtime):
+def load(cfg, runtime: Runtime, s_tok=None):
     """(teacher on the device, student on the device or None, shared tokenizer, shared vocabulary size).
 
-    With a student this is exactly distill's ``load_models`` (same vocabulary checks)."""
+    With a student this is exactly distill's ``load_models`` (same vocabulary checks). s_tok: a student with its
+    own tokenizer (``models.setup.student_tokenizer_of``): the vocabulary size is then the teacher's."""
     if cfg.student is not None:
-        teacher, student, tokenizer, vocab = load_models(cfg, runtime)
+        teacher, student, tokenizer, vocab = load_models(cfg, runtime, s_tok=s_tok)
     else:
         teacher, tokenizer = load_frozen_teacher(cfg, runtime)
         apply_document_masks(cfg, tokenizer, teacher)
@@ -49,11 +50,15 @@ def load(cfg, runtime: Runtime):
     return teacher, student, tokenizer, vocab
 
 
-def split_of(cfg, tokenizer) -> Packed:
-    """The configured split (cfg.split: train | val | all) of cfg.dataset, packed (from the cache when possible)."""
+def split_of(cfg, tokenizer, student_tokenizer=None) -> Packed:
+    """The configured split (cfg.split: train | val | all) of cfg.dataset, packed (from the cache when possible).
+    student_tokenizer: a student with its own tokenizer: blocks of both tokenisations, aligned."""
     if cfg.split == "all":
+        if student_tokenizer is not None:
+            raise UserError("split=all is not built for a student with its own tokenizer; use split=val (or "
+                            "train) with dataset.val_fraction set so that your held-out files form the split")
         return pack_all(cfg.dataset, tokenizer)
-    splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
+    splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir), student_tokenizer=student_tokenizer)
     data = splits.val if cfg.split == "val" else splits.train
     if len(data) == 0:
         raise UserError(f"dataset={cfg.dataset.name}: the {cfg.split} split is empty; add text or lower "

@@ -13,15 +13,17 @@ from omegaconf import DictConfig, OmegaConf
 from egad_cli.config import DistillConfig, cache_dir
 from egad_cli.config.policies import PolicyContext
 from egad_cli.data import build_splits, check_sources
+from egad_cli.data.alignment import aligned_share
 from egad_cli.engine import parallel
 from egad_cli.engine.checkpoint import list_checkpoints, resolve_resume
-from egad_cli.engine.distill_unit import DistillUnit, build_policies, policy_needs
+from egad_cli.engine.distill_unit import DistillUnit, build_policies, check_cross_needs, policy_needs
 from egad_cli.engine.loop import train
 from egad_cli.engine.metrics import tensorboard_available
 from egad_cli.engine.onpolicy import build_rollout
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError, check_writable
 from egad_cli.evaluation.passes import cached_heldout_kl, heldout_kl
+from egad_cli.losses.cross_vocab import vocab_map
 from egad_cli.models import (
     build_student,
     check_context,
@@ -31,7 +33,7 @@ from egad_cli.models import (
     preflight_student_source,
 )
 from egad_cli.models.loading import load_teacher_tokenizer
-from egad_cli.models.setup import apply_document_masks
+from egad_cli.models.setup import apply_document_masks, student_tokenizer_of
 from egad_cli.models.students import student_layer_count
 from egad_cli.teacher_cache.use import check_fits, fit_warnings, open_cached_teacher
 from egad_cli.ui.console import console
@@ -96,6 +98,7 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         console.rule(f"egad distill · method={cfg.method.name} · teacher={cfg.teacher.name} · student={cfg.student.name}")
         for warning in fit_warnings(cfg, cached.manifest) if cached is not None else ():
             console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    s_tok = vmap = None  # the student's own tokenizer and the shared strings (cross-tokenizer runs)
     if cached is not None:
         teacher, tokenizer, train_data = None, cached.tokenizer, cached.train.packed()
         student, s_tok = build_student(cfg.student, None, tokenizer, default_seed=cfg.trainer.seed,
@@ -114,8 +117,24 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         # The corpus first, with the teacher's tokenizer alone: a file it refuses (not UTF-8, a bad jsonl
         # record) is reported before the teacher's weights load (minutes for a large one)
         tokenizer = load_teacher_tokenizer(cfg.teacher, cache_dir(cfg.cache_dir), console if runtime.is_main else None)
-        splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir))
-        teacher, student, tokenizer, vocab = load_models(cfg, runtime, seed=cfg.trainer.seed)
+        # a student with its own tokenizer (trained here for student.tokenizer=train): a cross-tokenizer run
+        s_tok = student_tokenizer_of(cfg, tokenizer, console if runtime.is_main else None)
+        splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir), student_tokenizer=s_tok)
+        if s_tok is not None:
+            check_cross_needs(cfg, policy_needs(build_policies(cfg, PolicyContext(len(tokenizer), steps))))
+        if s_tok is not None and cfg.onpolicy.lmbda > 0:
+            raise UserError(f"onpolicy.lmbda={cfg.onpolicy.lmbda}: on-policy sampling is not built for a student "
+                            f"with its own tokenizer; set onpolicy.lmbda=0")
+        if s_tok is not None:
+            check_alignment(splits.train, cfg.cross.min_aligned)
+        teacher, student, tokenizer, vocab = load_models(cfg, runtime, seed=cfg.trainer.seed, s_tok=s_tok)
+        if s_tok is not None:
+            vmap = vocab_map(tokenizer, s_tok, vocab, len(s_tok))
+            if runtime.is_main:
+                console.print(f"cross-tokenizer: the student's {len(s_tok)}-token vocabulary shares "
+                              f"{vmap.t_ids.numel()} token strings with the teacher's {vocab}; "
+                              f"{aligned_share(splits.train):.1%} of the student's training tokens align with the "
+                              f"teacher's (docs/cross-tokenizer.md)")
         check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher, student=student)
         parallel.set_attention(teacher, cfg.trainer.attention)
         parallel.prepare_teacher(teacher, runtime, compile=cfg.trainer.compile)  # fsdp: the frozen teacher sharded too
@@ -139,6 +158,8 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
             console.print(f"[dim]held-out KL(teacher ‖ student) over up to {cfg.eval.max_tokens or 'all'} tokens"
                           f"{how}…[/]")
         with gathered():  # fsdp, after training: the student's root parameters whole
+            if vmap is not None:
+                return cross_heldout(teacher, student, vmap, tokenizer, s_tok, splits.val, runtime, cfg)["kl"], None
             if teacher is None:
                 return cached_heldout_kl(student, vocab, cached.val, runtime, cfg.eval.batch_size,
                                          cfg.eval.max_tokens, cfg.loss.chunk_rows(vocab))
@@ -155,7 +176,7 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
                           f"(prompts: {rollout.prompts.describe()}; up to {rollout.max_new_tokens} new tokens at "
                           f"T={cfg.onpolicy.temperature:g}, top-p {cfg.onpolicy.top_p:g})")
     unit = DistillUnit(teacher, student, vocab, cfg, runtime, steps, cache=cached.train if teacher is None else None,
-                       rollout=rollout)
+                       rollout=rollout, vmap=vmap)
     def periodic_kl() -> dict[str, float]:
         value, se = kl(unit.gathered, quiet=True)
         return {} if value is None else {"heldout_kl": value, **({"heldout_kl_se": se} if se is not None else {})}
@@ -174,8 +195,11 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
                    **({"kl_before_se": kl_before_se, "kl_after_se": kl_after_se} if sampled_cache else {}),
                    "final": result.last_logs, "student_dir": None,
                    "teacher_cache": str(cached.root) if teacher is None else None}
+        if vmap is not None:
+            summary["cross_tokenizer"] = {"student_vocab": len(s_tok), "shared_strings": int(vmap.t_ids.numel()),
+                                          "aligned_share_train": aligned_share(train_data)}
         if runtime.is_main:
-            write_outputs(cfg, run_dir, unit.student, tokenizer, summary, weights)
+            write_outputs(cfg, run_dir, unit.student, s_tok if s_tok is not None else tokenizer, summary, weights)
     except BaseException:
         try:  # Ctrl-C or a failed write after training: keep the trained state
             result.save_checkpoint()
@@ -198,6 +222,32 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
                       f"nats/token{note}")
         console.print(f"student saved to {summary['student_dir'] or '(export disabled)'}; run dir {run_dir}")
     return kl_after
+
+
+def check_alignment(train, min_aligned: float) -> None:
+    """A cross-tokenizer run whose tokenisations rarely end at the same byte has little to learn from: refuse it
+    before any weights load."""
+    share = aligned_share(train)
+    if share < min_aligned:
+        raise UserError(f"cross.min_aligned: only {share:.1%} of the student's training tokens end at the same byte "
+                        f"as one of the teacher's (threshold {min_aligned:.0%}); the two tokenizers split this text "
+                        f"too differently to compare their predictions. Use a student tokenizer closer to the "
+                        f"teacher's (e.g. student.tokenizer=train on this corpus), or lower cross.min_aligned")
+
+
+def cross_heldout(teacher, student, vmap, t_tok, s_tok, val, runtime: Runtime, cfg: DistillConfig) -> dict:
+    """Held-out KL at the aligned positions (mapped strings + rest bucket) and bits per byte of a cross-tokenizer
+    run, over the first held-out blocks worth eval.max_tokens."""
+    from egad_cli.data.packing import Packed
+    from egad_cli.evaluation.cross import cross_token_pass
+    from egad_cli.evaluation.passes import heldout_blocks
+    from egad_cli.models.token_bytes import byte_lengths
+
+    n = heldout_blocks(len(val), val.ids.shape[1], cfg.eval.max_tokens)
+    first = Packed(val.ids[:n], val.mask[:n], {k: v[:n] for k, v in val.extra.items()})
+    values, overall = cross_token_pass(teacher, student, vmap, first, runtime, cfg.eval.batch_size,
+                                       byte_lengths(t_tok), byte_lengths(s_tok), cfg.loss.chunk_rows(vmap.t_vocab))
+    return {"kl": float(values["kl_forward"].double().mean()), **overall}
 
 
 def write_outputs(cfg: DistillConfig, run_dir: Path, student, tokenizer, summary: dict,

@@ -12,21 +12,29 @@ from rich.text import Text
 
 from egad_cli.commands.analysis import load, preflight, show_progress, split_of
 from egad_cli.commands.common import json_safe
+from egad_cli.config import cache_dir
 from egad_cli.config.commands import EvalCommandConfig
+from egad_cli.evaluation.cross import bits_per_byte, cross_token_pass, nll_and_bytes
 from egad_cli.evaluation.entropy import printable
 from egad_cli.evaluation.generation import side_by_side
 from egad_cli.evaluation.metrics import by_entropy_bucket, calibration_bins, pair_summary
 from egad_cli.evaluation.onpolicy import onpolicy_metrics
 from egad_cli.evaluation.passes import spread_blocks, token_pass
+from egad_cli.losses.cross_vocab import vocab_map
 from egad_cli.models import check_context
+from egad_cli.models.loading import load_teacher_tokenizer
+from egad_cli.models.setup import student_tokenizer_of
+from egad_cli.models.token_bytes import byte_lengths
 from egad_cli.ui.console import console
 from egad_cli.ui.progress import pass_progress
 from egad_cli.ui.tables import rich_table
 
 
 def summary_table(s: dict, ece_bins: int):
-    rows = [
-        ("perplexity", s["ppl_student"], s["ppl_teacher"]),
+    cross = "aligned_share" in s  # a student with its own tokenizer: its perplexity counts other units
+    rows = [("bits per byte", s["bits_per_byte_student"], s["bits_per_byte_teacher"])]
+    rows += [] if cross else [("perplexity", s["ppl_student"], s["ppl_teacher"])]
+    rows += [
         ("top-1 accuracy (vs label)", s["acc_student"], s.get("acc_teacher")),
         (f"ECE ({ece_bins} bins)", s["ece"], s.get("ece_teacher")),
         ("mean entropy (nats)", s["entropy_student"], s["entropy_teacher"]),
@@ -34,8 +42,10 @@ def summary_table(s: dict, ece_bins: int):
         ("KL(student ‖ teacher), reverse", s["kl_reverse"], None),
         ("top-1 agreement with teacher", s["top1_agreement"], None),
     ]
-    return rich_table(["metric", "student", "teacher"], rows,
-                      title=f"held-out metrics · {s['n_tokens']:,} tokens")
+    title = (f"held-out metrics · {s['n_tokens']:,} aligned positions ({s['aligned_share']:.1%} of the student's "
+             f"tokens; KL over shared strings + rest) · {s['bytes']:,} bytes" if cross
+             else f"held-out metrics · {s['n_tokens']:,} tokens")
+    return rich_table(["metric", "student", "teacher"], rows, title=title)
 
 
 def bucket_table(rows: list[dict], n_buckets: int):
@@ -72,6 +82,10 @@ def run(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
     student_name = cfg.student.path if cfg.student.init == "hf" else cfg.student.name
     console.rule(escape(f"egad eval · teacher={cfg.teacher.name} · student={student_name} · "
                         f"dataset={cfg.dataset.name}"))
+    t_tok = load_teacher_tokenizer(cfg.teacher, cache_dir(cfg.cache_dir), console)
+    s_tok = student_tokenizer_of(cfg, t_tok)  # None: the student shares the teacher's tokenizer
+    if s_tok is not None:
+        return run_cross(cfg, run_dir, started, runtime, student_name, t_tok, s_tok)
     teacher, student, tokenizer, vocab = load(cfg, runtime)
     if cfg.eval.prompts and cfg.eval.max_new_tokens > 0:  # generation: the longest prompt plus what is generated
         longest = max(len(tokenizer(p)["input_ids"]) for p in cfg.eval.prompts)
@@ -83,6 +97,10 @@ def run(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
     metrics = token_pass(teacher, vocab, data, runtime, cfg.eval.batch_size, cfg.chunk_size, student=student,
                          progress=show_progress(cfg.progress), console=console, description="held-out pass")
     summary = pair_summary(metrics, cfg.ece_bins)
+    byte_len = byte_lengths(tokenizer)
+    for side in ("student", "teacher"):
+        summary[f"bits_per_byte_{side}"] = bits_per_byte(*nll_and_bytes(metrics[f"nll_{side}"], metrics["target"],
+                                                                          byte_len))
     buckets = by_entropy_bucket(metrics, cfg.n_buckets, cfg.ece_bins)
 
     onpolicy = {}
@@ -109,6 +127,34 @@ def run(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
     if generations:
         console.print(generations_table(generations))
 
+    return write_result(cfg, run_dir, started, runtime, student_name, data, summary, buckets, metrics, generations)
+
+
+def run_cross(cfg: EvalCommandConfig, run_dir: Path | None, started: float, runtime, student_name: str, t_tok,
+              s_tok) -> float:
+    """``run`` for a student with its own tokenizer: the metrics of ``evaluation.cross`` (bits per byte of the
+    same text, the aligned positions' KL and agreement, by teacher-entropy decile). Generations and the on-policy
+    metric, which feed one model's tokens to the other, are left out (said on the console)."""
+    teacher, student, _, vocab = load(cfg, runtime, s_tok=s_tok)
+    vmap = vocab_map(t_tok, s_tok, vocab, len(s_tok))
+    data = spread_blocks(split_of(cfg, t_tok, s_tok), cfg.eval.max_tokens)
+    console.print(f"{len(data)} {cfg.split} blocks of {data.ids.shape[1]} tokens · cross-tokenizer: student vocab "
+                  f"{len(s_tok)}, teacher vocab {vocab}, {vmap.t_ids.numel()} shared token strings · "
+                  f"{runtime.device}")
+    metrics, overall = cross_token_pass(teacher, student, vmap, data, runtime, cfg.eval.batch_size,
+                                        byte_lengths(t_tok), byte_lengths(s_tok), cfg.chunk_size)
+    summary = {**pair_summary(metrics, cfg.ece_bins), **overall, "shared_strings": int(vmap.t_ids.numel())}
+    buckets = by_entropy_bucket(metrics, cfg.n_buckets, cfg.ece_bins)
+    console.print(summary_table(summary, cfg.ece_bins))
+    console.print(bucket_table(buckets, cfg.n_buckets))
+    console.print("[dim]cross-tokenizer: generations and the on-policy metric are not run (each would feed one "
+                  "model's tokens to the other)[/]")
+    return write_result(cfg, run_dir, started, runtime, student_name, data, summary, buckets, metrics, [])
+
+
+def write_result(cfg: EvalCommandConfig, run_dir: Path | None, started: float, runtime, student_name: str, data,
+                 summary: dict, buckets: list[dict], metrics: dict, generations: list[dict]) -> float:
+    """eval.json (the summary, the deciles, the calibration bins, the generations, the setup); returns the KL."""
     out_dir = Path(cfg.out_dir or run_dir or cfg.output_dir).expanduser()
     result = {
         **summary,

@@ -121,7 +121,9 @@ def with_run_dir(raw: DictConfig, run_dir: Path, groups: tuple[str, ...], overri
             for key in own_keys:
                 OmegaConf.update(patch, key, OmegaConf.select(raw, key), merge=False)
         if student and not sets_group(overrides, "student") and has_student(run_dir):
-            patch["student"] = {"name": "run", "init": "hf", "path": str(run_dir / STUDENT_DIR), "revision": None}
+            # tokenizer: null: the exported student ships its own (a cross-tokenizer run's included)
+            patch["student"] = {"name": "run", "init": "hf", "path": str(run_dir / STUDENT_DIR), "revision": None,
+                                "tokenizer": None}
         merged = OmegaConf.merge(raw, patch)
         for group, node in replace.items():
             merged[group] = node

@@ -167,7 +167,7 @@ class ReportConfig:
     order: str = "auto"  #: asc | desc | auto (desc for agreement/accuracy/tokens-per-second, else asc)
     #: metrics in the terminal and Markdown tables (report.csv has every metric)
     columns: list[str] = field(default_factory=lambda: [
-        "steps", "kl_before", "kl_after", "final.loss", "eval.ppl_student", "eval.kl_forward",
+        "steps", "kl_before", "kl_after", "final.loss", "eval.bits_per_byte_student", "eval.ppl_student", "eval.kl_forward",
         "eval.kl_reverse", "eval.top1_agreement", "eval.ece", "eval.kl_forward_top_decile"])
     export: bool = True  #: write report.csv and report.md
     out_dir: Optional[str] = None  #: where report.csv / report.md go (default: sweep_dir)

@@ -90,7 +90,9 @@ def pair_summary(m: dict[str, Tensor], ece_bins: int = 15) -> dict[str, float]:
         "ppl_teacher": perplexity(m["nll_teacher"]),
         "kl_forward": _mean(m["kl_forward"]),
         "kl_reverse": _mean(m["kl_reverse"]),
-        "top1_agreement": _mean(m["top1_agree"]),
+        # nan marks a token where agreement is undefined (cross-tokenizer: the teacher's argmax has no shared
+        # string, evaluation.cross): left out of the mean
+        "top1_agreement": _mean(m["top1_agree"][~m["top1_agree"].isnan()]),
         "ece": expected_calibration_error(m["confidence"], m["correct"], ece_bins),
         "acc_student": _mean(m["correct"]),
         "entropy_teacher": _mean(m["entropy_teacher"]),
