@@ -62,14 +62,23 @@ def test_eval_compares_across_tokenizers(cross_run):
     assert result["generations"] == []
 
 
-def test_same_tokenizer_eval_reports_bits_per_byte(tmp_path, corpus_dir):
-    run_dir = tmp_path / "run"
-    assert egad(*smoke_argv(run_dir, corpus_dir, "method=kd", "trainer.max_steps=1", cache=tmp_path / "c")) == 0
-    assert egad("eval", f"run_dir={run_dir}", "debug=smoke", f"cache_dir={tmp_path / 'c'}") == 0
+def test_same_tokenizer_eval_reports_bits_per_byte_and_both_kinds_sit_in_one_report(cross_run, capsys):
+    root, cache = cross_run["run_dir"].parent, cross_run["cache"]
+    run_dir = root / "same"
+    assert egad(*smoke_argv(run_dir, cross_run["corpus"], "method=kd", "trainer.max_steps=1", cache=cache)) == 0
+    assert egad("eval", f"run_dir={run_dir}", "debug=smoke", f"cache_dir={cache}") == 0
     result = json.loads((run_dir / "eval.json").read_text())
-    # byte tokenizer: one byte per non-special token, so bits per byte = NLL per token / ln 2 up to the EOS tokens
     assert 0 < result["bits_per_byte_teacher"] and 0 < result["bits_per_byte_student"]
     assert "aligned_share" not in result
+    capsys.readouterr()
+    assert egad("report", f"sweep_dir={root}", f"out_dir={root / 'report'}", "plots=false") == 0
+    import csv
+
+    with (root / "report" / "report.csv").open() as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"run", "same"}
+    for job in rows.values():  # one column, both kinds of run
+        assert float(job["eval.bits_per_byte_student"]) > 0
 
 
 def test_ce_baseline_on_the_students_tokens(tmp_path, corpus_dir):

@@ -143,7 +143,8 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
     parallel.set_attention(student, cfg.trainer.attention)
     n_params = sum(p.numel() for p in student.parameters())
     if runtime.is_main:
-        console.print(f"{source} · student {n_params / 1e6:.2f}M · vocab {vocab} · {len(train_data)} train / "
+        vocabs = f"vocab {vocab}" if s_tok is None else f"vocab {vocab} (teacher) / {len(s_tok)} (student)"
+        console.print(f"{source} · student {n_params / 1e6:.2f}M · {vocabs} · {len(train_data)} train / "
                       f"{n_val} held-out blocks of {cfg.dataset.block_size} · {steps} steps on {runtime.device}")
 
     sampled_cache = teacher is None and cached.val is not None and cached.val.sampled

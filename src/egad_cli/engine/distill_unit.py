@@ -20,12 +20,12 @@ take the same path as data, so every divergence and policy applies to them uncha
 
 Cross-tokenizer (``vmap``: the student has its own tokenizer, ``losses.cross_vocab``): a batch holds the
 student's tokens (ids) and the teacher's (t_ids) of the same text, and t_index, the teacher position aligned to
-each student position (``data.alignment``). The teacher runs on its own tokens; its rows are gathered at the
-aligned positions, and from there on the step's "tokens" are the aligned pairs: the policies (difficulty,
+each student position (``data.alignment``). The teacher runs on its own tokens and its rows are gathered at the
+student positions; a position is a step token ("valid") when it is aligned. So the policies (difficulty,
 curriculum, temperature, hard-token routing) read the teacher's entropy at the aligned teacher position, the
 logit term compares the two next-token distributions mapped onto shared token strings, the dual branch reads
 both models' states at the pair. A student position inside a span where the boundaries disagree gets no
-distillation term (only the CE term, when α > 0, which covers every student token).
+distillation term (only the CE term, when α > 0, which covers every student loss token).
 
 The teacher is either live (a model: its hidden states and lm_head give exact logits) or a teacher
 cache (``teacher_cache.SplitReader``: top-k log-probs + tail sums, exact entropies, stored states),
@@ -78,8 +78,7 @@ class MicroPlan:
     hard_idx: Tensor  #: [M] positions of hard tokens (dual branch)
     w_hard: Tensor  #: [M] token weights of those tokens
     t_states: list[Tensor]  #: per layer pair, [M, Dt] teacher states at the hard positions
-    s_valid: Tensor | None = None  #: cross-tokenizer: [N_s] the student's loss tokens (the CE term's)
-    s_rows: Tensor | None = None  #: cross-tokenizer: [N] the student position of each aligned pair
+    s_valid: Tensor | None = None  #: cross-tokenizer: [N] every student loss token (the CE term's); valid: the aligned ones
 
 
 @dataclass
@@ -248,7 +247,7 @@ class DistillUnit:
                 ids=p["ids"], targets=p["targets"], valid=p["valid"], t_hidden=p["t_hidden"], t_top=p["t_top"],
                 t_logits=p["t_logits"], tau=mb_tau,
                 w=mb_logit, hard_idx=idx, w_hard=mb_w[idx], t_states=[s[idx].clone() for s in p["t_states"]],
-                s_valid=p.get("s_valid"), s_rows=p.get("s_rows")))
+                s_valid=p.get("s_valid")))
         n = n_valid.clamp_min(1)
         logs = {"tau_mean": float((tau * valid).sum() / n), "weight_mean": float((w * valid).sum() / n),
                 "hard_frac": float((hard & valid).sum() / n)}
@@ -268,18 +267,22 @@ class DistillUnit:
         mp = plan.micro[index]
         out = self.model(mp.ids, output_hidden_states=self.features)
         s_hidden = flat(out.last_hidden_state)  # [N, Ds]
-        if self.vmap is not None:
-            return self._cross_loss(plan, index, out, s_hidden)
-        t_hidden, t_head = mp.t_hidden, (self.head(self.teacher) if mp.t_hidden is not None else None)
-        if t_hidden is None and mp.t_top is None:  # plain fine-tuning: no teacher; w is all 0, so this only
-            t_hidden, t_head = s_hidden.detach(), self.head(self.student).detach()  # makes shapes line up
+        s_head = self.head(self.student)
         # Kept teacher logits are handed to the loss once, which overwrites them; a second loss() on the same
         # plan recomputes them from t_hidden.
         t_logits, mp.t_logits = mp.t_logits, None
-        logit_sum, ce_sum = chunked_distill_loss(
-            s_hidden, self.head(self.student), t_hidden, t_head, mp.tau, mp.w, divergence=self.divergence,
-            labels=mp.targets if self.use_ce else None, ce_coef=mp.valid.float() if self.use_ce else None,
-            chunk_size=self.chunk_size, cached=mp.t_top, t_logits=t_logits, consume_t_logits=True)
+        den = plan.denominators
+        cross_parts = {}
+        if self.vmap is not None:  # the logit term over the shared strings + ULD; CE on every student loss token
+            logit_sum, ce_sum, cross_parts = self._cross_sums(mp, s_hidden, s_head, t_logits)
+        else:
+            t_hidden, t_head = mp.t_hidden, (self.head(self.teacher) if mp.t_hidden is not None else None)
+            if t_hidden is None and mp.t_top is None:  # plain fine-tuning: no teacher; w is all 0, so this only
+                t_hidden, t_head = s_hidden.detach(), s_head.detach()  # makes shapes line up
+            logit_sum, ce_sum = chunked_distill_loss(
+                s_hidden, s_head, t_hidden, t_head, mp.tau, mp.w, divergence=self.divergence,
+                labels=mp.targets if self.use_ce else None, ce_coef=mp.valid.float() if self.use_ce else None,
+                chunk_size=self.chunk_size, cached=mp.t_top, t_logits=t_logits, consume_t_logits=True)
         feature_sum = torch.zeros((), device=s_hidden.device)
         if self.features and mp.hard_idx.numel() > 0:
             s_states = [flat(out.hidden_states[ls])[mp.hard_idx] for ls, _ in self.layer_map]  # [M, Ds] each
@@ -290,53 +293,35 @@ class DistillUnit:
             # the projectors in the graph with a zero term, so DDP's and FSDP2's gradient reductions find a
             # gradient for every parameter on every rank, as they require.
             feature_sum = sum(p.sum() for p in self.train_modules.projectors.parameters()) * 0.0
-        den = plan.denominators
         L_logit, L_feature, L_ce = logit_sum / den.weight, feature_sum / den.weight, ce_sum / den.tokens
         loss = self.kd_weight * (L_logit + self.mu * L_feature) + self.alpha * L_ce
         parts = {"loss": loss.item(), "loss_logit": L_logit.item(), "loss_feature": L_feature.item(),
-                 "loss_ce": L_ce.item()}
+                 "loss_ce": L_ce.item(), **{k: v / den.weight for k, v in cross_parts.items()}}
         if index == 0:
             parts.update(plan.logs)
         return loss, parts
 
-    def _cross_loss(self, plan: StepPlan, index: int, out, s_hidden_all: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """``loss`` of a cross-tokenizer run: the logit term on the aligned pairs (mapped divergence + ULD), the
-        CE term on every student loss token, the feature term on the hard pairs."""
-        mp = plan.micro[index]
-        s_hidden = s_hidden_all[mp.s_rows]  # [N, Ds] the student at the aligned pairs
-        t_logits, mp.t_logits = mp.t_logits, None
-        s_head = self.head(self.student)
-        mapped_sum = uld_sum = torch.zeros((), device=s_hidden.device)
+    def _cross_sums(self, mp: MicroPlan, s_hidden: Tensor, s_head: Tensor,
+                    t_logits: Tensor | None) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """A cross-tokenizer micro-batch's sums: the logit term (mapped divergence + uld_weight · ULD, on the
+        aligned positions: w is 0 elsewhere), the CE term over every student loss token, and the two logit parts
+        (sums, for the logs)."""
+        zero = torch.zeros((), device=s_hidden.device)
+        mapped_sum = uld_sum = zero
         if mp.t_hidden is not None:  # None: plain fine-tuning, no teacher
             mapped_sum, uld_sum = cross_vocab_loss(
                 s_hidden, s_head, mp.t_hidden, self.head(self.teacher), mp.tau, mp.w, self.divergence, self.vmap,
                 uld_weight=self.cfg.cross.uld_weight, uld_top=self.cfg.cross.uld_top, chunk_size=self.chunk_size,
                 t_logits=t_logits)
-        ce_sum = torch.zeros((), device=s_hidden.device)
-        if self.use_ce:  # every student loss token; zero logit weights make the chunked loss CE only
-            zeros = torch.zeros_like(mp.s_valid, dtype=s_hidden_all.dtype)
+        ce_sum = zero
+        if self.use_ce:  # zero logit weights make the chunked loss CE only
+            no_logit = torch.zeros_like(mp.s_valid, dtype=s_hidden.dtype)
             _, ce_sum = chunked_distill_loss(
-                s_hidden_all, s_head, s_hidden_all.detach(), s_head.detach(), torch.ones_like(zeros), zeros,
-                divergence=self.divergence, labels=mp.targets, ce_coef=mp.s_valid.to(zeros.dtype),
+                s_hidden, s_head, s_hidden.detach(), s_head.detach(), torch.ones_like(no_logit), no_logit,
+                divergence=self.divergence, labels=mp.targets, ce_coef=mp.s_valid.to(no_logit.dtype),
                 chunk_size=self.chunk_size)
-        feature_sum = torch.zeros((), device=s_hidden.device)
-        if self.features and mp.hard_idx.numel() > 0:
-            rows = mp.s_rows[mp.hard_idx]  # [M] student positions of the hard pairs
-            s_states = [flat(out.hidden_states[ls])[rows] for ls, _ in self.layer_map]  # [M, Ds] each
-            phi = self.train_modules.projectors(s_states, mp.t_states, self.cfg.branch.feature_loss)  # [M]
-            feature_sum = (mp.w_hard * phi).sum()
-        elif self.features:  # keep the projectors in the graph (see loss)
-            feature_sum = sum(p.sum() for p in self.train_modules.projectors.parameters()) * 0.0
-        den = plan.denominators
-        L_mapped, L_uld = mapped_sum / den.weight, uld_sum / den.weight
-        L_logit = L_mapped + self.cfg.cross.uld_weight * L_uld
-        L_feature, L_ce = feature_sum / den.weight, ce_sum / den.tokens
-        loss = self.kd_weight * (L_logit + self.mu * L_feature) + self.alpha * L_ce
-        parts = {"loss": loss.item(), "loss_logit": L_logit.item(), "loss_mapped": L_mapped.item(),
-                 "loss_uld": L_uld.item(), "loss_feature": L_feature.item(), "loss_ce": L_ce.item()}
-        if index == 0:
-            parts.update(plan.logs)
-        return loss, parts
+        logit_sum = mapped_sum + self.cfg.cross.uld_weight * uld_sum
+        return logit_sum, ce_sum, {"loss_mapped": mapped_sum.item(), "loss_uld": uld_sum.item()}
 
     def end_step(self, step: int, logs: dict[str, float]) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -405,36 +390,37 @@ class DistillUnit:
                 "t_logits": t_logits, "t_states": t_states, "stats": stats}
 
     def _cross_pass(self, mb: dict) -> dict:
-        """The live pass of a cross-tokenizer run: the teacher on its own tokens, its rows gathered at the pairs
-        (student position j, teacher position t_index[j]) where both tokenisations end at the same byte."""
+        """The live pass of a cross-tokenizer run: the teacher on its own tokens, its rows gathered at the student
+        positions. Position j is valid when it is aligned (``t_index[j]`` ≥ 0: both tokenisations end at the same
+        byte there); the step keeps the same-tokenizer layout, one row per student position (N = B·(Ls−1) on
+        every rank, as the all-gathers of ``plan`` need), and an unaligned position gets the teacher's first row
+        of its block as a placeholder that its zero weight never reads."""
         ids, mask = mb["ids"], mb["mask"]
-        targets, s_valid = shift(ids, mask)  # [N_s] each
+        targets, s_valid = shift(ids, mask)  # [N] each
         t_ids = mb["t_ids"]  # [B, Lt]
-        t_index = mb["t_index"]  # [B, Ls-1]: teacher predicting position aligned to each student one, or -1
-        s_rows = ((t_index.reshape(-1) >= 0) & s_valid).nonzero().squeeze(1)  # [N] student flat positions
-        blocks = torch.div(s_rows, ids.shape[1] - 1, rounding_mode="floor")  # [N]
-        t_rows = blocks * (t_ids.shape[1] - 1) + t_index.reshape(-1)[s_rows]  # [N] teacher flat positions
+        t_index = mb["t_index"].reshape(-1)  # [N]: the aligned teacher predicting position, or -1
+        valid = (t_index >= 0) & s_valid  # [N]
+        blocks = torch.arange(ids.shape[0], device=ids.device).repeat_interleave(ids.shape[1] - 1)  # [N]
+        t_rows = blocks * (t_ids.shape[1] - 1) + t_index.clamp_min(0)  # [N] flat teacher positions
+        part = {"ids": ids, "targets": targets, "valid": valid, "t_hidden": None, "t_top": None, "t_logits": None,
+                "t_states": [], "stats": {}, "s_valid": s_valid}
         if not self.needs_teacher:  # plain fine-tuning (method=ce) on the student's tokens: no teacher pass
-            return {"ids": ids, "targets": targets, "valid": torch.ones_like(s_rows, dtype=torch.bool),
-                    "t_hidden": None, "t_top": None, "t_logits": None, "t_states": [], "stats": {},
-                    "s_valid": s_valid, "s_rows": s_rows}
+            return part
         with torch.no_grad() if self.runtime.strategy == "fsdp" else torch.inference_mode():
             out = base_forward(self.teacher, t_ids, output_hidden_states=self.features)
-        t_hidden = flat(out.last_hidden_state)[t_rows].clone()  # [N, Dt]
-        t_states = [flat(out.hidden_states[lt])[t_rows].clone() for _, lt in self.layer_map] if self.features else []
-        stats, t_logits = {}, None
+        # Clone out of inference mode: these tensors later meet autograd in the loss.
+        part["t_hidden"] = flat(out.last_hidden_state)[t_rows].clone()  # [N, Dt]
+        if self.features:
+            part["t_states"] = [flat(out.hidden_states[lt])[t_rows].clone() for _, lt in self.layer_map]
         if self.needs - {DIFFICULTY}:
-            s_hidden = None
-            if self.student_stats:
-                s_hidden = flat(self.train_modules(ids).last_hidden_state)[s_rows]  # [N, Ds]
+            s_hidden = flat(self.train_modules(ids).last_hidden_state) if self.student_stats else None  # [N, Ds]
             by_key = chunked_token_stats(
-                t_hidden, self.head(self.teacher), s_hidden, self.head(self.student) if s_hidden is not None else None,
-                **self.stats_request, keep_teacher_logits=self._keeps_logits(t_hidden), chunk_size=self.chunk_size)
-            stats = {s: by_key[s.key] for s in self.needs if s != DIFFICULTY}  # Stat -> [N]
-            t_logits = by_key.get("teacher_logits")
-        return {"ids": ids, "targets": targets, "valid": torch.ones_like(s_rows, dtype=torch.bool),
-                "t_hidden": t_hidden, "t_top": None, "t_logits": t_logits, "t_states": t_states, "stats": stats,
-                "s_valid": s_valid, "s_rows": s_rows}
+                part["t_hidden"], self.head(self.teacher), s_hidden,
+                self.head(self.student) if s_hidden is not None else None, **self.stats_request,
+                keep_teacher_logits=self._keeps_logits(part["t_hidden"]), chunk_size=self.chunk_size)
+            part["stats"] = {s: by_key[s.key] for s in self.needs if s != DIFFICULTY}  # Stat -> [N]
+            part["t_logits"] = by_key.get("teacher_logits")
+        return part
 
     def _keeps_logits(self, t_hidden: Tensor) -> bool:
         """Keep the statistics pass's teacher logits [N, V] for the loss (no second teacher head matmul)
