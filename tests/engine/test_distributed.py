@@ -237,3 +237,29 @@ def test_a_rank_without_hard_tokens_still_trains(tmp_path, strategy, single_no_h
              ranks=2)
     _assert_same_curve(read_metrics(tmp_path / "multi" / "metrics.jsonl"),
                        read_metrics(single_no_hard / "metrics.jsonl"), {1, 2, 3, 4}, rel=1e-4)
+
+
+CROSS = ["student.tokenizer=train", "student.tokenizer_vocab_size=320", "method=egad"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="needs torchrun")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_cross_tokenizer_step_over_two_ranks_equals_one_process(tmp_path, strategy):
+    """A student with its own tokenizer: each rank's blocks align a different share of positions, and the step
+    (egad: the policies gather every rank's statistics; the dual branch) must still equal the one-process step."""
+    cache = tmp_path / "cache"  # one cache: the student's BPE is trained once and both runs read it
+    _in_process("distill", *ARGS, *CROSS, "trainer.batch_size=4", f"cache_dir={cache}",
+                f"hydra.run.dir={tmp_path / 'single'}")
+    env = {**os.environ, "EGAD_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    _run([TORCHRUN, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "egad_cli", "distill", *ARGS,
+          *CROSS, f"trainer.strategy={strategy}", "trainer.batch_size=2", f"hydra.run.dir={tmp_path / 'ranks'}"], env)
+    (got,), (want,) = read_metrics(tmp_path / "ranks" / "metrics.jsonl"), \
+        read_metrics(tmp_path / "single" / "metrics.jsonl")
+    assert 0 < want["aligned_frac"] <= 1 and 0 < got["aligned_frac"] <= 1  # (the ranks' shares, averaged)
+    # the same tolerances as the same-tokenizer step above (sums in another order)
+    assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    lr = float(yaml.safe_load((tmp_path / "single" / "config.yaml").read_text())["trainer"]["lr"])
+    assert_same_first_adam_step(load_file(tmp_path / "ranks" / "student" / "model.safetensors"),
+                                load_file(tmp_path / "single" / "student" / "model.safetensors"), lr)

@@ -160,7 +160,7 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
                           f"{how}…[/]")
         with gathered():  # fsdp, after training: the student's root parameters whole
             if vmap is not None:
-                return cross_heldout(teacher, student, vmap, tokenizer, s_tok, splits.val, runtime, cfg)["kl"], None
+                return cross_heldout(teacher, student, vmap, splits.val, runtime, cfg)["kl"], None
             if teacher is None:
                 return cached_heldout_kl(student, vocab, cached.val, runtime, cfg.eval.batch_size,
                                          cfg.eval.max_tokens, cfg.loss.chunk_rows(vocab))
@@ -236,18 +236,17 @@ def check_alignment(train, min_aligned: float) -> None:
                         f"teacher's (e.g. student.tokenizer=train on this corpus), or lower cross.min_aligned")
 
 
-def cross_heldout(teacher, student, vmap, t_tok, s_tok, val, runtime: Runtime, cfg: DistillConfig) -> dict:
+def cross_heldout(teacher, student, vmap, val, runtime: Runtime, cfg: DistillConfig) -> dict:
     """Held-out KL at the aligned positions (mapped strings + rest bucket) and bits per byte of a cross-tokenizer
     run, over the first held-out blocks worth eval.max_tokens."""
     from egad_cli.data.packing import Packed
     from egad_cli.evaluation.cross import cross_token_pass
     from egad_cli.evaluation.passes import heldout_blocks
-    from egad_cli.models.token_bytes import byte_lengths
 
     n = heldout_blocks(len(val), val.ids.shape[1], cfg.eval.max_tokens)
     first = Packed(val.ids[:n], val.mask[:n], {k: v[:n] for k, v in val.extra.items()})
     values, overall = cross_token_pass(teacher, student, vmap, first, runtime, cfg.eval.batch_size,
-                                       byte_lengths(t_tok), byte_lengths(s_tok), cfg.loss.chunk_rows(vmap.t_vocab))
+                                       cfg.loss.chunk_rows(vmap.t_vocab))
     return {"kl": float(values["kl_forward"].double().mean()), **overall}
 
 

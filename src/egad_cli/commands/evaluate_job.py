@@ -142,7 +142,7 @@ def run_cross(cfg: EvalCommandConfig, run_dir: Path | None, started: float, runt
                   f"{len(s_tok)}, teacher vocab {vocab}, {vmap.t_ids.numel()} shared token strings · "
                   f"{runtime.device}")
     metrics, overall = cross_token_pass(teacher, student, vmap, data, runtime, cfg.eval.batch_size,
-                                        byte_lengths(t_tok), byte_lengths(s_tok), cfg.chunk_size)
+                                        cfg.chunk_size)
     summary = {**pair_summary(metrics, cfg.ece_bins), **overall, "shared_strings": int(vmap.t_ids.numel())}
     buckets = by_entropy_bucket(metrics, cfg.n_buckets, cfg.ece_bins)
     console.print(summary_table(summary, cfg.ece_bins))

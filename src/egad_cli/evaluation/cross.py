@@ -42,12 +42,14 @@ def nll_and_bytes(nll: Tensor, targets: Tensor, byte_len: Tensor) -> tuple[float
 
 @torch.no_grad()
 def cross_token_pass(teacher, student, vmap: VocabMap, data: Packed, runtime: Runtime, batch_size: int,
-                     t_bytes: Tensor, s_bytes: Tensor, chunk_size: int = 1024) -> tuple[dict[str, Tensor], dict]:
+                     chunk_size: int = 1024) -> tuple[dict[str, Tensor], dict]:
     """Per aligned pair, the keys of ``evaluation.metrics.token_metrics`` ({name: [N]} on the CPU), and the
     whole-text totals {bits_per_byte_student, bits_per_byte_teacher, aligned_share, bytes}.
 
     data: a cross-tokenizer split (``data.alignment.pack_pair``: ids are the student's, extra holds t_ids,
-    t_mask and t_index). t_bytes / s_bytes: [V] UTF-8 bytes of each id (``models.token_bytes.byte_lengths``).
+    t_mask and t_index, and s_bytes / t_bytes: the bytes of the text each token adds). Bits per byte divide by
+    those, the text's own bytes, rather than by what each id spells alone: a SentencePiece tokenizer's first
+    token of a document spells a space ("▁Hello") that is not in the text.
     """
     if len(data) == 0:
         raise UserError("the selected split has no blocks; add text or lower dataset.block_size")
@@ -74,15 +76,15 @@ def cross_token_pass(teacher, student, vmap: VocabMap, data: Packed, runtime: Ru
         s_valid, t_valid = s_mask[:, 1:].reshape(-1), t_mask[:, 1:].reshape(-1)
         s_tgt, t_tgt = s_ids[:, 1:].reshape(-1), t_ids[:, 1:].reshape(-1)
         # whole-text NLL of each model on its own tokens (bits per byte), chunk by chunk
-        for h, w, tgt, valid, side, byte_len in ((s_h, s_w, s_tgt, s_valid, "s", s_bytes),
-                                                 (t_h, t_w, t_tgt, t_valid, "t", t_bytes)):
+        s_nb, t_nb = data.extra["s_bytes"][sl, 1:].reshape(-1), data.extra["t_bytes"][sl, 1:].reshape(-1)  # [N]
+        for h, w, tgt, valid, side, nbytes in ((s_h, s_w, s_tgt, s_valid, "s", s_nb),
+                                               (t_h, t_w, t_tgt, t_valid, "t", t_nb)):
             rows = valid.nonzero().squeeze(1)
             for c in range(0, rows.numel(), chunk_size):
                 r = rows[c:c + chunk_size]
                 nll = torch.nn.functional.cross_entropy(h[r] @ w.T, tgt[r], reduction="none")
-                n, b = nll_and_bytes(nll, tgt[r], byte_len)
-                totals[f"nll_{side}"] += n
-                totals[f"bytes_{side}"] += b
+                totals[f"nll_{side}"] += float(nll.double().sum())
+                totals[f"bytes_{side}"] += int(nbytes[r.cpu()].sum())
         totals["s_tokens"] += int(s_valid.sum())
         # the aligned pairs
         s_rows = ((t_index.reshape(-1) >= 0) & s_valid).nonzero().squeeze(1)  # [N]
