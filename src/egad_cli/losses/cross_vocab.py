@@ -119,9 +119,9 @@ def bucket_logp(logp: Tensor, ids: Tensor, unmapped: Tensor) -> Tensor:
 
 def _sorted_rest(logp: Tensor, unmapped: Tensor, top: int) -> Tensor:
     """[C, V] log-probs -> [C, top]: the largest unmapped probabilities in decreasing order, zero-padded."""
-    p = logp.exp().masked_fill(~unmapped, 0.0)  # [C, V]
-    k = min(top, p.shape[1])
-    vals = p.topk(k, dim=1, sorted=True).values  # [C, k]
+    k = min(top, logp.shape[1])
+    # select on log-probs, exponentiate only the k kept (exp is monotone; a masked entry's -inf becomes the 0 pad)
+    vals = logp.masked_fill(~unmapped, -math.inf).topk(k, dim=1, sorted=True).values.exp()  # [C, k]
     return torch.nn.functional.pad(vals, (0, top - k)) if k < top else vals
 
 
