@@ -136,3 +136,24 @@ def test_the_teachers_own_tokenizer_is_not_cross(tmp_path, corpus_dir):
     assert egad(*smoke_argv(run_dir, corpus_dir, f"student.tokenizer={tmp_path / 'tok'}", "trainer.max_steps=1",
                             cache=tmp_path / "c")) == 0
     assert "cross_tokenizer" not in json.loads((run_dir / "summary.json").read_text())
+
+
+def test_a_student_tokenizer_that_loses_text_is_refused_before_training(tmp_path, corpus_dir, capsys):
+    """A lowercasing tokenizer directory: refused when the corpus is packed, naming the key, before any weights."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from egad_cli.models.tokenizers import EOS
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["Some Text"], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=[EOS], show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS).save_pretrained(tmp_path / "lower")
+    run_dir = tmp_path / "run"
+    code = egad(*smoke_argv(run_dir, corpus_dir, f"student.tokenizer={tmp_path / 'lower'}", cache=tmp_path / "c"))
+    err = capsys.readouterr().err
+    assert code == 2 and "student.tokenizer: the tokenizer does not give back the text it encoded" in err
+    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "student").exists()

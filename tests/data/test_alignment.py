@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import smollm2_installed
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast
 
 from egad_cli.data.alignment import Tokens, aligned_share, pack_pair, tokenize_bytes
@@ -360,14 +360,15 @@ def test_a_bos_on_one_side_shifts_nothing(bt):
 
 
 class Chunks(Canned):
-    """A 'fast' tokenizer stand-in cutting text into chunks of the given character widths, the last one
-    repeated (id = the chunk's width)."""
+    """A lossless 'fast' tokenizer stand-in cutting text into chunks of the given character widths, the last
+    one repeated (ids: the chunks' strings, numbered as first seen from 1; 0 is EOS)."""
 
     eos_token_id = 0
     all_special_ids = (0,)
 
     def __init__(self, *widths: int):
         self.widths = widths
+        self.pieces: dict[str, int] = {}
 
     def __call__(self, texts, **kwargs):
         offsets = []
@@ -378,19 +379,58 @@ class Chunks(Canned):
                 row.append((at, min(at + width, len(text))))
                 at = row[-1][1]
             offsets.append(row)
-        return {"input_ids": [[e - s for s, e in o] for o in offsets], "offset_mapping": offsets}
+        ids = [[self.pieces.setdefault(text[s:e], len(self.pieces) + 1) for s, e in o]
+               for text, o in zip(texts, offsets)]
+        return {"input_ids": ids, "offset_mapping": offsets}
+
+    def batch_decode(self, rows, skip_special_tokens=False, **kwargs):
+        text = {i: piece for piece, i in self.pieces.items()}
+        return ["".join(text[i] for i in row if i != 0 or not skip_special_tokens) for row in rows]
+
+
+def lossy_tokenizer(kind: str) -> PreTrainedTokenizerFast:
+    """Fast tokenizers whose decode does not give the text back: a lowercasing normalizer, an unknown token."""
+    if kind == "lowercase":
+        tok = Tokenizer(models.BPE())
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=[EOS], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(SENTENCES, trainer)
+        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
+    vocab = {EOS: 0, "[UNK]": 1, **{c: i + 2 for i, c in enumerate("the cat")}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, unk_token="[UNK]")
+
+
+@pytest.mark.parametrize("kind, found", [("lowercase", "gives 'the cat sat'"), ("unknown", "gives 'he cat at'")])
+@pytest.mark.parametrize("side", ["teacher", "student.tokenizer"])
+def test_a_tokenizer_that_does_not_give_the_text_back_is_refused(bt, kind, found, side):
+    lossy = lossy_tokenizer(kind)
+    docs = [Document("d0", "the cat"), Document("d1", "The cat sat")]
+    teacher, student = (lossy, bt) if side == "teacher" else (bt, lossy)
+    with pytest.raises(UserError) as err:
+        pack_pair(docs, teacher, student, block_size=8, max_tokens=1000)
+    msg = str(err.value)
+    assert msg.startswith(f"{side}: the tokenizer does not give back the text it encoded (document 'd1', ")
+    assert found in msg and "byte-level BPE" in msg
+    pack_pair(docs, bt, bt, block_size=8, max_tokens=1000)  # a lossless pair on the same documents packs
 
 
 def test_no_shared_boundary_in_the_window_cuts_anyway(bt):
     text = "abcdefghijklmnopqr"  # teacher: abcdefghi | j | k | … | r | EOS; student: one token per byte
-    packed = pack_pair([Document("a", text)], Chunks(9, 1), bt, block_size=6, max_tokens=1000)
+    teacher = Chunks(9, 1)
+    packed = pack_pair([Document("a", text)], teacher, bt, block_size=6, max_tokens=1000)
     s_lens = [real_length(r, m, bt.eos_token_id) for r, m in zip(packed.ids, packed.mask)]
     t_lens = [real_length(r, m, 0) for r, m in zip(packed.extra["t_ids"], packed.extra["t_mask"])]
     # block 0: no shared boundary within 6 student tokens: cut at byte 6; the teacher's first token ends
     # at byte 9, so it goes whole into block 0. Block 1 starts at byte 6 (student) and 9 (teacher) and
     # ends at the shared boundary 12; block 2 starts in step; the last student token is dropped
     assert s_lens == [6, 6, 6] and t_lens == [1, 3, 6]
-    assert bt.decode(packed.ids[1]) == "ghijkl" and packed.extra["t_ids"][1, :3].tolist() == [1, 1, 1]
+    assert bt.decode(packed.ids[1]) == "ghijkl" and teacher.batch_decode([packed.extra["t_ids"][1, :3].tolist()]) == ["jkl"]
     t_index = packed.extra["t_index"].tolist()
     assert t_index[0] == [-1] * 5  # the teacher has no prediction inside its one token
     # "i" (ends at byte 9) would pair with the teacher's first token, which is in block 0: unaligned

@@ -30,6 +30,8 @@ Offsets, and how they are repaired.
   tokens tile the text (trailing whitespace goes to the last token). That is exact for GPT-2-style
   pre-tokenisation, where spaces lead words; elsewhere it is a convention, as the space is in no token.
 * Any other uncovered byte means the offsets do not describe the text: refused (``UserError``).
+* A tokenizer whose decode does not give back the text (a lossy normalizer, an unknown token) is refused
+  when the corpus is packed (``require_round_trip``): its tokens do not spell the bytes they cover.
 
 Blocks (``pack_pair``). Documents are concatenated as ``packing.pack`` does (prompt tokens get no loss,
 each text ends with EOS; an empty prompt gives no tokens); each EOS covers one virtual separator byte after its document on both sides,
@@ -58,7 +60,7 @@ from egad_cli.data.packing import Packed
 from egad_cli.errors import UserError
 
 #: part of the packed-data cache key (``packing.cache_key``): bump it when the blocks or the alignment change
-ALIGNMENT_VERSION = 1
+ALIGNMENT_VERSION = 2  # 2: tokenizers that do not round-trip are refused when packing
 
 _FAST_HINT = ("use a fast tokenizer (transformers.PreTrainedTokenizerFast, i.e. a directory or hub id with a "
               "tokenizer.json)")
@@ -95,6 +97,24 @@ def tokenize_bytes(tokenizer, texts: list[str], key: str) -> list[Tokens]:
     offsets = _untrimmed_offsets(tokenizer, texts, ids) or offsets
     special = _special_ids(tokenizer)
     return [_byte_spans(text, row, offs, special, key) for text, row, offs in zip(texts, ids, offsets)]
+
+
+def require_round_trip(tokenizer, texts: list[tuple[str, str]], ids: list[list[int]], key: str) -> None:
+    """Refuse a tokenizer that does not give back the text it encoded (texts: (document key, text) pairs).
+
+    A lossy normalizer (lowercasing, NFKC, collapsed whitespace) or an unknown token means the model never
+    reads some of the text's bytes: the two models would not predict the same text, and bits per byte would
+    count bytes one of them cannot produce. Checked once, when the corpus is packed (the result is cached)."""
+    decoded = tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    for (doc, text), back in zip(texts, decoded, strict=True):
+        if back != text:
+            at = next((i for i, (a, b) in enumerate(zip(text, back)) if a != b), min(len(text), len(back)))
+            raise UserError(
+                f"{key}: the tokenizer does not give back the text it encoded (document {doc!r}, character {at}: "
+                f"the text has {text[at:at + 24]!r}, decoding its tokens gives {back[at:at + 24]!r}); a lossy "
+                f"normalizer or an unknown token drops text, so the two models would not read the same bytes. "
+                f"Use a lossless tokenizer: byte-level BPE, or SentencePiece with byte fallback "
+                f"(student.tokenizer=train trains a byte-level BPE on the corpus)")
 
 
 def _require_fast(tokenizer, key: str) -> None:
@@ -297,6 +317,10 @@ class _StreamBuilder:
         got = iter(tokenize_bytes(self.tokenizer, asked, self.key))
         prompts = [next(got) if d.prompt else Tokens([], [], []) for d in docs]
         texts = tokenize_bytes(self.tokenizer, [d.text for d in docs], self.key)
+        prompted = [(d, p) for d, p in zip(docs, prompts) if d.prompt]
+        require_round_trip(self.tokenizer, [(d.key, d.prompt) for d, _ in prompted], [p.ids for _, p in prompted],
+                           self.key)
+        require_round_trip(self.tokenizer, [(d.key, d.text) for d in docs], [t.ids for t in texts], self.key)
         for doc, at, prompt, text in zip(docs, offsets, prompts, texts):
             text_at = at + len(doc.prompt.encode("utf-8", "surrogatepass"))
             end = text_at + len(doc.text.encode("utf-8", "surrogatepass"))
