@@ -406,7 +406,39 @@ def lossy_tokenizer(kind: str) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, unk_token="[UNK]")
 
 
-@pytest.mark.parametrize("kind, found", [("lowercase", "gives 'the cat sat'"), ("unknown", "gives 'he cat at'")])
+def sentencepiece_tokenizer(style: str) -> PreTrainedTokenizerFast:
+    """SentencePiece-style BPE with byte fallback, as converted Llama tokenizers are: the dummy prefix by a
+    normalizer (legacy) or by a Metaspace pre-tokenizer (prepend_scheme="first"). The <0xNN> pieces are
+    registered as special here, as some conversions do: they still spell text."""
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    if style == "normalizer":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Sequence([decoders.Metaspace(replacement="▁", prepend_scheme="first"),
+                                         decoders.ByteFallback(), decoders.Fuse()])
+    pieces = ["<unk>", "<s>", EOS] + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(SENTENCES * 3, trainers.BpeTrainer(vocab_size=400, special_tokens=pieces,
+                                                               show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, unk_token="<unk>", bos_token="<s>")
+
+
+@pytest.mark.parametrize("style", ["normalizer", "metaspace"])
+def test_lossless_sentencepiece_and_literal_specials_pass_the_round_trip(bt, bpe, style):
+    """Byte fallback for unseen characters, the dummy prefix eating one leading space; an EOS the text spells."""
+    sp = sentencepiece_tokenizer(style)
+    docs = [Document(str(k), text) for k, text in enumerate([UNICODE, " leading space", WHITESPACE, "x"])]
+    for teacher, student in [(sp, bt), (bt, sp)]:
+        assert len(pack_pair(docs, teacher, student, block_size=16, max_tokens=10_000)) > 0
+    literal = Document("eos", "ends with <|endoftext|> in the text")
+    [tokens] = tokenize_bytes(bt, [literal.text], "teacher")
+    assert bt.eos_token_id in tokens.ids  # the text's own EOS string: a token that spells text, not dropped
+    assert len(pack_pair([literal] * 4, bt, bpe, block_size=8, max_tokens=10_000)) > 0
+
+
+@pytest.mark.parametrize("kind, found", [("lowercase", "gives 'the cat sat'"), ("unknown", "gives '[UNK]he cat [UNK]at'")])
 @pytest.mark.parametrize("side", ["teacher", "student.tokenizer"])
 def test_a_tokenizer_that_does_not_give_the_text_back_is_refused(bt, kind, found, side):
     lossy = lossy_tokenizer(kind)
