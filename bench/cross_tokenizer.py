@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+from egad_cli.stats import paired_difference
 
 
 def egad(*argv: str) -> None:
@@ -68,17 +68,6 @@ def mean_sd(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
 
 
-def paired(a: list[float], b: list[float]) -> str:
-    """mean of a − b over seeds with a 95 % t interval (n − 1 degrees of freedom)."""
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    if len(d) < 2:
-        return f"{d[0]:+.4f}"
-    m, s = statistics.mean(d), statistics.stdev(d)
-    half = T975.get(len(d) - 1, 1.96) * s / math.sqrt(len(d))
-    verdict = "inconclusive" if m - half <= 0 <= m + half else ("lower" if m < 0 else "higher")
-    return f"{m:+.4f} [{m - half:+.4f}, {m + half:+.4f}] ({verdict})"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="multirun/cross")
@@ -88,26 +77,27 @@ def main() -> None:
     out = Path(args.out)
     cross = ["student=tiny", "student.tokenizer=train", f"student.tokenizer_vocab_size={args.vocab}"]
     arms = {"ce": ["method=ce"], "kd": ["method=kd"], "egad": ["method=egad"]}
-    results: dict[str, list[dict]] = {name: [] for name in arms}
+    results: dict[str, dict[int, dict]] = {name: {} for name in arms}  # arm -> seed -> run's figures
     for seed in args.seeds:
         for name, overrides in arms.items():
-            results[name].append(one(out, f"{name}-s{seed}", [*cross, *overrides, f"trainer.seed={seed}"], extra))
+            results[name][seed] = one(out, f"{name}-s{seed}", [*cross, *overrides, f"trainer.seed={seed}"], extra)
     s0 = args.seeds[0]
-    results["kd, uld_weight=0"] = [one(out, f"kd-nould-s{s0}", [*cross, "method=kd", "cross.uld_weight=0",
-                                                                 f"trainer.seed={s0}"], extra)]
-    results["kd, same tokenizer"] = [one(out, f"kd-same-s{s0}", ["student=tiny", "method=kd",
-                                                                   f"trainer.seed={s0}"], extra)]
+    results["kd, uld_weight=0"] = {s0: one(out, f"kd-nould-s{s0}", [*cross, "method=kd", "cross.uld_weight=0",
+                                                                     f"trainer.seed={s0}"], extra)}
+    results["kd, same tokenizer"] = {s0: one(out, f"kd-same-s{s0}", ["student=tiny", "method=kd",
+                                                                       f"trainer.seed={s0}"], extra)}
+    ce_bpb = {seed: r["bpb"] for seed, r in results["ce"].items()}
 
     print(f"\nstudent=tiny, its own {args.vocab}-token BPE; seeds {args.seeds}; teacher bits per byte "
-          f"{results['kd'][0]['bpb_teacher']:.4f}; aligned share of the student's training tokens "
-          f"{results['kd'][0]['aligned_train']:.3f}\n")
+          f"{results['kd'][s0]['bpb_teacher']:.4f}; aligned share of the student's training tokens "
+          f"{results['kd'][s0]['aligned_train']:.3f}\n")
     print("| run | seeds | student bits/byte | − ce (paired, 95 % t) | aligned KL(p‖q) | top-1 agree (mapped) | "
           "aligned share (held-out) | s/step |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, rows in results.items():
+    for name, by_seed in results.items():
+        rows = list(by_seed.values())
         bpb = [r["bpb"] for r in rows]
-        vs = paired(bpb, [r["bpb"] for r in results["ce"]][:len(bpb)]) if name != "ce" and len(bpb) > 1 else (
-            f"{bpb[0] - results['ce'][0]['bpb']:+.4f} (seed {s0})" if name != "ce" else "")
+        vs = "" if name == "ce" else paired_difference({s: r["bpb"] for s, r in by_seed.items()}, ce_bpb).text()
         print(f"| {name} | {len(rows)} | {mean_sd(bpb)} | {vs} | {mean_sd([r['kl'] for r in rows])} | "
               f"{mean_sd([r['top1'] for r in rows])} | {mean_sd([r['aligned'] for r in rows])} | "
               f"{mean_sd([r['step_s'] for r in rows])} |")
