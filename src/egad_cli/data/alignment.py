@@ -325,9 +325,8 @@ class _StreamBuilder:
         prompts = [next(got) if d.prompt else Tokens([], [], []) for d in docs]
         texts = tokenize_bytes(self.tokenizer, [d.text for d in docs], self.key)
         prompted = [(d, p) for d, p in zip(docs, prompts) if d.prompt]
-        require_round_trip(self.tokenizer, [(d.key, d.prompt) for d, _ in prompted], [p for _, p in prompted],
-                           self.key)
-        require_round_trip(self.tokenizer, [(d.key, d.text) for d in docs], texts, self.key)
+        require_round_trip(self.tokenizer, [(d.key, d.prompt) for d, _ in prompted] + [(d.key, d.text) for d in docs],
+                           [p for _, p in prompted] + texts, self.key)
         for doc, at, prompt, text in zip(docs, offsets, prompts, texts):
             text_at = at + len(doc.prompt.encode("utf-8", "surrogatepass"))
             end = text_at + len(doc.text.encode("utf-8", "surrogatepass"))
