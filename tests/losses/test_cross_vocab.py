@@ -84,12 +84,17 @@ def _naive(s_hidden, s_head, t_hidden, t_head, tau, coef, fn, vmap, top):
     """fp64, full vocabularies, written out: buckets by a loop over the map, ULD by sorting everything."""
     t_logp = torch.log_softmax((t_hidden.double() @ t_head.double().T) / tau[:, None].double(), -1)  # [N, Vt]
     s_logp = torch.log_softmax((s_hidden.double() @ s_head.double().T) / tau[:, None].double(), -1)  # [N, Vs]
-    t_on = torch.zeros(VT, dtype=torch.bool)
+    t_on = torch.zeros(vmap.t_vocab, dtype=torch.bool)
     t_on[vmap.t_ids] = True
-    s_on = torch.zeros(VS, dtype=torch.bool)
+    s_on = torch.zeros(vmap.s_vocab, dtype=torch.bool)
     s_on[vmap.s_ids] = True
-    t_b = torch.stack([t_logp[:, i] for i in vmap.t_ids.tolist()] + [t_logp[:, ~t_on].logsumexp(-1)], 1)
-    s_b = torch.stack([s_logp[:, j] for j in vmap.s_ids.tolist()] + [s_logp[:, ~s_on].logsumexp(-1)], 1)
+    if vmap.rest_bucket:
+        t_b = torch.stack([t_logp[:, i] for i in vmap.t_ids.tolist()] + [t_logp[:, ~t_on].logsumexp(-1)], 1)
+        s_b = torch.stack([s_logp[:, j] for j in vmap.s_ids.tolist()] + [s_logp[:, ~s_on].logsumexp(-1)], 1)
+    else:  # one side mapped whole: both over the shared strings, each conditioned on them (p / Σ_shared p)
+        t_b = torch.stack([t_logp[:, i] for i in vmap.t_ids.tolist()], 1)
+        s_b = torch.stack([s_logp[:, j] for j in vmap.s_ids.tolist()], 1)
+        t_b, s_b = t_b - t_b.logsumexp(-1, keepdim=True), s_b - s_b.logsumexp(-1, keepdim=True)
     mapped = (coef.double() * tau.double() ** 2 * fn(t_b, s_b)).sum()
     t_rest = t_logp[:, ~t_on].exp().sort(-1, descending=True).values[:, :top]
     s_rest = s_logp[:, ~s_on].exp().sort(-1, descending=True).values[:, :top]
@@ -116,6 +121,32 @@ def test_value_and_grads_match_a_naive_fp64_reference(name, chunk_size, top):
     got = _grads(0.7 * mapped + 1.3 * uld, s_hidden, s_head)
     want = _grads(0.7 * ref_m + 1.3 * ref_u, s_hidden, s_head)
     for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.double(), w.double(), **REF_TOL)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("whole", ["teacher", "student"])
+def test_a_vocabulary_mapped_whole_gives_finite_values_and_gradients(name, whole):
+    """One side's every id is shared (e.g. the student is the teacher's tokenizer plus an added [PAD]): that side
+    has no rest mass, so a rest bucket would be 0 against the other side's positive one (reverse KL inf for a
+    whole teacher, forward KL inf for a whole student). Every divergence stays finite, with finite gradients, and
+    equals the fp64 reference over the shared strings, the other side conditioned on them; the ULD term still
+    sees the unmapped mass."""
+    extra = 3  # ids only the other side has
+    vt, vs = (VT, VT + extra) if whole == "teacher" else (VT + extra, VT)
+    s_hidden, s_head, t_hidden, t_head, tau, coef = _problem(vs=vs, vt=vt)
+    perm = torch.randperm(VT, generator=torch.Generator().manual_seed(5))  # the shared ids in another order
+    vmap = VocabMap(torch.arange(VT), perm, vt, vs) if whole == "teacher" else VocabMap(perm, torch.arange(VT), vt, vs)
+    assert not vmap.rest_bucket
+    fn = divergence(name, 0.3, 0.2)
+    mapped, uld = cross_vocab_loss(s_hidden, s_head, t_hidden, t_head, tau, coef, fn, vmap, chunk_size=4)
+    assert torch.isfinite(mapped) and torch.isfinite(uld) and uld.item() > 0
+    ref_m, ref_u = _naive(s_hidden, s_head, t_hidden, t_head, tau, coef, fn, vmap, 256)
+    torch.testing.assert_close(mapped.double(), ref_m, **REF_TOL)
+    torch.testing.assert_close(uld.double(), ref_u, **REF_TOL)
+    got = _grads(mapped + uld, s_hidden, s_head)
+    for g, w in zip(got, _grads(ref_m + ref_u, s_hidden, s_head), strict=True):
+        assert torch.isfinite(g).all()
         torch.testing.assert_close(g.double(), w.double(), **REF_TOL)
 
 

@@ -9,7 +9,8 @@ What is:
   Same-tokenizer runs report it too (``bits_per_byte``), so both kinds of run sit in one ``egad report``;
 * at the **aligned positions** (``data.alignment``: both tokenisations end at the same byte, so both models
   predict the text after that byte from the same text before it): KL(teacher ‖ student) and KL(student ‖ teacher)
-  over the shared token strings plus one bucket for the rest of each model's mass (``losses.cross_vocab``), at
+  over the shared token strings plus one bucket for the rest of each model's mass (conditioned on the shared
+  strings instead when one vocabulary is mapped whole: ``losses.cross_vocab``), at
   T = 1; top-1 agreement on mapped tokens (over the pairs whose teacher argmax is a shared string: the share
   where the student's argmax is the same string); each model's entropy, NLL of its own next token, confidence and
   correctness, so the usual summaries and teacher-entropy deciles (``evaluation.metrics``) apply unchanged.
@@ -95,7 +96,8 @@ def cross_token_pass(teacher, student, vmap: VocabMap, data: Packed, runtime: Ru
             sr, tr = s_rows[c:c + chunk_size], t_rows[c:c + chunk_size]
             t_logp = (t_h[tr] @ t_w.T).log_softmax(-1)  # [n, Vt]
             s_logp = (s_h[sr] @ s_w.T).log_softmax(-1)  # [n, Vs]
-            t_b, s_b = bucket_logp(t_logp, t_ids_map, t_unmapped), bucket_logp(s_logp, s_ids_map, s_unmapped)
+            t_b = bucket_logp(t_logp, t_ids_map, t_unmapped, vmap.rest_bucket)  # [n, K (+ 1)]
+            s_b = bucket_logp(s_logp, s_ids_map, s_unmapped, vmap.rest_bucket)
             s_conf, s_pred = s_logp.max(-1)
             t_conf, t_pred = t_logp.max(-1)
             mapped_pred = to_student[t_pred]  # [n] the student id of the teacher's argmax string, or -1

@@ -7,8 +7,13 @@ distributions are compared in two parts:
   the same outcome on both sides. Each model's distribution (at the pair's temperature τ) is reduced to K + 1
   buckets: its K shared entries and one bucket with the rest of its mass, the way the teacher cache's tail bucket
   works (``losses.cached``). The run's divergence D (any of ``loss=``) is taken over those buckets, weighted
-  w · τ² like the same-tokenizer loss. With identical vocabularies K = V, the rest bucket is empty on both sides
-  and this *is* the same-tokenizer loss (tested to 1e-6 for every divergence).
+  w · τ² like the same-tokenizer loss. When one vocabulary is mapped whole (the other's tokenizer plus an added
+  ``[PAD]``, say), that side can never put mass in the rest bucket: a bucket of probability 0 against the other
+  side's positive one makes reverse KL (or forward KL, mirrored) infinite. Then there is no rest bucket: both
+  distributions are compared over the K shared outcomes, the side with unmapped mass conditioned on them
+  (renormalised), and the ULD term below is what pushes that unmapped mass towards the other side's none. With
+  identical vocabularies K = V, nothing is unmapped and this *is* the same-tokenizer loss (tested to 1e-6 for
+  every divergence).
 * **ULD** (Boizard et al., 2024) for the mass that cannot be mapped: the L1 distance between the two models'
   unmapped probabilities, each sorted in decreasing order (the ``uld_top`` largest, zero-padded): a
   tokenizer-agnostic comparison of the shape of the rest of the distributions (how peaked, how spread), blind to
@@ -65,6 +70,12 @@ class VocabMap:
     def shared(self) -> int:
         return self.t_ids.numel()
 
+    @property
+    def rest_bucket(self) -> bool:
+        """Whether each side's unmapped mass is one more outcome: only when both sides have unmapped ids (see the
+        module docstring: a side mapped whole would give that outcome probability 0)."""
+        return self.shared < self.t_vocab and self.shared < self.s_vocab
+
     def unmapped(self, side: str, device=None) -> Tensor:
         """[V] bool of the side ("t" or "s"): ids with no partner."""
         ids, v = (self.t_ids, self.t_vocab) if side == "t" else (self.s_ids, self.s_vocab)
@@ -111,10 +122,16 @@ def _ids_by_bytes(tok, vocab: int) -> dict[bytes, int]:
     return {b: i for b, (_, i) in best.items()}
 
 
-def bucket_logp(logp: Tensor, ids: Tensor, unmapped: Tensor) -> Tensor:
-    """[C, V] log-probs -> [C, K + 1]: the shared entries, then the rest of the mass (-inf when there is none)."""
-    rest = logp.masked_fill(~unmapped, -math.inf).logsumexp(-1, keepdim=True)  # [C, 1]
-    return torch.cat([logp.index_select(1, ids), rest], dim=1)
+def bucket_logp(logp: Tensor, ids: Tensor, unmapped: Tensor, rest: bool = True) -> Tensor:
+    """[C, V] log-probs -> the distribution over the shared outcomes: [C, K + 1], the shared entries then the rest
+    of the mass (``rest``: ``VocabMap.rest_bucket``), or [C, K], the shared entries conditioned on being shared
+    (renormalised; a side mapped whole is already normalised over them and is returned as it is)."""
+    shared = logp.index_select(1, ids)  # [C, K]
+    if rest:
+        return torch.cat([shared, logp.masked_fill(~unmapped, -math.inf).logsumexp(-1, keepdim=True)], dim=1)
+    if ids.numel() == logp.shape[1]:
+        return shared
+    return shared - shared.logsumexp(-1, keepdim=True)
 
 
 def _sorted_rest(logp: Tensor, unmapped: Tensor, top: int) -> Tensor:
@@ -130,7 +147,9 @@ def _chunk_terms(z: Tensor, t_logits: Tensor, tau_c: Tensor, coef_c: Tensor, fn:
     """The chunk's weighted sums (mapped, uld) from student logits z [C, Vs] and teacher logits [C, Vt]."""
     t_logp = torch.log_softmax(t_logits / tau_c, dim=-1)  # [C, Vt]
     s_logp = torch.log_softmax(z / tau_c, dim=-1)  # [C, Vs]
-    d = fn(bucket_logp(t_logp, vmap_dev["t_ids"], vmap_dev["t_un"]), bucket_logp(s_logp, vmap_dev["s_ids"], vmap_dev["s_un"]))
+    rest = vmap_dev["rest"]
+    d = fn(bucket_logp(t_logp, vmap_dev["t_ids"], vmap_dev["t_un"], rest),
+           bucket_logp(s_logp, vmap_dev["s_ids"], vmap_dev["s_un"], rest))
     live = coef_c != 0
     mapped = torch.where(live, coef_c * tau_c.squeeze(1).square() * d, 0.0).sum()
     if uld_top == 0 or not vmap_dev["any_unmapped"]:
@@ -147,7 +166,7 @@ def _loop(s_hidden, s_head, t_hidden, t_head, tau, coef, fn, vmap: VocabMap, uld
     w_s, w_t = s_head.to(s_dt), t_head.to(t_dt)
     t_un, s_un = vmap.unmapped("t", device), vmap.unmapped("s", device)
     vmap_dev = {"t_ids": vmap.t_ids.to(device), "s_ids": vmap.s_ids.to(device), "t_un": t_un, "s_un": s_un,
-                "any_unmapped": bool(t_un.any() or s_un.any())}
+                "any_unmapped": bool(t_un.any() or s_un.any()), "rest": vmap.rest_bucket}
     sums = [torch.zeros((), dtype=torch.float32, device=device) for _ in range(2)]
     grads = None
     if with_grads:
