@@ -66,3 +66,27 @@ def test_one_tokenizer_through_the_cross_path_is_the_same_step(overrides, identi
             assert p.grad is None or not p.grad.any(), name
         else:
             torch.testing.assert_close(p.grad, q.grad, **TOL, msg=name)
+
+
+def test_eakd_normalises_the_student_entropy_by_the_student_vocabulary():
+    """EA-KD's w = ½ H^T (1 + H^S / log|V|): in a cross run H^S is over the student's vocabulary, so |V| is the
+    student's, not the teacher's (here the student's head is sliced to 9 fewer rows than the teacher's)."""
+    cfg = typed_config(["debug=smoke", "method=eakd"])
+    teacher, student, vocab = _models(cfg)
+    s_vocab = vocab - 9
+    ids = torch.arange(s_vocab)
+    unit = DistillUnit(teacher, student, vocab, cfg, cpu_runtime(), 10, vmap=VocabMap(ids, ids.clone(), vocab, s_vocab))
+    data = random_packed(2, 16, s_vocab, seed=2)
+    mb = _cross_batch({"ids": data.ids, "mask": data.mask})
+    w = unit.plan([mb], 0.5).micro[0].w  # [N] one row per student position
+    with torch.no_grad():
+        t_logits = teacher(data.ids).logits[:, :-1, :vocab].reshape(-1, vocab)  # [N, V]
+        s_logits = student(data.ids).logits[:, :-1, :s_vocab].reshape(-1, s_vocab)  # [N, Vs]
+    t_T = cfg.weighting.temperature
+
+    def entropy(logits):
+        logp = torch.log_softmax(logits.double() / t_T, -1)
+        return -(logp.exp() * logp).sum(-1)
+
+    want = 0.5 * entropy(t_logits) * (1 + entropy(s_logits) / torch.log(torch.tensor(float(s_vocab))).double())
+    torch.testing.assert_close(w.double(), want, rtol=1e-5, atol=1e-6)

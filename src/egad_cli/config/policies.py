@@ -33,8 +33,14 @@ CURRICULUM_MODES = ("soft", "hard")
 class PolicyContext:
     """What building a policy may need besides its own node."""
 
-    vocab_size: int  #: |V| of the shared vocabulary
+    vocab_size: int  #: |V| of the shared vocabulary (a cross-tokenizer run: the teacher's)
     total_steps: int = 1  #: planned optimizer steps of the run
+    student_vocab_size: int | None = None  #: a student with its own tokenizer: its |V| (None: vocab_size)
+
+    @property
+    def student_vocab(self) -> int:
+        """|V| of the student's distributions (what a student entropy is normalised by)."""
+        return self.vocab_size if self.student_vocab_size is None else self.student_vocab_size
 
 
 def _unit_interval(out: Problems, value: float, key: str, *, low_open: bool, high_open: bool) -> None:
@@ -159,7 +165,7 @@ class EAKDWeightingConfig(WeightingConfig):
     def build(self, ctx: PolicyContext):
         from egad_cli.policies.weighting import EAKDWeighting
 
-        return EAKDWeighting(self.temperature, ctx.vocab_size)
+        return EAKDWeighting(self.temperature, ctx.student_vocab)  # log|V| normalises the student's entropy
 
 
 @WEIGHTINGS.option

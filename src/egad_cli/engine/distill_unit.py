@@ -138,7 +138,7 @@ class DistillUnit:
         self.vmap = vmap
         self.s_vocab = vmap.s_vocab if vmap is not None else vocab_size
         self.teacher, self.cache, self.rollout = teacher, cache, rollout
-        ctx = PolicyContext(vocab_size=vocab_size, total_steps=total_steps)
+        ctx = PolicyContext(vocab_size=vocab_size, total_steps=total_steps, student_vocab_size=self.s_vocab)
         built = build_policies(cfg, ctx)
         self.difficulty, self.curriculum, self.weighting = built["difficulty"], built["curriculum"], built["weighting"]
         self.temperature, self.routing = built["temperature"], built["routing"]
