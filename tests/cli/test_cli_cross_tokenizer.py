@@ -98,6 +98,8 @@ def test_ce_baseline_on_the_students_tokens(tmp_path, corpus_dir):
     (["cross.uld_weight=-1"], "cross.uld_weight"),
 ])
 def test_refusals_name_the_key(tmp_path, corpus_dir, capsys, extra, key):
+    """Each is a config problem: refused before the student's BPE is trained or the corpus packed (minutes on a
+    real corpus), so nothing lands in cache_dir."""
     run_dir = tmp_path / "run"
     code = egad(*smoke_argv(run_dir, corpus_dir, "student.tokenizer=train", f"student.tokenizer_vocab_size={VOCAB}",
                             *extra, cache=tmp_path / "c"))
@@ -105,6 +107,22 @@ def test_refusals_name_the_key(tmp_path, corpus_dir, capsys, extra, key):
     assert code == 2
     assert key in out.out + out.err
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "student").exists()
+    assert not (tmp_path / "c" / "tokenizers").exists() and not (tmp_path / "c" / "data").exists()
+
+
+@pytest.mark.parametrize("extra, key", [(["onpolicy.lmbda=0.5"], "onpolicy.lmbda"), (["method=adakd"], "weighting=adakd"),
+                                        (["method=kd", "temperature=idts"], "temperature=idts")])
+def test_a_pretrained_student_of_another_family_is_refused_before_packing(tmp_path, corpus_dir, capsys, extra, key):
+    """student=hf whose directory ships another tokenizer: the run is cross-tokenizer, which only reading that
+    tokenizer tells; what such a run cannot do is refused right then, before the corpus is packed or weights load."""
+    from test_cli_errors import _save_tiny_student
+
+    student = _save_tiny_student(tmp_path / "student", ["<|extra_0|>", "<|extra_1|>"])
+    run_dir = tmp_path / "run"
+    code = egad(*smoke_argv(run_dir, corpus_dir, "student=hf", f"student.path={student}", *extra, cache=tmp_path / "c"))
+    err = capsys.readouterr().err
+    assert code == 2 and key in err and f"student.path={student}" in err
+    assert not (tmp_path / "c" / "data").exists() and not (run_dir / "metrics.jsonl").exists()
 
 
 def test_a_teacher_cache_is_refused_for_a_cross_tokenizer_run(tmp_path, corpus_dir, capsys):

@@ -17,6 +17,7 @@ from egad_cli.engine.normalization import backward
 from egad_cli.policies import DIFFICULTY, HELLINGER, student_entropy, teacher_entropy
 
 METHODS = sorted(p.stem for p in (conf_dir() / "method").glob("*.yaml"))
+ROLES = {"branch": "routing"}  #: config group -> the unit's policy role, where they differ
 POLICY_OPTIONS = [(r.group, name) for r in POLICY_REGISTRIES for name in r.names()]
 
 
@@ -68,6 +69,10 @@ def test_every_policy_option_builds_and_runs_a_step(group, option):
     loss, _ = one_step(unit, vocab)
     assert math.isfinite(loss) and loss > 0
     assert all(torch.isfinite(g).all() for g in student_grads(unit))
+    # the config node's torch-free declaration (what validation refuses across tokenizers) says what the policy reads
+    node, policy = getattr(unit.cfg, group), unit.policies().get(ROLES.get(group, group))
+    if hasattr(node, "one_vocabulary"):
+        assert node.one_vocabulary == (HELLINGER in policy.needs), f"{group}={option}"
 
 
 @pytest.mark.parametrize("method,needs,student_pass", [

@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from egad_cli.config import DistillConfig, cache_dir
+from egad_cli.config import ConfigError, DistillConfig, cache_dir
+from egad_cli.config.problems import Problems
 from egad_cli.config.policies import PolicyContext
 from egad_cli.data import build_splits, check_sources
 from egad_cli.data.alignment import aligned_share
 from egad_cli.engine import parallel
 from egad_cli.engine.checkpoint import list_checkpoints, resolve_resume
-from egad_cli.engine.distill_unit import DistillUnit, build_policies, check_cross_needs, policy_needs
+from egad_cli.engine.distill_unit import DistillUnit, build_policies, policy_needs
 from egad_cli.engine.loop import train
 from egad_cli.engine.metrics import tensorboard_available
 from egad_cli.engine.onpolicy import build_rollout
@@ -70,6 +71,15 @@ def refuse_to_overwrite(run_dir: Path, resumed: Path | None) -> None:
                         f"changed. Pick a new hydra.run.dir{resume}")
 
 
+def check_cross_config(cfg: DistillConfig, why: str) -> None:
+    """The config checks of a cross-tokenizer run (``DistillConfig.cross_problems``), for a run that turned out to
+    be one after validation (a student=hf with another tokenizer): the same error validation gives."""
+    out = Problems()
+    cfg.cross_problems(why, out)
+    if out:
+        raise ConfigError.listing(out)
+
+
 def total_steps(cfg: DistillConfig, runtime: Runtime) -> int:
     t = cfg.trainer
     if t.max_tokens is None:
@@ -119,12 +129,9 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         tokenizer = load_teacher_tokenizer(cfg.teacher, cache_dir(cfg.cache_dir), console if runtime.is_main else None)
         # a student with its own tokenizer (trained here for student.tokenizer=train): a cross-tokenizer run
         s_tok = student_tokenizer_of(cfg, tokenizer, console if runtime.is_main else None)
+        if s_tok is not None and cfg.student.tokenizer is None:  # a student=hf of another family: known only now
+            check_cross_config(cfg, f"student.path={cfg.student.path} (its own tokenizer)")
         splits = build_splits(cfg.dataset, tokenizer, cache_dir(cfg.cache_dir), student_tokenizer=s_tok)
-        if s_tok is not None:
-            check_cross_needs(cfg, policy_needs(build_policies(cfg, PolicyContext(len(tokenizer), steps))))
-        if s_tok is not None and cfg.onpolicy.lmbda > 0:
-            raise UserError(f"onpolicy.lmbda={cfg.onpolicy.lmbda}: on-policy sampling is not built for a student "
-                            f"with its own tokenizer; set onpolicy.lmbda=0")
         if s_tok is not None:
             check_alignment(splits.train, cfg.cross.min_aligned)
         teacher, student, tokenizer, vocab = load_models(cfg, runtime, seed=cfg.trainer.seed, s_tok=s_tok)

@@ -22,6 +22,12 @@ __all__ = ["ConfigError", "DistillConfig", "cache_dir", "conf_dir", "non_finite_
 class ConfigError(UserError):
     """A config problem the user must fix; the message lists every problem found."""
 
+    @classmethod
+    def listing(cls, problems: list[str]) -> ConfigError:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        return cls(f"{len(problems)} config problem(s):\n{lines}\nFix them on the command line (key=value) or in "
+                   f"the YAML file, then run again.")
+
 
 def conf_dir() -> Path:
     """The YAML config tree: inside the package in a wheel, at the repo root in a checkout."""
@@ -72,7 +78,5 @@ def validate(cfg: DictConfig, schema: type = DistillConfig):
     checks += typed.problems()
     problems += [p for p in checks if p.split(":")[0] not in reported]
     if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(f"{len(problems)} config problem(s):\n{lines}\nFix them on the command line "
-                          f"(key=value) or in the YAML file, then run again.")
+        raise ConfigError.listing(problems)
     return typed

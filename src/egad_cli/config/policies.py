@@ -128,6 +128,9 @@ class WeightingConfig:
     norm: str = "sum_w"  #: sum_w (divide by Σw, DESIGN §3) | token_count (divide by the valid-token count)
     #: the weighting picks its own tokens, so an entropy curriculum on top would fight it
     selects_tokens: ClassVar[bool] = False
+    #: reads the teacher–student Hellinger distance, which compares p and q entry by entry over one vocabulary
+    #: (so a student with its own tokenizer is refused before anything is trained: ``schema.cross_problems``)
+    one_vocabulary: ClassVar[bool] = False
 
     def problems(self, out: Problems) -> None:
         out.choice(self.norm, "weighting.norm", WEIGHT_NORMS)
@@ -181,6 +184,7 @@ class AdaKDWeightingConfig(WeightingConfig):
     delta: float = 0.05  #: relative step of r per adjustment, in [0, 1)
     r_min: float = 0.1  #: floor of r
     selects_tokens: ClassVar[bool] = True
+    one_vocabulary: ClassVar[bool] = True
 
     def problems(self, out: Problems) -> None:
         super().problems(out)
@@ -209,6 +213,7 @@ class TemperatureConfig:
 
     name: str = MISSING  #: the option (set by the group choice)
     base: float = 1.0  #: τ_base
+    one_vocabulary: ClassVar[bool] = False  #: as ``WeightingConfig.one_vocabulary``
 
     def problems(self, out: Problems) -> None:
         out.check(self.base > 0, "temperature.base", f"must be > 0 (got {self.base})")
@@ -266,6 +271,7 @@ class IDTSTemperatureConfig(TemperatureConfig):
     c: float = 0.5  #: strength c
     t_min: float = 0.25  #: lower clip
     t_max: float = 4.0  #: upper clip
+    one_vocabulary: ClassVar[bool] = True
 
     def problems(self, out: Problems) -> None:
         super().problems(out)

@@ -366,13 +366,8 @@ class DistillConfig:
             out.append(f"onpolicy.lmbda={self.onpolicy.lmbda}: on-policy sampling is not built for "
                        f"trainer.strategy=fsdp (generation over sharded layers needs every rank in lock-step); use "
                        f"trainer.strategy=ddp, or onpolicy.lmbda=0")
-        if self.student.tokenizer is not None and self.teacher_cache:
-            out.append("student.tokenizer: a teacher cache stores the teacher's distributions at its own tokens "
-                       "only, not what aligning another tokenizer needs; drop teacher_cache for a cross-tokenizer "
-                       "run (the teacher then runs live)")
-        if self.student.tokenizer is not None and self.onpolicy.lmbda > 0:
-            out.append(f"onpolicy.lmbda={self.onpolicy.lmbda}: on-policy sampling is not built for a student with "
-                       f"its own tokenizer (student.tokenizer); set onpolicy.lmbda=0")
+        if self.student.tokenizer is not None:
+            self.cross_problems("student.tokenizer", out)
         if self.onpolicy.lmbda > 0 and self.teacher_cache:
             out.append(f"onpolicy.lmbda={self.onpolicy.lmbda}: the student's samples need the live teacher to "
                        f"grade them, and a teacher cache only holds the dataset's tokens; drop teacher_cache or "
@@ -384,6 +379,25 @@ class DistillConfig:
                       f"{self.dataset.block_size} is longer than {who}.arch.max_position_embeddings="
                       f"{arch.max_position_embeddings}")
         return out
+
+
+    def cross_problems(self, why: str, out: Problems) -> None:
+        """What a student with its own tokenizer cannot run with. Called by ``problems()`` when student.tokenizer
+        is set, and by ``egad distill`` as soon as a student=hf turns out to ship another tokenizer (``why``: the
+        key that makes the run cross-tokenizer), before any tokenizer is trained or any corpus packed."""
+        if self.teacher_cache:
+            out.append(f"{why}: a teacher cache stores the teacher's distributions at its own tokens only, not what "
+                       f"aligning another tokenizer needs; drop teacher_cache for a cross-tokenizer run (the teacher "
+                       f"then runs live)")
+        if self.onpolicy.lmbda > 0:
+            out.append(f"onpolicy.lmbda={self.onpolicy.lmbda}: on-policy sampling is not built for a student with "
+                       f"its own tokenizer ({why}); set onpolicy.lmbda=0")
+        for group, node in (("weighting", self.weighting), ("temperature", self.temperature)):
+            if node.one_vocabulary:
+                out.append(f"{group}={node.name} (method={self.method.name}): it reads the Hellinger distance between "
+                           f"the teacher's and the student's distributions entry by entry, which needs one shared "
+                           f"vocabulary, and this student has its own tokenizer ({why}); pick another method (kd, "
+                           f"egad, eakd, rkl, jsd, …) or {group} option")
 
 
 def curriculum_problems(curriculum: CurriculumConfig, weighting: WeightingConfig, out: Problems) -> None:
