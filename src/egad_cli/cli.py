@@ -3,8 +3,11 @@ subcommand's @hydra.main, so every Hydra feature (overrides, -m, --cfg, --help) 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import sys
+from collections.abc import Iterator
 
 SUBCOMMANDS = {
     "distill": ("egad_cli.commands.distill", "train a student from a teacher (EGAD or a baseline method)"),
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [f"egad {name}", *argv[1:]]
     reset_task_started()
     try:
-        result = module.main()
+        with policy_key_hints():
+            result = module.main()
     except SystemExit as exc:
         # Hydra exits 1 on its own usage errors (unknown group choice or key, wrong type), before the
         # command runs; egad's usage errors exit 2: make them one family.
@@ -106,6 +110,48 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     return 0 if result is None or not isinstance(result, int) else result
+
+
+@contextlib.contextmanager
+def policy_key_hints() -> Iterator[None]:
+    """While a Hydra app runs: its "Could not override 'temperature.kappa'. To append to your config use
+    +temperature.kappa=…" about a policy group's key becomes egad's message naming the option(s) that own
+    the key (egad_cli.config.override_hints); every other error is left as it is.
+
+    Why a hook in Hydra: the error is raised while Hydra composes the config, before egad's task function
+    runs, and Hydra prints it and exits 1 in ``hydra._internal.utils.run_and_report``, which runs every
+    composing step of ``_run_hydra`` (run, multirun, --cfg, shell completion) and looks itself up as a module
+    global at each call. Wrapping the function it is given translates the exception before Hydra formats it,
+    so the printing, HYDRA_FULL_ERROR and the exit status stay Hydra's. It is a private name: where it is
+    missing (another Hydra), nothing is wrapped and Hydra's own message is printed."""
+    try:
+        from hydra._internal import utils as hydra_utils
+
+        original = hydra_utils.run_and_report
+    except (ImportError, AttributeError):
+        original = None
+    if not callable(original):
+        yield
+        return
+    from egad_cli.config.override_hints import policy_key_error
+
+    def translated(func):
+        try:
+            return func()
+        except Exception as ex:
+            hinted = policy_key_error(ex)
+            if hinted is None:
+                raise
+            raise hinted from None  # from None: Hydra prints a cause too, and OmegaConf's repeats Hydra's advice
+
+    def run_and_report(func):  # a partial, not a lambda: one frame more in the tracebacks Hydra trims
+        return original(functools.partial(translated, func))
+
+    hydra_utils.run_and_report = run_and_report
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = original
 
 
 def close_process_group() -> None:

@@ -209,3 +209,60 @@ def test_a_student_with_another_tokenizer_and_a_teacher_cache_is_refused(capsys,
     assert "tokenizer" in err and "student" in err
     assert "259 vs 257" in err  # the student's and the teacher's token counts
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# A key of a policy group that only another option of the group has: Hydra's own advice (`+temperature.kappa=…`)
+# cannot work (the chosen option would ignore the field); egad names the option(s) that own the key instead.
+
+def test_policy_key_of_another_option_names_the_owner(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "method=egad_no_temperature", "temperature.kappa=0.5")
+    assert code == 2
+    flat = squash(err)
+    assert "temperature=fixed" in err and "temperature=entropy" in err  # what the config has, what owns the key
+    assert squash("(temperature=entropy temperature.kappa=0.5)") in flat  # the command line that works
+    assert "+temperature.kappa" not in err and "object_type" not in err  # neither Hydra's advice nor its cause
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_policy_key_of_another_option_in_other_groups(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "method=kd", "loss.beta=0.3")
+    assert code == 2
+    assert "loss=forward_kl" in err and "loss=jsd loss.beta=0.3" in err and "+loss.beta" not in err
+    code, err = run_bad(capsys, tmp_path / "run", "method=kd", "branch.q=0.2")
+    assert code == 2
+    assert "branch=logits_only" in err and "branch=dual branch.q=0.2" in err and "+branch.q" not in err
+    # several owners: each is named; the curriculum's option field is `schedule`
+    code, err = run_bad(capsys, tmp_path / "run", "method=kd", "curriculum.rho=0.4")
+    assert code == 2
+    assert "curriculum=none" in err and "curriculum=linear curriculum.rho=0.4" in err
+    for option in ("cosine", "sqrt", "step"):
+        assert option in err
+    assert "+curriculum.rho" not in err
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_unknown_key_of_a_policy_group_lists_the_fields_by_option(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "method=kd", "temperature.kapa=0.5")
+    assert code == 2
+    assert "temperature.kapa" in err and "temperature=fixed" in err
+    assert "kappa" in err  # the near miss
+    for line in ("fixed: base", "entropy: base, kappa, t_min, t_max", "idts: base, c, t_min, t_max"):
+        assert line in err, line
+    assert "+temperature.kapa" not in err
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
+def test_policy_key_hint_in_inspect_entropy_and_print_config(capsys, tmp_path):
+    code = egad("inspect-entropy", "method=kd", "temperature.kappa=0.5", f"hydra.run.dir={tmp_path / 'run'}")
+    err = capsys.readouterr().err
+    assert code == 2 and "temperature=entropy temperature.kappa=0.5" in err and "+temperature" not in err
+    code = egad("distill", "method=kd", "weighting.r0=0.5", "--cfg", "job")
+    err = capsys.readouterr().err
+    assert code == 2 and "weighting=adakd weighting.r0=0.5" in err and "+weighting" not in err
+
+
+def test_other_override_errors_keep_hydras_message(capsys, tmp_path, loads):
+    code, err = run_bad(capsys, tmp_path / "run", "trainer.nope=1")  # not a policy group: Hydra's message as before
+    assert code == 2
+    assert "Could not override 'trainer.nope'" in err
+    assert_cheap_failure(tmp_path / "run", loads)
