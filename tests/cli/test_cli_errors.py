@@ -224,6 +224,15 @@ def test_policy_key_of_another_option_names_the_owner(capsys, tmp_path, loads):
     assert_cheap_failure(tmp_path / "run", loads)
 
 
+def test_a_key_added_with_plus_to_an_option_without_it_is_refused(capsys, tmp_path, loads):
+    """Following Hydra's advice anyway (`+temperature.kappa=0.5` on temperature=fixed) used to run with the value
+    silently ignored: it is refused, naming the option that owns the key."""
+    code, err = run_bad(capsys, tmp_path / "run", "debug=smoke", "method=egad_no_temperature", "+temperature.kappa=0.5")
+    assert code == 2
+    assert "temperature.kappa" in err and "temperature=fixed" in err and "temperature=entropy" in err
+    assert_cheap_failure(tmp_path / "run", loads)
+
+
 def test_policy_key_of_another_option_in_other_groups(capsys, tmp_path, loads):
     code, err = run_bad(capsys, tmp_path / "run", "method=kd", "loss.beta=0.3")
     assert code == 2

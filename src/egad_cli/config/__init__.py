@@ -67,6 +67,11 @@ def non_finite_problems(node, key: str, out: Problems) -> None:
 def validate(cfg: DictConfig, schema: type = DistillConfig):
     """Turn the composed config into typed dataclasses (`schema`: the command's top-level dataclass),
     or raise one error listing every problem."""
+    from egad_cli.config.override_hints import added_key_problems  # here: override_hints reads the registries
+
+    added = added_key_problems(cfg)  # before to_object, which drops them
+    if added:
+        raise ConfigError.listing(added)
     typed = OmegaConf.to_object(cfg)
     if not isinstance(typed, schema):  # composed without the schema (should not happen)
         raise ConfigError(f"config was not composed against {schema.__name__}")

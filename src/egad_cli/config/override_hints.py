@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
+
+from omegaconf import DictConfig, OmegaConf
 
 from egad_cli.config.policies import POLICY_REGISTRIES
 from egad_cli.config.registry import Registry
@@ -78,3 +80,21 @@ def policy_key_error(ex: BaseException) -> Exception | None:
         return None if message is None else ConfigCompositionException(message)
     except Exception:  # noqa: BLE001 - a hint must never hide the error it explains
         return None
+
+
+def added_key_problems(cfg: DictConfig) -> list[str]:
+    """Keys a ``+temperature.kappa=…`` added to a policy option that has no such field: OmegaConf keeps them and
+    the option never reads them, so the run would silently ignore the value. One problem per key, worded as the
+    override error's (which option owns it)."""
+    out = []
+    for registry in POLICY_REGISTRIES:
+        node = cfg.get(registry.group) if registry.group in cfg else None
+        cls = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if not is_dataclass(cls):
+            continue
+        known = {f.name for f in fields(cls)}
+        for key in node:
+            if key not in known:
+                out.append(policy_key_hint(f"{registry.group}.{key}", cls) or
+                           f"{registry.group}.{key}: {registry.group}={node.get(registry.key)} has no such field")
+    return out
