@@ -6,6 +6,8 @@ tiny byte-level BPE trained here), so nothing touches the network.
 
 from __future__ import annotations
 
+import unicodedata
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from egad_cli.data.alignment import Tokens, aligned_share, pack_pair, tokenize_b
 from egad_cli.data.corpus import Document
 from egad_cli.data.packing import pack
 from egad_cli.errors import UserError
+from egad_cli.models.token_bytes import token_bytes
 from egad_cli.models.tokenizers import EOS, byte_tokenizer
 
 SENTENCES = ["the cat sat on the mat", "the dog sat on the log", "naïve café 日本語"]
@@ -331,6 +334,9 @@ class AlwaysSpecial:
     def __getattr__(self, name):
         return getattr(self.tok, name)
 
+    def __len__(self) -> int:
+        return len(self.tok)
+
     def __call__(self, texts, **kwargs):
         return self.tok(texts, **{**kwargs, "add_special_tokens": True})
 
@@ -450,6 +456,109 @@ def test_a_tokenizer_that_does_not_give_the_text_back_is_refused(bt, kind, found
     assert msg.startswith(f"{side}: the tokenizer does not give back the text it encoded (document 'd1', ")
     assert found in msg and "byte-level BPE" in msg
     pack_pair(docs, bt, bt, block_size=8, max_tokens=1000)  # a lossless pair on the same documents packs
+
+
+def renormalised(tok: PreTrainedTokenizerFast, normalizer) -> PreTrainedTokenizerFast:
+    """The same vocabulary and pipeline with another normalizer (None: none)."""
+    backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    backend.normalizer = normalizer
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS)
+
+
+@pytest.fixture(scope="module")
+def nfc(bpe) -> PreTrainedTokenizerFast:
+    """The byte-level BPE behind a Unicode NFC normalizer, as Qwen2's tokenizer has."""
+    return renormalised(bpe, normalizers.NFC())
+
+
+def in_form(docs: list[Document], form: str) -> list[Document]:
+    return [replace(d, prompt=unicodedata.normalize(form, d.prompt), text=unicodedata.normalize(form, d.text))
+            for d in docs]
+
+
+#: é, ï and Å written decomposed (a letter and a combining mark); an NFC normalizer composes them
+DECOMPOSED = [Document("a", "the cafe\u0301 sat"), Document("b", "nai\u0308ve cat on the mat", prompt="A\u030a: "),
+              Document("c", "the cat sat on the mat"), Document("d", "cafe\u0301 " * 6)]
+
+
+def test_an_nfc_tokenizer_reads_decomposed_text_in_nfc(bt, bpe, nfc):
+    """Both sides read the NFC text: the same blocks as a tokenizer without the normalizer on the text
+    composed beforehand."""
+    composed = in_form(DECOMPOSED, "NFC")
+    assert composed != DECOMPOSED
+    for side in ("teacher", "student"):
+        pair = (nfc, bt) if side == "teacher" else (bt, nfc)
+        plain = (bpe, bt) if side == "teacher" else (bt, bpe)
+        packed = pack_pair(DECOMPOSED, *pair, block_size=8, max_tokens=10_000)
+        same = pack_pair(composed, *plain, block_size=8, max_tokens=10_000)
+        assert torch.equal(packed.ids, same.ids) and torch.equal(packed.mask, same.mask)
+        assert packed.extra.keys() == same.extra.keys()
+        assert all(torch.equal(packed.extra[k], same.extra[k]) for k in packed.extra)
+        teacher, student = pair
+        s_text, t_text = round_trip(packed, student), round_trip(packed, teacher, "t_ids", "t_mask")
+        assert s_text == t_text and "café" in s_text and "\u0301" not in s_text
+        assert corpus_text(composed).startswith(s_text) and len(s_text) > len(corpus_text(composed)) // 2
+        assert assert_sound(packed, student.eos_token_id, teacher.eos_token_id) > 10
+
+
+def test_text_already_in_normal_form_packs_as_without_the_normalizer(bt, bpe, nfc):
+    """Text the normalizer leaves as it is is not touched: the same blocks as without the normalizer."""
+    docs = [Document("u", UNICODE), Document("w", WHITESPACE, prompt="naïve? "), Document("s", SENTENCES[0]),
+            Document("x", "ASCII only " * 4)]
+    nfd = renormalised(bpe, normalizers.NFD())
+    for normalising, kept in ((nfc, docs), (nfd, in_form(docs, "NFD"))):
+        for teacher, student in ((normalising, bt), (bt, normalising)):
+            packed = pack_pair(kept, teacher, student, block_size=8, max_tokens=10_000)
+            same = pack_pair(kept, *[bpe if t is normalising else t for t in (teacher, student)], block_size=8,
+                             max_tokens=10_000)
+            assert torch.equal(packed.ids, same.ids) and torch.equal(packed.mask, same.mask)
+            assert all(torch.equal(packed.extra[k], same.extra[k]) for k in packed.extra)
+
+
+def test_documents_that_nfc_and_nfd_read_differently_are_skipped_with_a_warning(bt, bpe, nfc):
+    nfd = renormalised(bpe, normalizers.NFD())
+    docs = [Document("a", "the cat sat"), Document("b", "the café"), Document("c", "the cafe\u0301"),
+            Document("d", "on the mat", prompt="naïve? "), Document("e", "the dog sat on the log")]
+    kept = [docs[0], docs[4]]
+    for teacher, student in ((nfc, nfd), (nfd, nfc)):
+        with pytest.warns(UserWarning, match=r"3 of 5 document\(s\) skipped.*(NFC.*NFD|NFD.*NFC)"):
+            packed = pack_pair(docs, teacher, student, block_size=4, max_tokens=10_000)
+        same = pack_pair(kept, bpe, bpe, block_size=4, max_tokens=10_000)
+        assert torch.equal(packed.ids, same.ids) and torch.equal(packed.extra["t_ids"], same.extra["t_ids"])
+
+
+@pytest.mark.parametrize("style", ["metaspace", "normalizer"])
+def test_a_target_whose_token_does_not_spell_its_text_is_not_aligned(bpe, style):
+    """A SentencePiece tokenizer's first token of a part carries the dummy prefix: "▁the" spells " the" but
+    stands for "the". Its predicting position must not be paired with the other side's "the"."""
+    sp = sentencepiece_tokenizer(style)
+    texts = ["the cat sat on the log", "the dog sat on the mat", "on the mat the cat sat", "the log sat on the dog"]
+    docs = [Document(str(k), t, prompt="the dog sat " if k % 3 == 1 else "") for k, t in enumerate(texts * 3)]
+    data = b"".join((d.prompt + d.text).encode() + b"\0" for d in docs)  # \0: the EOS's virtual byte
+    text_starts, at = set(), 0
+    for d in docs:
+        text_starts.add(at + len(d.prompt.encode()))
+        at += len((d.prompt + d.text).encode()) + 1
+    for teacher, student in ((bpe, sp), (sp, bpe)):
+        packed = pack_pair(docs, teacher, student, block_size=32, max_tokens=10_000)
+        assert assert_sound(packed, student.eos_token_id, teacher.eos_token_id) > 0
+        s_spell, t_spell = token_bytes(student), token_bytes(teacher)
+        s_ends = token_ends(packed.ids, packed.mask, packed.extra["s_bytes"], student.eos_token_id)
+        pairs = 0
+        for b, row in enumerate(packed.extra["t_index"].tolist()):
+            for j, i in enumerate(row):
+                if i < 0:
+                    continue
+                byte = s_ends[b][j]
+                s_target = s_spell[packed.ids[b, j + 1]]
+                t_target = t_spell[packed.extra["t_ids"][b, i + 1]]
+                for target in (s_target, t_target):  # both targets spell the text after the pair's byte
+                    assert target is None or data[byte:].startswith(target), (byte, s_target, t_target)
+                if style == "metaspace":  # the same words on both sides: the same strings
+                    assert s_target == t_target
+                assert byte not in text_starts
+                pairs += 1
+        assert pairs >= (50 if style == "metaspace" else 5)
 
 
 def test_no_shared_boundary_in_the_window_cuts_anyway(bt):

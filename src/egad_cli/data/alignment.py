@@ -15,9 +15,24 @@ clean boundary at the same byte.
 
 Aligned predictions. A position predicts the next token. Student position j and teacher position i are
 aligned (``t_index[j] == i``) when their next tokens j+1 and i+1 both start at the same clean boundary
-byte b, are not zero-width, and are loss tokens: then both models predict "the text after byte b" from
-the same text before b. The token at the predicting position may be zero-width (a BOS at b): it is part
-of the context, not of the text.
+byte b, are not zero-width, are loss tokens and spell their text: then both models predict "the text
+after byte b" from the same text before b. The token at the predicting position may be zero-width (a BOS
+at b): it is part of the context, not of the text.
+
+A target *spells its text* when its vocabulary bytes (``models.token_bytes``) are a prefix of the text at
+its start byte (special tokens: not checked). SentencePiece's dummy prefix breaks this at the start of
+each tokenised part (a prompt, a text): "Hello" is tokenised "▁Hello", which spells b" Hello", so
+pairing it with the other side's "Hello" would compare the probabilities of different strings; that
+target is left unpaired, on either side. Given the round-trip check, only a part's first token can
+fail, so only that one is checked.
+
+Unicode normal forms. A tokenizer whose normalizer puts text in a canonical form (NFC, as Qwen2's does;
+or NFD) reads "e" + U+0301 as "é": its offsets leave the combining mark uncovered and its decode gives
+the composed text. So each document's prompt and text are put in that form before either side tokenises
+them (a document already in it is left as it is), and both sides read the same normalised bytes. When
+one side asks for NFC and the other for NFD, a document that differs between the two forms cannot be
+read alike: it is skipped, with a warning giving the count. NFKC/NFKD fold distinct characters (lossy)
+and are not applied: such tokenizers stay refused by the round-trip check.
 
 Offsets, and how they are repaired.
 
@@ -49,8 +64,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import unicodedata
+import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -58,9 +75,12 @@ import torch
 from egad_cli.data.corpus import Document
 from egad_cli.data.packing import Packed
 from egad_cli.errors import UserError
+from egad_cli.models.token_bytes import token_bytes
 
 #: part of the packed-data cache key (``packing.cache_key``): bump it when the blocks or the alignment change
-ALIGNMENT_VERSION = 2  # 2: tokenizers that do not round-trip are refused when packing
+#: 2: tokenizers that do not round-trip are refused when packing
+#: 3: documents put in an NFC/NFD normalizer's form; targets that do not spell their text (dummy prefix) unpaired
+ALIGNMENT_VERSION = 3
 
 _FAST_HINT = ("use a fast tokenizer (transformers.PreTrainedTokenizerFast, i.e. a directory or hub id with a "
               "tokenizer.json)")
@@ -274,6 +294,7 @@ class _Stream:
     ends: np.ndarray  # [n] int64
     mask: np.ndarray  # [n] bool, loss token
     virtual: np.ndarray  # [n] bool, EOS (covers the virtual separator byte)
+    spells: np.ndarray  # [n] bool, the token's vocabulary bytes begin the text at its start (not a dummy prefix)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -291,8 +312,8 @@ class _Stream:
         before = self.reach[:-1]  # [n] bytes covered before token k
         #: bytes a token adds (a character split over tokens counts once, on its first token); EOS adds 0
         self.nbytes = np.where(self.virtual, 0, np.maximum(0, self.ends - np.maximum(self.starts, before)))
-        #: token k is a target that starts at a clean boundary (its predicting position is k - 1)
-        self.anchored = ~zero & self.clean[:-1] & (self.starts == self.low[:-1]) & (np.arange(n) > 0)
+        #: token k is a target that starts at a clean boundary and spells its text (predicted from k - 1)
+        self.anchored = ~zero & self.clean[:-1] & (self.starts == self.low[:-1]) & (np.arange(n) > 0) & self.spells
 
     @property
     def n(self) -> int:
@@ -314,8 +335,11 @@ class _StreamBuilder:
         if self.eos is None:
             raise UserError(f"{key}: the tokenizer has no EOS token, which ends every document; use a tokenizer "
                             f"with an eos_token (or set one in its tokenizer_config.json)")
-        self.parts: list[tuple[list, list, list, bool, bool]] = []  # (ids, starts, ends, loss, virtual)
+        self.parts: list[tuple] = []  # (ids, starts, ends, loss, virtual, spells)
         self.count = 0
+        #: per id, the bytes the token spells (None: special); read once, as it walks the whole vocabulary.
+        #: None for a stand-in with no vocabulary to read: its tokens are taken to spell their text
+        self.spelling = token_bytes(tokenizer) if hasattr(tokenizer, "convert_ids_to_tokens") else None
 
     def add(self, docs: list[Document], offsets: list[int]) -> None:
         """Append documents; offsets[d] is the global byte where document d's prompt starts."""
@@ -328,17 +352,29 @@ class _StreamBuilder:
         require_round_trip(self.tokenizer, [(d.key, d.prompt) for d, _ in prompted] + [(d.key, d.text) for d in docs],
                            [p for _, p in prompted] + texts, self.key)
         for doc, at, prompt, text in zip(docs, offsets, prompts, texts):
-            text_at = at + len(doc.prompt.encode("utf-8", "surrogatepass"))
-            end = text_at + len(doc.text.encode("utf-8", "surrogatepass"))
-            self._part(prompt, at, loss=False)
-            self._part(text, text_at, loss=True)
-            self.parts.append(([self.eos], [end], [end + 1], True, True))
+            prompt_data, text_data = (x.encode("utf-8", "surrogatepass") for x in (doc.prompt, doc.text))
+            text_at = at + len(prompt_data)
+            end = text_at + len(text_data)
+            self._part(prompt, prompt_data, at, loss=False)
+            self._part(text, text_data, text_at, loss=True)
+            self.parts.append(([self.eos], [end], [end + 1], True, True, [True]))
             self.count += len(prompt.ids) + len(text.ids) + 1
 
-    def _part(self, tokens: Tokens, at: int, loss: bool) -> None:
+    def _part(self, tokens: Tokens, data: bytes, at: int, loss: bool) -> None:
         if tokens.ids:
             self.parts.append((tokens.ids, np.asarray(tokens.starts, np.int64) + at,
-                               np.asarray(tokens.ends, np.int64) + at, loss, False))
+                               np.asarray(tokens.ends, np.int64) + at, loss, False, self._spells(tokens, data)))
+
+    def _spells(self, tokens: Tokens, data: bytes) -> np.ndarray:
+        """[n] bool: token k's vocabulary bytes begin the part's text at its start. Only the part's first
+        token that is not zero-width is checked: it is where a dummy prefix sits ("▁Hello" spells b" Hello"
+        over "Hello"), and the round trip, already checked, makes the later ones spell the text."""
+        ok = np.ones(len(tokens.ids), bool)
+        k = next((k for k, (a, b) in enumerate(zip(tokens.starts, tokens.ends)) if a != b), None)
+        if k is not None and self.spelling is not None:
+            spelt = self.spelling[tokens.ids[k]]
+            ok[k] = spelt is None or data.startswith(spelt, tokens.starts[k])
+        return ok
 
     def build(self) -> _Stream:
         def cat(i: int, dtype) -> np.ndarray:
@@ -349,16 +385,57 @@ class _StreamBuilder:
         virt = [np.full(len(p[0]), p[4]) for p in self.parts]
         return _Stream(self.eos, cat(0, np.int64), cat(1, np.int64), cat(2, np.int64),
                        np.concatenate(flags).astype(bool) if flags else np.zeros(0, bool),
-                       np.concatenate(virt).astype(bool) if virt else np.zeros(0, bool))
+                       np.concatenate(virt).astype(bool) if virt else np.zeros(0, bool), cat(5, bool))
+
+
+#: the Unicode forms a normalizer may put text in without losing any (NFKC/NFKD fold distinct characters)
+_CANONICAL = ("NFC", "NFD")
+
+
+def _canonical_form(tokenizer) -> str | None:
+    """The canonical form (NFC or NFD) the tokenizer's normalizer leaves text in, or None."""
+    normalizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+    if normalizer is None:
+        return None
+    forms = _forms(json.loads(normalizer.__getstate__()))  # the "normalizer" entry of the tokenizer's JSON
+    return forms[-1] if forms else None  # a Sequence applies its members in order: the last form wins
+
+
+def _forms(node) -> list[str]:
+    """The canonical forms a normalizer spec applies, in order (the members of Sequences included)."""
+    if not isinstance(node, dict):
+        return []
+    if node.get("type") in _CANONICAL:
+        return [node["type"]]
+    return [form for member in node.get("normalizers") or [] for form in _forms(member)]
+
+
+def _in_form(docs: list[Document], forms: set[str]) -> list[Document]:
+    """The documents in the canonical form the tokenizers read them in. With two forms (NFC and NFD), the
+    documents that differ between them are left out: one side would read text the other does not."""
+    out = []
+    for d in docs:
+        if all(unicodedata.is_normalized(f, x) for f in forms for x in (d.prompt, d.text)):
+            out.append(d)  # the common case: unchanged, bit for bit
+        elif len(forms) == 1:
+            [form] = forms
+            out.append(replace(d, prompt=unicodedata.normalize(form, d.prompt),
+                               text=unicodedata.normalize(form, d.text)))
+    return out
 
 
 def _streams(docs: list[Document], teacher_tok, student_tok, max_tokens: int, teacher_key: str,
              student_key: str) -> tuple[_Stream, _Stream]:
     """Both sides over the same documents; like `pack`, reading stops once the student has max_tokens."""
     student, teacher = _StreamBuilder(student_tok, student_key), _StreamBuilder(teacher_tok, teacher_key)
-    at, batch = 0, 64
+    forms = {key: form for key, tok in ((teacher_key, teacher_tok), (student_key, student_tok))
+             if (form := _canonical_form(tok))}
+    at, batch, read, kept = 0, 64, 0, 0
     for first in range(0, len(docs), batch):
         chunk = docs[first:first + batch]
+        read += len(chunk)
+        chunk = _in_form(chunk, set(forms.values()))
+        kept += len(chunk)
         offsets = []
         for d in chunk:
             offsets.append(at)
@@ -367,6 +444,12 @@ def _streams(docs: list[Document], teacher_tok, student_tok, max_tokens: int, te
         teacher.add(chunk, offsets)
         if student.count >= max_tokens:
             break
+    if kept < read:
+        asked = " and ".join(f"{key} to {form}" for key, form in forms.items())
+        warnings.warn(f"{read - kept} of {read} document(s) skipped: the tokenizers normalise text to different "
+                      f"Unicode forms ({asked}) and these documents differ between the two (they hold characters "
+                      f"that NFC composes and NFD decomposes), so the two sides cannot read them alike",
+                      stacklevel=3)
     return student.build(), teacher.build()
 
 
@@ -404,8 +487,8 @@ def _forced_cut(s: _Stream, t: _Stream, cs: int, ct: int, size: int) -> tuple[in
 
 
 def _partners(s: _Stream, t: _Stream) -> np.ndarray:
-    """partner[c]: the teacher target that starts at the same clean byte as student target c, both loss
-    tokens, else -1. [n_student]"""
+    """partner[c]: the teacher target that starts at the same clean byte as student target c, both anchored
+    (spelling their text) loss tokens, else -1. [n_student]"""
     s_ok = s.anchored & s.mask
     t_idx = np.nonzero(t.anchored & t.mask)[0]
     t_bytes = t.starts[t_idx]  # strictly increasing: one clean non-zero-width target per byte
