@@ -189,3 +189,88 @@ def test_cache_is_invalidated_by_a_changed_file_or_setting(tmp_path, tok):
     tok2.add_tokens(["<|extra|>"])
     build_splits(cfg, tok2, cache)
     assert len(list((cache / "data").glob("*.pt"))) == 4
+
+
+# ------------------------------------------------------------------------------------------ text bytes
+
+
+def test_added_bytes_tile_the_text():
+    """Each token adds the bytes past what earlier tokens cover: a character split over two tokens counts once,
+    uncovered text counts on the next token (and at the end on the last), zero-width tokens add 0."""
+    from egad_cli.data.text_bytes import added_bytes
+
+    text = "a é  b"  # é is 2 bytes: 7 bytes in all
+    # "a" | " é" split over two tokens with the same span | zero-width | "b" (the two spaces before it uncovered)
+    offsets = [(0, 1), (1, 3), (2, 3), (3, 3), (5, 6)]
+    assert added_bytes(text, offsets).tolist() == [1, 3, 0, 0, 3]
+    assert added_bytes(text, offsets[:2]).tolist() == [1, 6]  # the uncovered rest goes to the last token
+    assert added_bytes("", []).tolist() == []
+
+
+@pytest.mark.parametrize("style", ["normalizer", "metaspace"])
+def test_bits_per_byte_count_the_texts_own_bytes_for_a_sentencepiece_tokenizer(style):
+    """A SentencePiece tokenizer's first piece of a text ("▁The") spells a space the text lacks: what each id
+    spells alone over-counts the text; the packed text_bytes, which eval divides by, count exactly its bytes."""
+    from test_alignment import sentencepiece_tokenizer
+
+    from egad_cli.evaluation.cross import target_bytes
+    from egad_cli.models.token_bytes import byte_lengths
+
+    tok = sentencepiece_tokenizer(style)
+    # words of its training sentences: no byte-fallback piece, which this stand-in marks special (spells nothing)
+    docs = [Document("a", "the cat sat"), Document("b", "the dog sat on the log"), Document("c", "the mat",
+                                                                                             prompt="on the")]
+    n_tokens = len(pack(docs, tok, block_size=1, max_tokens=10_000))
+    packed = pack(docs, tok, block_size=n_tokens, max_tokens=10_000)  # every token in one block, nothing cut
+    n_text = sum(len((d.prompt + d.text).encode()) for d in docs)
+    assert int(packed.extra["text_bytes"].sum()) == n_text
+    spelled = int(byte_lengths(tok)[packed.ids].sum())
+    assert spelled == n_text + 4  # one dummy-prefix space per tokenised part (3 texts, 1 prompt)
+    # eval's rows: every loss target after the first position
+    valid = packed.mask[:, 1:]
+    metrics = {"block": torch.zeros(int(valid.sum()), dtype=torch.long),
+               "position": valid[0].nonzero().squeeze(1), "target": packed.ids[:, 1:][valid]}
+    want = packed.extra["text_bytes"][:, 1:][valid]
+    assert torch.equal(target_bytes(packed, metrics, tok), want.long())
+    # the texts' bytes (the prompt's are not targets), less the first token's
+    first = int(packed.extra["text_bytes"][0, 0])
+    assert int(want.sum()) == sum(len(d.text.encode()) for d in docs) - first
+
+
+def test_a_slow_tokenizer_packs_without_text_bytes_and_eval_counts_what_ids_spell(tok):
+    from egad_cli.evaluation.cross import target_bytes
+    from egad_cli.models.token_bytes import byte_lengths
+
+    class Slow:  # a tokenizer without offsets (is_fast False): the per-id lengths are the fallback
+        is_fast = False
+
+        def __init__(self, inner):
+            self.inner, self.eos_token_id = inner, inner.eos_token_id
+
+        def __call__(self, texts, **kw):
+            assert not kw.get("return_offsets_mapping")
+            return self.inner(texts, add_special_tokens=False)
+
+    packed = pack([Document("a", "hello world")], Slow(tok), block_size=4, max_tokens=100)
+    assert "text_bytes" not in packed.extra
+    metrics = {"block": torch.tensor([0, 1]), "position": torch.tensor([0, 2]), "target": packed.ids[[0, 1], [1, 3]]}
+    assert torch.equal(target_bytes(packed, metrics, tok), byte_lengths(tok)[metrics["target"]])
+
+
+def test_cache_is_keyed_by_the_whole_tokenizer_not_only_its_vocabulary(tmp_path, tok):
+    """A changed normalizer (or pre-tokenizer) with the same vocabulary and EOS tokenises the same text
+    differently: it must not reuse the old blocks (nor, across tokenizers, the old alignment)."""
+    from tokenizers import normalizers
+
+    corpus = write_corpus(tmp_path / "corpus", n_files=30)
+    cfg = DatasetConfig(name="text", kind="text", paths=[f"{corpus}/*.txt"], block_size=16, val_fraction=0.3)
+    cache = tmp_path / "cache"
+    build_splits(cfg, tok, cache)
+    assert packing.cache_key(cfg, byte_tokenizer()) == packing.cache_key(cfg, tok)  # the same definition, reloaded
+    lower = byte_tokenizer()
+    lower.backend_tokenizer.normalizer = normalizers.Lowercase()
+    assert lower.get_vocab() == tok.get_vocab() and lower.eos_token_id == tok.eos_token_id
+    assert packing.cache_key(cfg, lower) != packing.cache_key(cfg, tok)
+    assert packing.cache_key(cfg, tok, lower) != packing.cache_key(cfg, tok, byte_tokenizer())
+    build_splits(cfg, lower, cache)
+    assert len(list((cache / "data").glob("*.pt"))) == 2

@@ -18,7 +18,7 @@ from egad_cli.config import cache_dir
 from egad_cli.config.commands import CacheCommandConfig
 from egad_cli.config.schema import TrainerConfig
 from egad_cli.data import build_splits, check_sources
-from egad_cli.data.packing import tokenizer_fingerprint
+from egad_cli.data.packing import vocabulary_fingerprint
 from egad_cli.engine.runtime import Runtime, resolve_runtime
 from egad_cli.errors import UserError, check_writable
 from egad_cli.models import check_context, load_frozen_teacher, preflight_model_source
@@ -79,7 +79,7 @@ def make_plan(cfg: CacheCommandConfig, tokenizer, splits, vocab: int) -> dict:
         "command": cfg.command,
         "teacher": asdict(cfg.teacher),
         "teacher_fingerprint": teacher_fingerprint(cfg.teacher, cache_dir(cfg.cache_dir)),
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "tokenizer_fingerprint": vocabulary_fingerprint(tokenizer),  # what the stored ids refer to
         "vocab_size": vocab,
         "teacher_facts": facts,
         "dataset": asdict(cfg.dataset),

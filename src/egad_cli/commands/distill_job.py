@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from egad_cli.config import ConfigError, DistillConfig, cache_dir
-from egad_cli.config.problems import Problems
 from egad_cli.config.policies import PolicyContext
+from egad_cli.config.problems import Problems
 from egad_cli.data import build_splits, check_sources
 from egad_cli.data.alignment import aligned_share
 from egad_cli.engine import parallel

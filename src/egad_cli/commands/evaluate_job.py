@@ -14,7 +14,7 @@ from egad_cli.commands.analysis import load, preflight, show_progress, split_of
 from egad_cli.commands.common import json_safe
 from egad_cli.config import cache_dir
 from egad_cli.config.commands import EvalCommandConfig
-from egad_cli.evaluation.cross import bits_per_byte, cross_token_pass, nll_and_bytes
+from egad_cli.evaluation.cross import bits_per_byte, cross_token_pass, target_bytes
 from egad_cli.evaluation.entropy import printable
 from egad_cli.evaluation.generation import side_by_side
 from egad_cli.evaluation.metrics import by_entropy_bucket, calibration_bins, pair_summary
@@ -24,7 +24,6 @@ from egad_cli.losses.cross_vocab import vocab_map
 from egad_cli.models import check_context
 from egad_cli.models.loading import load_teacher_tokenizer
 from egad_cli.models.setup import student_tokenizer_of
-from egad_cli.models.token_bytes import byte_lengths
 from egad_cli.ui.console import console
 from egad_cli.ui.progress import pass_progress
 from egad_cli.ui.tables import rich_table
@@ -97,10 +96,9 @@ def run(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
     metrics = token_pass(teacher, vocab, data, runtime, cfg.eval.batch_size, cfg.chunk_size, student=student,
                          progress=show_progress(cfg.progress), console=console, description="held-out pass")
     summary = pair_summary(metrics, cfg.ece_bins)
-    byte_len = byte_lengths(tokenizer)
+    n_bytes = int(target_bytes(data, metrics, tokenizer).sum())  # the held-out text's own bytes
     for side in ("student", "teacher"):
-        summary[f"bits_per_byte_{side}"] = bits_per_byte(*nll_and_bytes(metrics[f"nll_{side}"], metrics["target"],
-                                                                          byte_len))
+        summary[f"bits_per_byte_{side}"] = bits_per_byte(float(metrics[f"nll_{side}"].double().sum()), n_bytes)
     buckets = by_entropy_bucket(metrics, cfg.n_buckets, cfg.ece_bins)
 
     onpolicy = {}

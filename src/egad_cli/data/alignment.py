@@ -74,6 +74,7 @@ import torch
 
 from egad_cli.data.corpus import Document
 from egad_cli.data.packing import Packed
+from egad_cli.data.text_bytes import byte_table
 from egad_cli.errors import UserError
 from egad_cli.models.token_bytes import token_bytes
 
@@ -217,19 +218,10 @@ def _trim_off(node) -> None:
             _trim_off(value)
 
 
-def _byte_table(text: str) -> np.ndarray:
-    """table[c] = UTF-8 byte offset of character c (length len(text) + 1): char offsets -> byte offsets."""
-    if text.isascii():
-        return np.arange(len(text) + 1, dtype=np.int64)
-    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
-    widths = 1 + (cps >= 0x80).astype(np.int64) + (cps >= 0x800) + (cps >= 0x10000)
-    return np.concatenate([[0], np.cumsum(widths)])
-
-
 def _byte_spans(text: str, ids: list[int], offsets, special: set[int], key: str) -> Tokens:
     """Convert one text's character offsets to byte spans; repair them when they do not tile the text."""
     data = text.encode("utf-8", "surrogatepass")
-    table = _byte_table(text)
+    table = byte_table(text)
     flat = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(ids))
     spans = table[flat.reshape(-1, 2)]  # [n, 2] byte offsets
     starts, ends = spans[:, 0], spans[:, 1]  # [n], [n]

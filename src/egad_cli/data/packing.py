@@ -8,13 +8,15 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from egad_cli.config.schema import DatasetConfig
 from egad_cli.data.corpus import Document, iter_documents, order_key, source_files, split_of
+from egad_cli.data.text_bytes import added_bytes
 from egad_cli.errors import UserError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  #: 2: blocks carry the text bytes of each token (``text_bytes``); tokenizers keyed whole
 
 
 @dataclass
@@ -37,9 +39,22 @@ class Splits:
     val: Packed
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
+def vocabulary_fingerprint(tokenizer) -> str:
+    """Which ids mean which strings (the vocabulary and EOS): what a teacher cache's stored ids refer to."""
     items = sorted(tokenizer.get_vocab().items())
     return hashlib.sha256(json.dumps([items, tokenizer.eos_token_id]).encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """What a text's tokens depend on: the tokenizer's whole definition. A fast tokenizer's serialised form (its
+    tokenizer.json: vocabulary, merges, normalizer, pre-tokenizer, post-processor, decoder, added tokens), so a
+    changed normalizer or pre-tokenizer with the same vocabulary is another tokenizer; a slow one has no
+    serialised form: its class, vocabulary and special tokens. Plus the EOS that ends every document."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else \
+        [type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())]
+    blob = json.dumps([definition, tokenizer.eos_token_id, sorted(map(str, tokenizer.all_special_tokens))])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def cache_key(cfg: DatasetConfig, tokenizer, student_tokenizer=None) -> str:
@@ -56,26 +71,44 @@ def cache_key(cfg: DatasetConfig, tokenizer, student_tokenizer=None) -> str:
 
 
 def pack(docs: list[Document], tokenizer, block_size: int, max_tokens: int) -> Packed:
-    """Concatenate documents (each ends with EOS) and cut into blocks; the remainder is dropped."""
+    """Concatenate documents (each ends with EOS) and cut into blocks; the remainder is dropped.
+
+    A fast tokenizer's blocks also carry ``extra["text_bytes"]``: the UTF-8 bytes of its text each token adds
+    (``data.text_bytes``; EOS adds 0), what bits per byte divide by."""
     eos = tokenizer.eos_token_id
+    offsets = bool(getattr(tokenizer, "is_fast", False))  # a slow tokenizer gives none
     ids: list[int] = []
     mask: list[bool] = []
+    nbytes: list[np.ndarray] = []
     batch = 64
     for start in range(0, len(docs), batch):
         chunk = docs[start:start + batch]
-        texts = tokenizer([d.text for d in chunk], add_special_tokens=False)["input_ids"]
-        prompts = tokenizer([d.prompt for d in chunk], add_special_tokens=False)["input_ids"]
-        for prompt_ids, text_ids in zip(prompts, texts):
-            ids.extend(prompt_ids)
-            mask.extend([False] * len(prompt_ids))
-            ids.extend(text_ids + [eos])
-            mask.extend([True] * (len(text_ids) + 1))
+        encoded = {}  # part -> (texts, ids, character offsets) of the chunk's documents
+        for part in ("prompt", "text"):
+            texts = [getattr(d, part) for d in chunk]
+            enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
+            encoded[part] = (texts, enc["input_ids"], enc["offset_mapping"] if offsets else [None] * len(texts))
+        for d in range(len(chunk)):
+            for part, loss in (("prompt", False), ("text", True)):
+                text, part_ids, offs = (x[d] for x in encoded[part])
+                ids.extend(part_ids)
+                mask.extend([loss] * len(part_ids))
+                if offsets:
+                    nbytes.append(added_bytes(text, offs))
+            ids.append(eos)  # ends the document: a loss token that spells no text
+            mask.append(True)
+            if offsets:
+                nbytes.append(np.zeros(1, np.int64))
         if len(ids) >= max_tokens:
             break
     n_blocks = min(len(ids), max_tokens) // block_size
     n = n_blocks * block_size
+    extra = {}
+    if offsets:
+        flat = np.concatenate(nbytes)[:n] if nbytes else np.zeros(0, np.int64)
+        extra["text_bytes"] = torch.from_numpy(flat.astype(np.int32)).view(n_blocks, block_size)
     return Packed(ids=torch.tensor(ids[:n], dtype=torch.long).view(n_blocks, block_size),
-                  mask=torch.tensor(mask[:n], dtype=torch.bool).view(n_blocks, block_size))
+                  mask=torch.tensor(mask[:n], dtype=torch.bool).view(n_blocks, block_size), extra=extra)
 
 
 def build_splits(cfg: DatasetConfig, tokenizer, cache_dir: Path | None = None, student_tokenizer=None) -> Splits:

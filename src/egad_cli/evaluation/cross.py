@@ -3,10 +3,11 @@
 Two models with different tokenizers predict different units, so per-token perplexities are not comparable.
 What is:
 
-* **bits per byte**: Σ NLL of a model's next tokens / (ln 2 · the UTF-8 bytes those tokens spell) over the same
-  held-out text, each model on its own tokenisation. Special tokens (the EOS between documents) spell no byte;
+* **bits per byte**: Σ NLL of a model's next tokens / (ln 2 · the UTF-8 bytes of text those tokens add, read
+  from the offsets, not what each id spells alone) over the same held-out text, each model on its own tokenisation. Special tokens (the EOS between documents) spell no byte;
   their NLL is counted (predicting a document's end is part of modelling the text), the same way on both sides.
-  Same-tokenizer runs report it too (``bits_per_byte``), so both kinds of run sit in one ``egad report``;
+  Same-tokenizer runs report it too, counted the same way (``target_bytes``), so both kinds of run sit in one
+  ``egad report``;
 * at the **aligned positions** (``data.alignment``: both tokenisations end at the same byte, so both models
   predict the text after that byte from the same text before it): KL(teacher ‖ student) and KL(student ‖ teacher)
   over the shared token strings plus one bucket for the rest of each model's mass (conditioned on the shared
@@ -32,13 +33,19 @@ from egad_cli.models.documents import base_forward
 
 
 def bits_per_byte(nll_sum: float, n_bytes: int) -> float:
-    """Σ NLL (nats) over the bytes the predicted tokens spell, in bits per byte; nan for no byte."""
+    """Σ NLL (nats) over the bytes of text the predicted tokens add, in bits per byte; nan for no byte."""
     return nll_sum / (math.log(2) * n_bytes) if n_bytes > 0 else math.nan
 
 
-def nll_and_bytes(nll: Tensor, targets: Tensor, byte_len: Tensor) -> tuple[float, int]:
-    """(Σ NLL, Σ bytes) of next tokens: nll [n], targets [n] ids, byte_len [V] bytes per id."""
-    return float(nll.double().sum()), int(byte_len[targets.cpu()].sum())
+def target_bytes(data: Packed, metrics: dict[str, Tensor], tokenizer) -> Tensor:
+    """[N] the text bytes each evaluated target adds (``token_pass``'s rows: ``block``, ``position``): the
+    blocks' own ``text_bytes`` (``data.packing.pack``, from the offsets), as a cross-tokenizer run counts them; a
+    slow tokenizer gives no offsets, and then what each id spells alone (``models.token_bytes.byte_lengths``)."""
+    if "text_bytes" in data.extra:
+        return data.extra["text_bytes"][metrics["block"], metrics["position"] + 1].long()
+    from egad_cli.models.token_bytes import byte_lengths
+
+    return byte_lengths(tokenizer)[metrics["target"].cpu()]
 
 
 @torch.no_grad()
