@@ -120,12 +120,12 @@ def test_a_manifest_edited_by_hand_is_refused(cache, tmp_path, capsys):
 def test_verify_command_prints_each_file_and_exits_by_the_result(cache, capsys):
     assert egad("cache", "verify", str(cache)) == 0
     out = capsys.readouterr().out
-    assert "20 file(s) intact (sealed manifest)" in out and "ok train-00000.safetensors" in out
+    assert "21 file(s) intact (sealed manifest)" in out and "ok train-00000.safetensors" in out
     flip_byte(cache / "train-00002.safetensors")
     assert egad("cache", "verify", str(cache)) == 2
     captured = capsys.readouterr()
     assert "DAMAGED train-00002.safetensors" in captured.out and "ok train-00001.safetensors" in captured.out
-    assert "1 of 20 file(s)" in captured.err
+    assert "1 of 21 file(s)" in captured.err
     assert egad("cache", "verify", str(cache.parent / "nowhere")) == 2
     assert egad("cache", "verify") == 2 and "takes one directory" in capsys.readouterr().err
 

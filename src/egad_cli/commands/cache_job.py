@@ -25,13 +25,22 @@ from egad_cli.models import check_context, load_frozen_teacher, preflight_model_
 from egad_cli.models.loading import load_teacher_tokenizer
 from egad_cli.models.setup import apply_document_masks
 from egad_cli.models.vocab import check_head_rows
-from egad_cli.teacher_cache.build import block_uniforms, teacher_fingerprint, teacher_rows, tensor_sha256
+from egad_cli.teacher_cache import fidelity
+from egad_cli.teacher_cache.build import (
+    block_uniforms,
+    teacher_fingerprint,
+    teacher_head,
+    teacher_rows,
+    tensor_sha256,
+)
 from egad_cli.teacher_cache.integrity import check_files, describe, manifest_problem, record_files, sealed
 from egad_cli.teacher_cache.manifest import (
     FORMAT_VERSION,
+    HEAD,
     MANIFEST,
     PLAN,
     TOKENIZER_DIR,
+    describe_kind,
     n_shards,
     read_json,
     shard_name,
@@ -49,6 +58,8 @@ CONTENT_KEYS = ("format_version", "teacher_fingerprint", "tokenizer_fingerprint"
                 "k", "exponents", "entropy_temps", "layers", "dtype", "shard_blocks")
 #: and for a sampled cache (format 2): what the draws depend on
 SAMPLED_KEYS = ("kind", "draws", "seed", "draw_temperature")
+#: and for an exact cache (format 3): the stored final layer and how its states are kept
+EXACT_KEYS = ("kind", "final_layer", "state_quant")
 
 
 def runtime_of(cfg: CacheCommandConfig) -> Runtime:
@@ -89,9 +100,11 @@ def make_plan(cfg: CacheCommandConfig, tokenizer, splits, vocab: int) -> dict:
         "k": cfg.head_k(vocab),
         **({"draws": cfg.draws, "seed": cfg.seed, "draw_temperature": cfg.draw_temperature}
            if cfg.kind == "sampled" else {}),
+        **({"final_layer": facts["num_hidden_layers"], "state_quant": cfg.state_quant, "head_file": HEAD}
+           if cfg.kind == "exact" else {}),
         "exponents": [float(e) for e in cfg.exponents],
         "entropy_temps": sorted(float(t) for t in cfg.entropy_temps),
-        "layers": stored_layers(cfg),
+        "layers": stored_layers(cfg, facts),
         "dtype": cfg.dtype,
         "shard_blocks": cfg.shard_blocks,
         "document_masks": cfg.dataset.document_masks,
@@ -99,15 +112,17 @@ def make_plan(cfg: CacheCommandConfig, tokenizer, splits, vocab: int) -> dict:
     }
 
 
-def stored_layers(cfg: CacheCommandConfig) -> list[int]:
+def stored_layers(cfg: CacheCommandConfig, facts: dict) -> list[int]:
     """The teacher hidden states to store: `layers`, plus those the dual branch maps to for `student` with
-    branch.n_pairs = state_pairs."""
+    branch.n_pairs = state_pairs, plus (kind=exact) the final one, the state the head reads."""
     layers = {int(layer) for layer in cfg.layers}
+    if cfg.kind == "exact":
+        layers.add(int(facts["num_hidden_layers"]))
     if cfg.state_pairs > 0:
         from egad_cli.losses.feature import default_layer_map
         from egad_cli.models.students import student_layer_count
 
-        teacher_layers = teacher_facts(cfg)["num_hidden_layers"]
+        teacher_layers = facts["num_hidden_layers"]
         layers |= {lt for _, lt in default_layer_map(student_layer_count(cfg.student), teacher_layers,
                                                      cfg.state_pairs)}
     return sorted(layers)
@@ -141,6 +156,7 @@ def content_keys(plan: dict) -> tuple[str, ...]:
     """What a cache's content depends on; document_masks only when on, so caches built before the option
     existed keep their keys."""
     return (CONTENT_KEYS + (SAMPLED_KEYS if plan.get("kind") == "sampled" else ())
+            + (EXACT_KEYS if plan.get("kind") == "exact" else ())
             + (("document_masks",) if plan.get("document_masks") else ()))
 
 
@@ -169,11 +185,14 @@ def check_same_plan(root: Path, plan: dict) -> None:
 
 
 def bytes_per_token(manifest: dict) -> tuple[float, float]:
-    """(bytes per predicting token of the whole cache's shards, of which the hidden states)."""
+    """(bytes per predicting token of the whole cache's shards, of which the hidden states); the head file of
+    an exact cache, stored once, is not per token."""
     tokens = sum(s["n_blocks"] * (manifest["block_size"] - 1) for s in manifest["splits"].values())
     total = sum(e["bytes"] for s in manifest["splits"].values() for e in s["shards"])
-    states = len(manifest["layers"]) * manifest["teacher_facts"]["hidden_size"] * getattr(torch, manifest["dtype"]).itemsize
-    return total / max(tokens, 1), float(states)
+    width = manifest["teacher_facts"]["hidden_size"]
+    per_layer = (width + 4 if manifest.get("state_quant") == "int8"  # int8 values + one fp32 scale
+                 else width * getattr(torch, manifest["dtype"]).itemsize)
+    return total / max(tokens, 1), float(len(manifest["layers"]) * per_layer)
 
 
 def run(cfg: CacheCommandConfig) -> Path:
@@ -211,6 +230,8 @@ def run(cfg: CacheCommandConfig) -> Path:
     # so a resumed build shares the rest evenly whatever was written before.
     missing = [(name, i) for name, part in splits.items() for i in range(n_shards(len(part), cfg.shard_blocks))
                if not is_complete_shard(root / shard_name(name, i))]
+    if plan["kind"] == "exact" and not is_complete_shard(root / HEAD, holds="weight"):
+        missing.insert(0, (HEAD, 0))  # the output head, once: a work item like a shard
     barrier(runtime)
     todo = [item for j, item in enumerate(missing) if shard_of_rank(j, runtime.rank, runtime.world_size)]
     if runtime.is_main:
@@ -220,11 +241,10 @@ def run(cfg: CacheCommandConfig) -> Path:
         console.print(f"{root}: {written} of {len(every)} shard(s) already written"
                       + (f"; {runtime.world_size} ranks write the rest" if runtime.world_size > 1 else ""),
                       soft_wrap=True)
-    if todo:
-        write_shards(cfg, plan, root, splits, todo, runtime, vocab)
+    measured = write_shards(cfg, plan, root, splits, todo, runtime, vocab) if todo else None
     barrier(runtime)
     if runtime.is_main:
-        manifest = finish(root, plan, splits)
+        manifest = finish(root, plan, splits, measured)
         blocks = ", ".join(f"{n}: {s['n_blocks']} blocks" for n, s in manifest["splits"].items())
         total, states = bytes_per_token(manifest)
         size = (f"{total - states:.0f} bytes/token + {states:.0f} for the hidden states at layers {plan['layers']} "
@@ -232,26 +252,32 @@ def run(cfg: CacheCommandConfig) -> Path:
                 else f"{total:.0f} bytes/token")
         console.print(f"teacher cache complete in {time.perf_counter() - started:.0f} s: {root}\n{blocks} of "
                       f"{plan['block_size']} tokens · {describe_kind(plan)} · {size}")
+        error = manifest.get("format_error")
+        if error:  # measured on the first batch this build wrote (none when it only checked a complete cache)
+            console.print(fidelity.describe(error, plan["kind"]))
+            if plan["kind"] == "exact":
+                console.print(fidelity.describe_cost(error))
         console.print(f"use it with: egad distill teacher_cache={root}", soft_wrap=True)  # a path to copy: unbroken
     barrier(runtime)
     return root
 
 
-def describe_kind(plan: dict) -> str:
-    if plan.get("kind", "topk") == "sampled":
-        at = f" at T={plan['draw_temperature']:g}" if plan.get("draw_temperature", 1.0) != 1.0 else ""
-        return f"sampled: top {plan['k']} exact + {plan['draws']} draws from the tail{at}"
-    return f"top-k: k={plan['k']} + tail bucket"
-
-
 def write_shards(cfg: CacheCommandConfig, plan: dict, root: Path, splits: dict, todo: list, runtime: Runtime,
-                 vocab: int) -> None:
+                 vocab: int) -> dict | None:
+    """Write this rank's work items (shards, and the head file of an exact cache). Returns the format's
+    measured error and timings (``teacher_cache.fidelity``) on the main rank's first batch, else None."""
     teacher, tokenizer = load_frozen_teacher(cfg, runtime)
     apply_document_masks(cfg, tokenizer, teacher)
     check_head_rows(teacher, vocab, "teacher")
     check_context(cfg.dataset.block_size, "dataset.block_size", teacher=teacher)
     store_dtype = getattr(torch, cfg.dtype)
+    head = teacher_head(teacher, vocab)
+    measured = None
     for n_done, (name, index) in enumerate(todo):
+        if name == HEAD:
+            write_shard(root / HEAD, {"weight": head}, {"teacher_fingerprint": plan["teacher_fingerprint"],
+                                                        "vocab_size": str(vocab)})
+            continue
         part = splits[name]
         first = index * cfg.shard_blocks
         ids, mask = part.ids[first:first + cfg.shard_blocks], part.mask[first:first + cfg.shard_blocks]
@@ -265,6 +291,8 @@ def write_shards(cfg: CacheCommandConfig, plan: dict, root: Path, splits: dict, 
             with runtime.autocast():
                 rows = teacher_rows(teacher, batch.to(runtime.device), vocab, plan, store_dtype, cfg.chunk_size,
                                     uniforms)
+                if measured is None and runtime.is_main:
+                    measured = fidelity.measure_format(teacher, batch.to(runtime.device), rows, plan, head)
             for key, value in rows.items():
                 fields.setdefault(key, []).append(value)
         tensors = {"ids": ids.to(torch.int32), "mask": mask.bool(), **{k: torch.cat(v) for k, v in fields.items()}}
@@ -273,6 +301,7 @@ def write_shards(cfg: CacheCommandConfig, plan: dict, root: Path, splits: dict, 
                      "format_version": str(FORMAT_VERSION)})
         if runtime.is_main and cfg.progress:
             console.print(f"[dim]shard {n_done + 1}/{len(todo)}: {shard_name(name, index)}[/]")
+    return measured
 
 
 def set_damaged_aside(root: Path) -> None:
@@ -295,9 +324,10 @@ def set_damaged_aside(root: Path) -> None:
     (root / MANIFEST).unlink()
 
 
-def finish(root: Path, plan: dict, splits: dict) -> dict:
-    """Check every shard is there, record sizes and hashes (read from disk once, and stamped as verified), and
-    write the sealed manifest (atomically): the cache is complete."""
+def finish(root: Path, plan: dict, splits: dict, measured: dict | None = None) -> dict:
+    """Check every shard (and an exact cache's head) is there, record sizes and hashes (read from disk once, and
+    stamped as verified), and write the sealed manifest (atomically): the cache is complete. measured: the
+    format's error and timings from this build (``teacher_cache.fidelity``), kept in the manifest."""
     names = {}
     for name, part in splits.items():
         names[name] = [shard_name(name, i) for i in range(n_shards(len(part), plan["shard_blocks"]))]
@@ -305,12 +335,20 @@ def finish(root: Path, plan: dict, splits: dict) -> dict:
             if not is_complete_shard(root / file):
                 raise UserError(f"teacher cache: shard {root / file} is missing after the build (did a rank fail?); "
                                 f"run the same command again to write it: {plan['command']}")
+    head = [HEAD] if plan["kind"] == "exact" else []
+    if head and not is_complete_shard(root / HEAD, holds="weight"):
+        raise UserError(f"teacher cache: the output head {root / HEAD} is missing after the build (did a rank "
+                        f"fail?); run the same command again to write it: {plan['command']}")
     tokenizer_files = [str(p.relative_to(root)) for p in sorted((root / TOKENIZER_DIR).rglob("*")) if p.is_file()]
-    recorded = record_files(root, [f for files in names.values() for f in files] + tokenizer_files)
+    recorded = record_files(root, [f for files in names.values() for f in files] + tokenizer_files + head)
     manifest = dict(plan)
     manifest["splits"] = {name: {"n_blocks": len(part), "shards": [{"file": f, **recorded[f]} for f in names[name]]}
                           for name, part in splits.items()}
     manifest["tokenizer_files"] = {f: recorded[f] for f in tokenizer_files}
+    if head:
+        manifest["head"] = {"file": HEAD, **recorded[HEAD]}
+    if measured:
+        manifest["format_error"] = measured
     manifest = sealed(manifest)
     write_json(root / MANIFEST, manifest)
     return manifest

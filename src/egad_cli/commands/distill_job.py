@@ -36,6 +36,7 @@ from egad_cli.models import (
 from egad_cli.models.loading import load_teacher_tokenizer
 from egad_cli.models.setup import apply_document_masks, student_tokenizer_of
 from egad_cli.models.students import student_layer_count
+from egad_cli.teacher_cache.manifest import describe_kind
 from egad_cli.teacher_cache.use import check_fits, fit_warnings, open_cached_teacher
 from egad_cli.ui.console import console
 
@@ -122,7 +123,7 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         student = student.to(runtime.device)
         check_context(cfg.dataset.block_size, "dataset.block_size", student=student)
         n_val = cached.val.n_blocks if cached.val is not None else 0
-        source = f"teacher cache {cached.root} (k={cached.manifest['k']})"
+        source = f"teacher cache {cached.root} ({describe_kind(cached.manifest)})"
     else:
         # The corpus first, with the teacher's tokenizer alone: a file it refuses (not UTF-8, a bad jsonl
         # record) is reported before the teacher's weights load (minutes for a large one)
@@ -155,6 +156,7 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
                       f"{n_val} held-out blocks of {cfg.dataset.block_size} · {steps} steps on {runtime.device}")
 
     sampled_cache = teacher is None and cached.val is not None and cached.val.sampled
+    exact_cache = teacher is None and cached.val is not None and cached.val.exact
 
     def kl(gathered=contextlib.nullcontext, quiet: bool = False) -> tuple[float | None, float | None]:
         """(held-out KL, its standard error: only when estimated from a sampled cache)."""
@@ -162,6 +164,7 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
             return None, None  # a cache without its val split: nothing to measure against
         if runtime.is_main and not quiet:  # a pass of seconds to minutes: say so, on a terminal or in a log file
             how = (" (estimated from the sampled teacher cache)" if sampled_cache else
+                   " (from the exact teacher cache)" if exact_cache else
                    " (from the teacher cache: top-k + tail bucket)" if teacher is None else "")
             console.print(f"[dim]held-out KL(teacher ‖ student) over up to {cfg.eval.max_tokens or 'all'} tokens"
                           f"{how}…[/]")
@@ -224,6 +227,8 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
         if sampled_cache:
             note = (" (estimated from the sampled teacher cache: mean ± standard error over tokens; "
                     "`egad eval run_dir=…` gives the exact value)")
+        elif exact_cache:
+            note = " (from the exact teacher cache: its stored final states through the teacher's head)"
         elif teacher is None:
             note = " (cached teacher: top-k + tail bucket, a lower bound of the full KL)"
         console.print(f"held-out KL(teacher ‖ student): before {shown(kl_before, kl_before_se)} → after {after} "

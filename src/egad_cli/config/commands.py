@@ -38,9 +38,11 @@ CACHE_DTYPES = ("float16", "bfloat16", "float32")
 TAIL_EXPONENTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 DEVICES_HELP = "valid: auto, cpu, cuda, cuda:N"
 #: teacher-cache formats (DESIGN §7; docs/teacher-cache.md has the measurements behind the defaults)
-CACHE_KINDS = ("sampled", "topk")
-#: k when `k` is null: a few exact top ids beside the draws (sampled); the older top-k format's k
-DEFAULT_K = {"sampled": 4, "topk": 48}
+CACHE_KINDS = ("exact", "sampled", "topk")
+#: k when `k` is null: a few exact top ids beside the draws (sampled); the older top-k format's k; none (exact)
+DEFAULT_K = {"exact": 0, "sampled": 4, "topk": 48}
+#: how kind=exact stores its hidden states: in `dtype`, or int8 with one fp32 scale per token
+STATE_QUANTS = ("none", "int8")
 SAMPLED_DRAWS = 16
 #: the dual branch's default branch.n_pairs (conf/branch/dual): a default cache serves the default egad run
 DEFAULT_STATE_PAIRS = 2
@@ -184,20 +186,28 @@ class ReportConfig:
 class CacheCommandConfig:
     """egad cache: one teacher pass over a dataset, stored so that distill runs (and sweeps) reuse it.
 
-    Per predicting token (kind=sampled, the default): the k most likely ids with their exact
-    log-probabilities at T = 1, `draws` ids drawn from the rest of the teacher's distribution (unique ids,
-    counts, log-probabilities: forward-KL-type divergences and their gradients estimated without bias,
-    reverse-KL-type ones read over the stored ids and one bucket; docs/teacher-cache.md), the
-    tail power sums on a grid of exponents 1/τ (the normaliser at any per-token τ), the exact entropy at
-    each of ``entropy_temps``, and (for the dual branch) hidden states at ``layers``. kind=topk keeps
-    the top-k and one tail bucket instead of the draws (a coarse-grained, lower-bound divergence).
+    kind=exact (the default): per predicting token the teacher's final hidden state (the one its output head
+    reads), and once the head itself: a run from the cache recomputes the teacher's full distribution, so every
+    divergence and statistic is the live one up to the state's storage rounding (docs/teacher-cache.md). Where
+    the dual branch reads that layer, it is stored once.
+
+    The compact kinds, for corpora too large for states. kind=sampled: the k most likely ids with their
+    exact log-probabilities at T = 1, `draws` ids drawn from the rest of the teacher's distribution (unique
+    ids, counts, log-probabilities: forward-KL-type divergences and their gradients estimated without bias,
+    reverse-KL-type ones read over the stored ids and one bucket), the tail power sums on a grid of
+    exponents 1/τ (the normaliser at any per-token τ). kind=topk keeps the top-k and one tail bucket
+    instead of the draws (a coarse-grained, lower-bound divergence).
+
+    Every kind stores the exact entropy at each of ``entropy_temps`` and (for the dual branch) hidden
+    states at ``layers``.
     """
 
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)  #: with state_pairs: the student the states are for
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    kind: str = "sampled"  #: sampled (exact head + draws from the tail: unbiased) | topk (top-k + one tail bucket)
-    k: Optional[int] = None  #: exact top log-probabilities per token; null: 4 (sampled) or 48 (topk); ≥ vocabulary: lossless
+    kind: str = "exact"  #: exact (final states + head: the live loss) | sampled (top ids + draws from the tail: unbiased) | topk (top-k + one tail bucket)
+    state_quant: str = "none"  #: kind=exact: none (states in `dtype`) | int8 (one fp32 scale per token: half the bytes)
+    k: Optional[int] = None  #: sampled/topk: exact top log-probabilities per token; null: 4 (sampled) or 48 (topk); ≥ vocabulary: lossless
     draws: int = SAMPLED_DRAWS  #: kind=sampled: ids drawn with replacement from the tail per token (1..255)
     seed: int = 0  #: kind=sampled: the draws' seed (with each block's place: the same command, the same bytes)
     draw_temperature: float = 1.0  #: kind=sampled: draw from p^(1/T) on the tail; 1/T must be one of `exponents`
@@ -223,7 +233,14 @@ class CacheCommandConfig:
         self.teacher.problems(out)
         self.dataset.problems(out)
         out.choice(self.kind, "kind", CACHE_KINDS)
+        out.choice(self.state_quant, "state_quant", STATE_QUANTS)
+        out.check(self.state_quant == "none" or self.kind == "exact", "state_quant",
+                  f"quantises the final states of kind=exact; kind={self.kind} stores its states in `dtype` "
+                  f"(drop state_quant, or use kind=exact)")
         out.check(self.k is None or self.k >= 1, "k", f"must be >= 1, or null for the kind's default (got {self.k})")
+        out.check(self.k is None or self.kind != "exact", "k",
+                  f"kind=exact stores the states the whole distribution comes from, so it keeps no top-k; k applies "
+                  f"to kind=sampled or kind=topk (got k={self.k}: drop it, or pick one of those kinds)")
         out.check(1 <= self.draws <= 255, "draws", f"must be in [1, 255] (counts are stored in one byte; got {self.draws})")
         exps = list(self.exponents)
         out.check(len(exps) > 0 and all(e > 0 for e in exps) and exps == sorted(set(exps)) and 1.0 in exps,
@@ -249,7 +266,10 @@ class CacheCommandConfig:
         return out
 
     def head_k(self, vocab: int) -> int:
-        """The number of exact top ids stored: k, or the kind's default; at most the vocabulary."""
+        """The number of exact top ids stored: k, or the kind's default; at most the vocabulary (0: kind=exact,
+        which stores the states the whole distribution comes from instead)."""
+        if self.kind == "exact":
+            return 0
         return min(DEFAULT_K[self.kind] if self.k is None else int(self.k), vocab)
 
 

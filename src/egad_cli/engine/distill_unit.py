@@ -138,6 +138,10 @@ class DistillUnit:
         self.vmap = vmap
         self.s_vocab = vmap.s_vocab if vmap is not None else vocab_size
         self.teacher, self.cache, self.rollout = teacher, cache, rollout
+        # An exact teacher cache stores the teacher's final states: with its output head they give the live
+        # teacher's logits, and the step takes the live path from there (``_cached_pass``).
+        self.exact_cache = cache is not None and cache.exact
+        self._t_head = cache.head.to(runtime.device) if self.exact_cache else None  # [V, Dt]
         ctx = PolicyContext(vocab_size=vocab_size, total_steps=total_steps, student_vocab_size=self.s_vocab)
         built = build_policies(cfg, ctx)
         self.difficulty, self.curriculum, self.weighting = built["difficulty"], built["curriculum"], built["weighting"]
@@ -211,6 +215,10 @@ class DistillUnit:
         rows = self.s_vocab if model is self.student else self.vocab
         return model.get_output_embeddings().weight[:rows]
 
+    def teacher_head(self) -> Tensor:
+        """The teacher's output head [V, Dt]: the live teacher's, or the one an exact cache stores."""
+        return self._t_head if self._t_head is not None else self.head(self.teacher)
+
     def plan(self, micro_batches: list[dict], progress: float) -> StepPlan:
         onpolicy_logs = {}
         if self.rollout is not None:
@@ -276,7 +284,7 @@ class DistillUnit:
         if self.vmap is not None:  # the logit term over the shared strings + ULD; CE on every student loss token
             logit_sum, ce_sum, cross_parts = self._cross_sums(mp, s_hidden, s_head, t_logits)
         else:
-            t_hidden, t_head = mp.t_hidden, (self.head(self.teacher) if mp.t_hidden is not None else None)
+            t_hidden, t_head = mp.t_hidden, (self.teacher_head() if mp.t_hidden is not None else None)
             if t_hidden is None and mp.t_top is None:  # plain fine-tuning: no teacher; w is all 0, so this only
                 t_hidden, t_head = s_hidden.detach(), s_head.detach()  # makes shapes line up
             logit_sum, ce_sum = chunked_distill_loss(
@@ -310,7 +318,7 @@ class DistillUnit:
         mapped_sum = uld_sum = zero
         if mp.t_hidden is not None:  # None: plain fine-tuning, no teacher
             mapped_sum, uld_sum = cross_vocab_loss(
-                s_hidden, s_head, mp.t_hidden, self.head(self.teacher), mp.tau, mp.w, self.divergence, self.vmap,
+                s_hidden, s_head, mp.t_hidden, self.teacher_head(), mp.tau, mp.w, self.divergence, self.vmap,
                 uld_weight=self.cfg.cross.uld_weight, uld_top=self.cfg.cross.uld_top, chunk_size=self.chunk_size,
                 t_logits=t_logits)
         ce_sum = zero
@@ -377,17 +385,20 @@ class DistillUnit:
             t_hidden = flat(out.last_hidden_state).clone()  # [N, Dt]
             if self.features:
                 t_states = [flat(out.hidden_states[lt]).clone() for _, lt in self.layer_map]
-            if self.needs - {DIFFICULTY}:
-                s_hidden = flat(self.train_modules(ids).last_hidden_state) if self.student_stats else None
-                by_key = chunked_token_stats(
-                    t_hidden, self.head(self.teacher), s_hidden,
-                    self.head(self.student) if s_hidden is not None else None,
-                    **self.stats_request, keep_teacher_logits=self._keeps_logits(t_hidden),
-                    chunk_size=self.chunk_size)
-                stats = {s: by_key[s.key] for s in self.needs if s != DIFFICULTY}  # Stat -> [N]
-                t_logits = by_key.get("teacher_logits")
+            stats, t_logits = self._statistics(ids, t_hidden)
         return {"ids": ids, "targets": targets, "valid": valid, "t_hidden": t_hidden, "t_top": None,
                 "t_logits": t_logits, "t_states": t_states, "stats": stats}
+
+    def _statistics(self, ids: Tensor, t_hidden: Tensor) -> tuple[dict[Stat, Tensor], Tensor | None]:
+        """The policies' statistics from the teacher's final states t_hidden [N, Dt] (live, or an exact cache's)
+        through its head, and the teacher logits [N, V] kept for the loss (None: the loss recomputes them)."""
+        if not self.needs - {DIFFICULTY}:
+            return {}, None
+        s_hidden = flat(self.train_modules(ids).last_hidden_state) if self.student_stats else None
+        by_key = chunked_token_stats(
+            t_hidden, self.teacher_head(), s_hidden, self.head(self.student) if s_hidden is not None else None,
+            **self.stats_request, keep_teacher_logits=self._keeps_logits(t_hidden), chunk_size=self.chunk_size)
+        return {s: by_key[s.key] for s in self.needs if s != DIFFICULTY}, by_key.get("teacher_logits")
 
     def _cross_pass(self, mb: dict) -> dict:
         """The live pass of a cross-tokenizer run: the teacher on its own tokens, its rows gathered at the student
@@ -412,14 +423,7 @@ class DistillUnit:
         part["t_hidden"] = flat(out.last_hidden_state)[t_rows].clone()  # [N, Dt]
         if self.features:
             part["t_states"] = [flat(out.hidden_states[lt])[t_rows].clone() for _, lt in self.layer_map]
-        if self.needs - {DIFFICULTY}:
-            s_hidden = flat(self.train_modules(ids).last_hidden_state) if self.student_stats else None  # [N, Ds]
-            by_key = chunked_token_stats(
-                part["t_hidden"], self.head(self.teacher), s_hidden,
-                self.head(self.student) if s_hidden is not None else None, **self.stats_request,
-                keep_teacher_logits=self._keeps_logits(part["t_hidden"]), chunk_size=self.chunk_size)
-            part["stats"] = {s: by_key[s.key] for s in self.needs if s != DIFFICULTY}  # Stat -> [N]
-            part["t_logits"] = by_key.get("teacher_logits")
+        part["stats"], part["t_logits"] = self._statistics(ids, part["t_hidden"])
         return part
 
     def _keeps_logits(self, t_hidden: Tensor) -> bool:
@@ -428,15 +432,23 @@ class DistillUnit:
         N · V · itemsize · grad_accum. Above the budget the loss recomputes them chunk by chunk."""
         if self.kd_weight == 0:
             return False
-        itemsize = torch.promote_types(t_hidden.dtype, self.head(self.teacher).dtype).itemsize
+        itemsize = torch.promote_types(t_hidden.dtype, self.teacher_head().dtype).itemsize
         return t_hidden.shape[0] * self.vocab * itemsize * self.cfg.trainer.grad_accum <= self.keep_budget
 
     def _cached_pass(self, mb: dict) -> dict:
-        """The same as the live pass, read from the teacher cache: its rows for the micro-batch's blocks,
-        the teacher's entropies as stored (exact), the student's statistics computed here."""
+        """The same as the live pass, read from the teacher cache: its rows for the micro-batch's blocks. An exact
+        cache gives the teacher's final states, and from them on the step is the live one (statistics, kept
+        logits, the loss: the stored head in place of the teacher's). A compact cache gives its rows (top-k,
+        draws), the teacher's entropies as stored (exact), and the student's statistics are computed here."""
         ids, mask = mb["ids"], mb["mask"]
         targets, valid = shift(ids, mask)
         rows = self.cache.rows(mb["blocks"], self.runtime.device, states=self.features)
+        if self.exact_cache:
+            t_hidden = rows["hidden"]  # [N, Dt] fp32
+            t_states = [rows["states"][lt] for _, lt in self.layer_map] if self.features else []
+            stats, t_logits = self._statistics(ids, t_hidden) if self.needs_teacher else ({}, None)
+            return {"ids": ids, "targets": targets, "valid": valid, "t_hidden": t_hidden, "t_top": None,
+                    "t_logits": t_logits, "t_states": t_states, "stats": stats}
         if isinstance(rows["top"], TeacherSampled) and not self.cfg.loss.TEACHER_WEIGHTED:
             rows["top"] = rows["top"].bucketed()  # the student's mass off the draws is what it would exploit
         t_states = [rows["states"][lt] for _, lt in self.layer_map] if self.features else []

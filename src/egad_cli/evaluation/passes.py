@@ -139,7 +139,8 @@ def cached_heldout_kl(student, vocab: int, val, runtime: Runtime, batch_size: in
     A sampled cache gives each token's KL as an unbiased estimate (``losses.sampled``); the standard error
     is the tokens' sample standard deviation over √n: it covers both the draws' noise and the spread
     between tokens (the error of the held-out *average*, conservative for these fixed blocks). A top-k
-    cache gives the bucketed KL, a deterministic lower bound of the full one (no error bar to give)."""
+    cache gives the bucketed KL, a deterministic lower bound of the full one (no error bar to give). An exact
+    cache gives the live value: the teacher's distribution from its stored final states and head."""
     from egad_cli.losses import forward_kl
 
     n = heldout_blocks(val.n_blocks, val.block_size, max_tokens)
@@ -155,12 +156,17 @@ def cached_heldout_kl(student, vocab: int, val, runtime: Runtime, batch_size: in
         with runtime.autocast():
             hidden = base_forward(student, ids).last_hidden_state[:, :-1]
         hidden = hidden.reshape(-1, hidden.shape[-1])  # [N, Ds]
-        rows = val.rows(blocks, runtime.device)["top"]
+        rows = val.rows(blocks, runtime.device)
         dt = torch.promote_types(hidden.dtype, head.dtype)
         for c in range(0, hidden.shape[0], chunk_size):
             r = torch.arange(c, min(c + chunk_size, hidden.shape[0]), device=hidden.device)  # [C]
             z = (hidden[r].to(dt) @ head.to(dt).T).float()  # [C, V]
-            d = rows.rows(r).divergence(z, torch.ones(r.numel(), device=z.device), forward_kl)  # [C]
+            if val.exact:  # the live computation (token_metrics' kl_forward) on the stored states
+                t_head = val.head.to(runtime.device)
+                t_logits = rows["hidden"][r].to(torch.promote_types(dt, t_head.dtype)) @ t_head.T  # [C, V]
+                d = forward_kl(t_logits.float().log_softmax(-1), z.log_softmax(-1))  # [C]
+            else:
+                d = rows["top"].rows(r).divergence(z, torch.ones(r.numel(), device=z.device), forward_kl)  # [C]
             values.append(d[valid[r]].double().cpu())
     student.train(was_training)
     kl = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
@@ -174,19 +180,36 @@ def cached_token_pass(reader, index: Tensor) -> dict[str, Tensor]:
     """``token_pass``'s teacher values for the blocks `index` [B] of a teacher cache's split (reader: a
     ``teacher_cache.SplitReader``), read, not computed: ``block`` (position in `index`), ``position``,
     ``target``, ``entropy_teacher`` (the stored exact entropy at T = 1) and the teacher's top-1
-    ``confidence_teacher`` / ``correct_teacher`` (the top-1 is always among the cached top-k)."""
+    ``confidence_teacher`` / ``correct_teacher`` (the top-1 is always among the cached top-k; an exact cache's
+    from its states through its head)."""
     data = reader.packed()
     ids, mask = data.ids[index], data.mask[index]  # [B, L]
     rows = reader.rows(index, torch.device("cpu"))
     valid = mask[:, 1:].reshape(-1)  # [N]
     b, length = ids.shape
-    top = rows["top"]
+    if reader.exact:
+        top_logp, top_id = _top1(rows["hidden"], reader.head)
+    else:
+        top_logp, top_id = rows["top"].logp[:, 0], rows["top"].ids[:, 0]
     targets = ids[:, 1:].reshape(-1)
     out = {"block": torch.arange(b)[:, None].expand(-1, length - 1).reshape(-1),
            "position": torch.arange(length - 1).expand(b, -1).reshape(-1), "target": targets,
-           "entropy_teacher": rows["entropy"][1.0], "confidence_teacher": top.logp[:, 0].exp(),
-           "correct_teacher": (top.ids[:, 0] == targets).float()}
+           "entropy_teacher": rows["entropy"][1.0], "confidence_teacher": top_logp.exp(),
+           "correct_teacher": (top_id == targets).float()}
     out = {k: v[valid] for k, v in out.items()}
     if out["target"].numel() == 0:
         raise UserError("the selected blocks hold no valid (loss) tokens: every token is masked out")
     return out
+
+
+def _top1(hidden: Tensor, head: Tensor, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """The teacher's most likely next token and its log-probability [N] each, from final states [N, D] and its
+    head [V, D], chunk by chunk."""
+    logps, ids = [], []
+    dt = torch.promote_types(hidden.dtype, head.dtype)
+    for c in range(0, hidden.shape[0], chunk_size):
+        logp = (hidden[c:c + chunk_size].to(dt) @ head.to(dt).T).float().log_softmax(-1)  # [C, V]
+        best = logp.max(dim=-1)
+        logps.append(best.values)
+        ids.append(best.indices)
+    return torch.cat(logps), torch.cat(ids)

@@ -9,9 +9,11 @@ from pathlib import Path
 import torch
 
 from egad_cli.config.schema import TeacherConfig
+from egad_cli.errors import UserError
 from egad_cli.losses.cached import SPLIT_BUFFER_ROWS, split_tail
 from egad_cli.losses.sampled import sampled_from_split
 from egad_cli.models.documents import base_forward
+from egad_cli.teacher_cache.states import store_state
 
 
 def teacher_fingerprint(cfg: TeacherConfig, cache_dir: Path) -> str:
@@ -74,18 +76,19 @@ def teacher_rows(teacher, ids: torch.Tensor, vocab: int, plan: dict, store_dtype
     """The cached fields of a batch of blocks ids [B, L], each [B, L-1, ...] on the CPU (see manifest.FIELDS).
     plan: the cache's settings (kind, k, exponents, entropy_temps, layers); uniforms [B, L-1, draws] for a
     sampled cache (``block_uniforms``). Per chunk of tokens one log-softmax over the vocabulary feeds
-    everything stored: the entropies, the top-k, the tail power sums and the draws."""
-    from egad_cli.losses.chunked import entropy_at
-
+    everything stored: the entropies, the top-k, the tail power sums and the draws (kind=exact: the
+    entropies, and the final states as the layer ``plan["final_layer"]``)."""
     b, length = ids.shape
     layers = tuple(plan["layers"])
     exponents = tuple(plan["exponents"])
-    temps = tuple(plan["entropy_temps"])
-    sampled = plan.get("kind", "topk") == "sampled"
+    kind = plan.get("kind", "topk")
+    sampled, exact = kind == "sampled", kind == "exact"
     draw_exponent = 1.0 / plan.get("draw_temperature", 1.0)
     if sampled:  # the grid's own float (1/T may differ from it in the last bit)
         draw_exponent = next(e for e in exponents if abs(e - draw_exponent) < 1e-9)
-    out = base_forward(teacher, ids, output_hidden_states=bool(layers))
+    out = base_forward(teacher, ids, output_hidden_states=bool(layers))  # exact: the final layer is among them
+    if exact:
+        check_final_state(out, int(plan["final_layer"]))
     hidden = out.last_hidden_state[:, :-1].reshape(b * (length - 1), -1)  # [N, Dt]
     head = teacher.get_output_embeddings().weight[:vocab]  # [V, Dt]
     flat_uniforms = None if uniforms is None else uniforms.reshape(b * (length - 1), -1)  # [N, draws]
@@ -107,23 +110,54 @@ def teacher_rows(teacher, ids: torch.Tensor, vocab: int, plan: dict, store_dtype
         torch.log_softmax(logits, dim=-1, out=logits)  # [C, V], in place: the one normalisation
         for sub in range(0, logits.shape[0], rows_per_split):
             logp = logits[sub:sub + rows_per_split]  # [c, V]
-            split = split_tail(logp, plan["k"], exponents, entropy_temps=temps)
-            entropies = [split.entropies[t] if t in split.entropies else entropy_at(logp, t, normalized=True)
-                         for t in temps]
-            row = {"entropy": torch.stack(entropies, dim=-1)}
-            if sampled:
-                at = start + sub
-                rows = sampled_from_split(logp, split, flat_uniforms[at:at + logp.shape[0]], draw_exponent)
-                row.update(sample_ids=rows.sample_ids.to(id_dtype), sample_counts=rows.sample_counts.to(torch.uint8),
-                           sample_logp=rows.sample_logp.to(store_dtype))
-            top = split.head
-            row.update(topk_logp=top.logp.to(store_dtype), topk_ids=top.ids.to(id_dtype),
-                       log_tail=top.log_tail.to(store_dtype))
+            row = chunk_fields(logp, plan, store_dtype, id_dtype, draw_exponent,
+                               None if flat_uniforms is None else flat_uniforms[start + sub:start + sub + logp.shape[0]])
             for name, value in row.items():  # on the device: one copy to the host at the end, not one per chunk
                 parts.setdefault(name, []).append(value)
-            del split
         del logits
     fields = {name: torch.cat(chunks).reshape(b, length - 1, -1).cpu() for name, chunks in parts.items()}
+    quant = plan.get("state_quant", "none")
     for layer in layers:
-        fields[f"states.{layer}"] = out.hidden_states[layer][:, :-1].to(store_dtype).cpu()  # [B, L-1, Dt]
+        # exact: the final layer is the state the head reads (check_final_state: the same tensor)
+        state = out.last_hidden_state if exact and layer == plan["final_layer"] else out.hidden_states[layer]
+        fields.update(store_state(f"states.{layer}", state[:, :-1], quant, store_dtype))  # [B, L-1, Dt]
     return fields
+
+
+def chunk_fields(logp: torch.Tensor, plan: dict, store_dtype: torch.dtype, id_dtype: torch.dtype,
+                 draw_exponent: float, uniforms: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The per-token fields of one chunk of log-probabilities logp [c, V] (T = 1) but the states: the exact
+    entropies, and for the compact kinds the top-k with its tail sums and (sampled) the draws (uniforms [c, m])."""
+    from egad_cli.losses.chunked import entropy_at
+
+    temps = tuple(plan["entropy_temps"])
+    kind = plan.get("kind", "topk")
+    if kind == "exact":  # the stored final states hold the whole distribution: the entropies alone beside them
+        return {"entropy": torch.stack([entropy_at(logp, t, normalized=True) for t in temps], dim=-1)}
+    split = split_tail(logp, plan["k"], tuple(plan["exponents"]), entropy_temps=temps)
+    entropies = [split.entropies[t] if t in split.entropies else entropy_at(logp, t, normalized=True) for t in temps]
+    row = {"entropy": torch.stack(entropies, dim=-1)}
+    if kind == "sampled":
+        rows = sampled_from_split(logp, split, uniforms, draw_exponent)
+        row.update(sample_ids=rows.sample_ids.to(id_dtype), sample_counts=rows.sample_counts.to(torch.uint8),
+                   sample_logp=rows.sample_logp.to(store_dtype))
+    top = split.head
+    row.update(topk_logp=top.logp.to(store_dtype), topk_ids=top.ids.to(id_dtype), log_tail=top.log_tail.to(store_dtype))
+    return row
+
+
+def check_final_state(out, final_layer: int) -> None:
+    """kind=exact stores the state the output head reads (last_hidden_state) as layer `final_layer`, the one the
+    dual branch reads there too: they must be the same tensor (true of the HF models whose last
+    hidden_states entry is the final normed state, Llama, Qwen2, GPT-2 and the others egad loads)."""
+    states = out.hidden_states
+    if states is None or len(states) <= final_layer or not torch.equal(states[final_layer], out.last_hidden_state):
+        raise UserError(f"kind=exact: this teacher's hidden state {final_layer} (its last) is not the state its "
+                        f"output head reads, so the cache could not serve both the logits and the dual branch from "
+                        f"one stored state; build with kind=sampled (or kind=topk)")
+
+
+def teacher_head(teacher, vocab: int) -> torch.Tensor:
+    """The output head [V, Dt] the stored final states go through: lm_head (or the tied embedding) sliced to the
+    tokenizer's vocabulary, in the dtype the teacher holds it (contiguous, on the CPU, for the head file)."""
+    return teacher.get_output_embeddings().weight[:vocab].detach().to("cpu").contiguous()

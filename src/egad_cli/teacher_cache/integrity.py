@@ -59,6 +59,8 @@ def recorded_files(manifest: dict) -> dict[str, dict]:
     files = {e["file"]: {"bytes": e["bytes"], "sha256": e["sha256"]}
              for split in manifest["splits"].values() for e in split["shards"]}
     files.update(manifest.get("tokenizer_files", {}))
+    if "head" in manifest:  # kind=exact: the output head the states go through
+        files[manifest["head"]["file"]] = {"bytes": manifest["head"]["bytes"], "sha256": manifest["head"]["sha256"]}
     return files
 
 

@@ -6,6 +6,7 @@ A cache directory holds::
     tokenizer/                      the teacher's tokenizer (save_pretrained: JSON files)
     train-00000.safetensors …       one shard per `shard_blocks` blocks of a split, written atomically
     val-00000.safetensors …
+    head.safetensors                kind=exact: the teacher's output head [V, D] the stored final states go through
     manifest.json                   written last, once every shard exists: the cache is complete; it records
                                     each file's size and SHA-256 and is sealed with its own (integrity.py)
     verified.json                   which files were found intact, by size and mtime (integrity.py)
@@ -22,9 +23,11 @@ from pathlib import Path
 from egad_cli.errors import UserError
 from egad_cli.teacher_cache.integrity import manifest_problem
 
-#: 2: the sampled kind (and the "kind" key); 1: the top-k format before it, still read
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: 3: the exact kind (final states + head); 2: the sampled kind (and the "kind" key); 1: the top-k format
+#: before it. All still read.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+HEAD = "head.safetensors"
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 TOKENIZER_DIR = "tokenizer"
@@ -40,7 +43,9 @@ FIELDS = {
                   "padding slots after them (count 0)",
     "sample_counts": "[B, L-1, draws] uint8: how many of the `draws` draws gave each id (0: padding)",
     "sample_logp": "[B, L-1, draws] log p(v) at T = 1 of each drawn id",
-    "states.<l>": "[B, L-1, D] teacher hidden states (output_hidden_states index l), for the dual branch",
+    "states.<l>": "[B, L-1, D] teacher hidden states (output_hidden_states index l), for the dual branch; kind=exact: "
+                  "l = final_layer is the state the output head reads (last_hidden_state)",
+    "states.<l>.scale": "[B, L-1, 1] fp32 (state_quant=int8): states.<l> is int8, the state is states.<l> · scale",
 }
 
 
@@ -73,7 +78,7 @@ def open_manifest(ref: str | Path, key: str = "teacher_cache") -> tuple[Path, di
     if not (root / MANIFEST).is_file():
         if (root / PLAN).is_file():
             plan = read_json(root / PLAN, key)
-            done = len(list(root.glob("*.safetensors")))
+            done = len([p for p in root.glob("*.safetensors") if p.name != HEAD])
             raise UserError(f"{key}: {root} is an unfinished teacher cache ({done} shard(s) written, no {MANIFEST}); "
                             f"finish it by running the command that started it again: {plan.get('command', 'egad cache …')}")
         raise UserError(f"{key}: {root} is not a teacher cache (no {MANIFEST}); build one with `egad cache`.")
@@ -95,8 +100,19 @@ def tau_support(manifest: dict) -> tuple[float, float]:
 
 
 def cache_kind(manifest: dict) -> str:
-    """sampled | topk (format 1 caches are all top-k)."""
+    """exact | sampled | topk (format 1 caches are all top-k)."""
     return manifest.get("kind", "topk")
+
+
+def describe_kind(plan: dict) -> str:
+    """The format in a few words, from a plan or manifest (for `egad cache` and a run's start line)."""
+    if plan.get("kind") == "exact":
+        form = "int8 with a scale per token" if plan.get("state_quant") == "int8" else plan["dtype"]
+        return f"exact: the teacher's final states ({form}) + its head"
+    if plan.get("kind", "topk") == "sampled":
+        at = f" at T={plan['draw_temperature']:g}" if plan.get("draw_temperature", 1.0) != 1.0 else ""
+        return f"sampled: top {plan['k']} exact + {plan['draws']} draws from the tail{at}"
+    return f"top-k: k={plan['k']} + tail bucket"
 
 
 def rebuild_hint(manifest: dict, **changes) -> str:

@@ -20,10 +20,12 @@ from egad_cli.errors import UserError
 from egad_cli.losses.cached import TeacherTopK
 from egad_cli.losses.sampled import TeacherSampled
 from egad_cli.teacher_cache.manifest import cache_kind, shard_name
+from egad_cli.teacher_cache.states import load_state
 
 #: torch dtype -> safetensors dtype name
 SAFETENSORS_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.int32: "I32",
-                      torch.int64: "I64", torch.uint16: "U16", torch.uint8: "U8", torch.bool: "BOOL"}
+                      torch.int64: "I64", torch.uint16: "U16", torch.uint8: "U8", torch.int8: "I8",
+                      torch.bool: "BOOL"}
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -65,14 +67,15 @@ def remove_stale_temporaries(root: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def is_complete_shard(path: Path) -> bool:
-    """A shard at its final name is complete (renamed only after a full write); its header must parse."""
+def is_complete_shard(path: Path, holds: str = "ids") -> bool:
+    """A shard (or the head file: holds="weight") at its final name is complete (renamed only after a full
+    write); its header must parse."""
     if not path.is_file():
         return False
     try:
         with safe_open(str(path), framework="pt") as f:
             names = f.keys()  # a list (safe_open is not a mapping)
-            return "ids" in names
+            return holds in names
     except Exception:  # noqa: BLE001 - any unreadable file is simply not a complete shard: it is rewritten
         return False
 
@@ -91,12 +94,13 @@ class SplitReader:
         self.block_size = int(manifest["block_size"])
         self.layers = [int(layer) for layer in manifest["layers"]]
         self.entropy_temps = [float(t) for t in manifest["entropy_temps"]]
-        self.exponents = torch.tensor(manifest["exponents"], dtype=torch.float32)
-        self.sampled = cache_kind(manifest) == "sampled"
-        self.draws = int(manifest.get("draws", 0))
-        # the grid's own value (1/T computed here may differ from it in the last bit)
-        draw_exponent = 1.0 / float(manifest.get("draw_temperature", 1.0))
-        self.draw_exponent = min(manifest["exponents"], key=lambda e: abs(e - draw_exponent))
+        kind = cache_kind(manifest)
+        self.sampled, self.exact = kind == "sampled", kind == "exact"
+        #: exact: the layer whose stored states are the final ones (the head's input)
+        self.final_layer = int(manifest["final_layer"]) if self.exact else None
+        self.view_fields = ("topk_logp", "topk_ids", "log_tail") + (
+            ("sample_ids", "sample_counts", "sample_logp") if self.sampled else ())
+        self.head: torch.Tensor | None = None  #: exact: [V, D], set by ``use.open_cached_teacher`` (checked there)
         facts = manifest["teacher_facts"]
         self.teacher_layers, self.teacher_width = int(facts["num_hidden_layers"]), int(facts["hidden_size"])
         self._handles = []
@@ -128,25 +132,47 @@ class SplitReader:
 
     def rows(self, blocks: torch.Tensor, device: torch.device, states: bool = False) -> dict:
         """The teacher's cached outputs for the predicting positions of `blocks` [B], flattened to N = B·(L-1):
-        ``top`` (TeacherTopK, or TeacherSampled for a sampled cache; fp32 on device), ``entropy`` {T: [N]},
-        and with `states` (the dual branch)
-        ``states`` {layer: [N, D]} (fp32; the largest field, so read only when asked for)."""
-        def flat(t: torch.Tensor) -> torch.Tensor:
+        ``top`` (TeacherTopK, or TeacherSampled for a sampled cache; fp32 on device; None for an exact cache),
+        ``hidden`` (exact cache: the final states [N, D] fp32 the head reads, ``head``), ``entropy`` {T: [N]},
+        and with `states` (the dual branch) ``states`` {layer: [N, D]} (fp32; the largest field, so read only
+        when asked for)."""
+        def read(name: str) -> torch.Tensor:
+            t = self._take(name, blocks)
             return t.reshape(-1, *t.shape[2:]).to(device)
 
-        top = TeacherTopK(logp=flat(self._take("topk_logp", blocks)).float(),
-                          ids=flat(self._take("topk_ids", blocks)).long(),
-                          exponents=self.exponents.to(device),
-                          log_tail=flat(self._take("log_tail", blocks)).float())
-        if self.sampled:
-            top = TeacherSampled(top, sample_ids=flat(self._take("sample_ids", blocks)).long(),
-                                 sample_counts=flat(self._take("sample_counts", blocks)).float(),
-                                 sample_logp=flat(self._take("sample_logp", blocks)).float(), draws=self.draws,
-                                 draw_exponent=self.draw_exponent)
-        entropy = flat(self._take("entropy", blocks)).float()  # [N, E]
-        return {"top": top, "entropy": {t: entropy[:, i] for i, t in enumerate(self.entropy_temps)},
-                "states": {layer: flat(self._take(f"states.{layer}", blocks)).float()
-                           for layer in (self.layers if states else ())}}
+        quant = self.manifest.get("state_quant", "none")
+        out = {"top": None, "hidden": None}
+        if self.exact:
+            out["hidden"] = load_state(read, f"states.{self.final_layer}", quant)
+        else:
+            out["top"] = stored_view({name: read(name) for name in self.view_fields}, self.manifest)
+        entropy = read("entropy").float()  # [N, E]
+        out["entropy"] = {t: entropy[:, i] for i, t in enumerate(self.entropy_temps)}
+        out["states"] = {layer: out["hidden"] if layer == self.final_layer and self.exact else load_state(
+            read, f"states.{layer}", quant) for layer in (self.layers if states else ())}
+        return out
+
+
+def stored_view(fields: dict[str, torch.Tensor], manifest: dict) -> TeacherTopK | TeacherSampled:
+    """The teacher's rows of a compact cache from its stored fields (each [N, ...], on their device): TeacherTopK,
+    or TeacherSampled for a sampled cache; fp32."""
+    device = fields["topk_logp"].device
+    exponents = torch.tensor(manifest["exponents"], dtype=torch.float32, device=device)
+    top = TeacherTopK(logp=fields["topk_logp"].float(), ids=fields["topk_ids"].long(), exponents=exponents,
+                      log_tail=fields["log_tail"].float())
+    if cache_kind(manifest) != "sampled":
+        return top
+    # the grid's own value (1/T computed here may differ from it in the last bit)
+    draw_exponent = min(manifest["exponents"], key=lambda e: abs(e - 1.0 / float(manifest.get("draw_temperature", 1.0))))
+    return TeacherSampled(top, sample_ids=fields["sample_ids"].long(), sample_counts=fields["sample_counts"].float(),
+                          sample_logp=fields["sample_logp"].float(), draws=int(manifest["draws"]),
+                          draw_exponent=draw_exponent)
+
+
+def sampled_rows(rows: dict[str, torch.Tensor], manifest: dict, device: torch.device) -> TeacherSampled:
+    """A sampled cache's view of fields [B, L-1, ...] as ``build.teacher_rows`` returns them (flattened)."""
+    names = ("topk_logp", "topk_ids", "log_tail", "sample_ids", "sample_counts", "sample_logp")
+    return stored_view({n: rows[n].reshape(-1, *rows[n].shape[2:]).to(device) for n in names}, manifest)
 
 
 def shard_path(root: Path, split: str, index: int) -> Path:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from egad_cli.errors import UserError
 from egad_cli.teacher_cache.integrity import require_intact
 from egad_cli.teacher_cache.manifest import (
+    HEAD,
     TOKENIZER_DIR,
     cache_kind,
     open_manifest,
@@ -24,6 +28,7 @@ class CachedTeacher:
     train: SplitReader
     val: SplitReader | None  #: None when the cache was built without the val split
     tokenizer: object
+    head: torch.Tensor | None = None  #: kind=exact: the teacher's output head [V, D] (checked against the manifest)
 
 
 def open_cached_teacher(ref: str) -> CachedTeacher:
@@ -39,14 +44,46 @@ def open_cached_teacher(ref: str) -> CachedTeacher:
         raise UserError(f"teacher_cache: the tokenizer in {root / TOKENIZER_DIR} could not be read ({exc}); rebuild "
                         f"the cache: {manifest.get('command', 'egad cache …')}") from None
     val = SplitReader(root, manifest, "val") if "val" in manifest["splits"] else None
-    return CachedTeacher(root, manifest, SplitReader(root, manifest, "train"), val, tokenizer)
+    cached = CachedTeacher(root, manifest, SplitReader(root, manifest, "train"), val, tokenizer)
+    if cache_kind(manifest) == "exact":
+        cached.head = load_head(root, manifest)
+        for reader in (cached.train, cached.val):
+            if reader is not None:
+                reader.head = cached.head
+    return cached
+
+
+def load_head(root: Path, manifest: dict) -> torch.Tensor:
+    """An exact cache's output head [V, D], refused unless it is the head of the cache's teacher: written for
+    the teacher fingerprint the manifest records, of its shape (vocabulary × hidden size), and (checked before,
+    by ``require_intact``) the bytes the manifest's digest vouches for."""
+    from safetensors import safe_open
+
+    path = root / manifest.get("head_file", HEAD)
+    rebuild = manifest.get("command", "egad cache …")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            head = f.get_tensor("weight")
+    except Exception as exc:  # noqa: BLE001 - a damaged or missing head: any read failure is a message
+        raise UserError(f"teacher_cache: the output head {path} could not be read ({exc}); rebuild the cache: "
+                        f"{rebuild}") from None
+    want_shape = (int(manifest["vocab_size"]), int(manifest["teacher_facts"]["hidden_size"]))
+    if meta.get("teacher_fingerprint") != manifest["teacher_fingerprint"] or tuple(head.shape) != want_shape:
+        raise UserError(f"teacher_cache: the output head {path} is not the head of this cache's teacher (written "
+                        f"for teacher {meta.get('teacher_fingerprint', '?')}, shape {list(head.shape)}; the cache's "
+                        f"states are of teacher {manifest['teacher_fingerprint']}, shape {list(want_shape)}), so "
+                        f"the distributions recomputed from them would be another model's. Rebuild the cache: "
+                        f"rm -r {shlex.quote(str(root))} && {rebuild}")
+    return head
 
 
 def fit_problems(cfg, manifest: dict, needs, student_layers: int) -> list[str]:
     """Why this distill config cannot train from this cache (empty: it can). needs: the policies' Stats."""
-    from egad_cli.losses.feature import default_layer_map
 
     problems = []
+    if cache_kind(manifest) == "exact":  # the whole distribution at any τ, every entropy: only the states matter
+        return problems + state_problems(cfg, manifest, student_layers)
     lo, hi = cfg.temperature.tau_range()
     c_lo, c_hi = tau_support(manifest)
     if cfg.method.kd_weight > 0 and (lo < c_lo * (1 - 1e-6) or hi > c_hi * (1 + 1e-6)):
@@ -61,6 +98,14 @@ def fit_problems(cfg, manifest: dict, needs, student_layers: int) -> list[str]:
         problems.append(f"the policies read the teacher's entropy at T={', '.join(f'{t:g}' for t in missing)}, which "
                         f"the cache does not hold (it has T={manifest['entropy_temps']}). Build a cache with it: "
                         f"{rebuild_hint(manifest, entropy_temps=temps)}")
+    return problems + state_problems(cfg, manifest, student_layers)
+
+
+def state_problems(cfg, manifest: dict, student_layers: int) -> list[str]:
+    """The dual branch's teacher layers that the cache lacks."""
+    from egad_cli.losses.feature import default_layer_map
+
+    problems = []
     if cfg.branch.features:
         facts = manifest["teacher_facts"]
         layers = {lt for _, lt in default_layer_map(student_layers, int(facts["num_hidden_layers"]), cfg.branch.n_pairs)}
@@ -81,8 +126,7 @@ def fit_warnings(cfg, manifest: dict) -> list[str]:
              f"teacher rarely emits, which the teacher's draws cannot estimate stably (trained on the unbiased "
              f"estimate, rkl diverged), so this run compares the stored ids (head and draws) exactly and the rest "
              f"of the tail as one bucket, as a top-k cache does: stable, a lower bound (docs/teacher-cache.md). "
-             f"A top-k cache holds more ids ({rebuild_hint(manifest, kind='topk', k=48)}); the live teacher is "
-             f"exact.")]
+             f"An exact cache gives this loss as the live teacher does: {rebuild_hint(manifest, kind='exact')}")]
 
 
 def check_fits(cfg, manifest: dict, root: Path, needs, student_layers: int) -> None:
