@@ -206,6 +206,32 @@ def test_a_run_from_the_exact_cache_follows_the_live_run(tmp_path, exact, method
     assert b["kl_after"] == pytest.approx(a["kl_after"], rel=2e-3) and "kl_after_se" not in b
 
 
+def test_report_shows_the_cache_deviation_of_runs_and_their_live_twins(tmp_path, exact, capsys):
+    """`egad report` over runs from the exact cache and the same runs live pairs them by config and seed
+    and prints cache − live per group: within the rounding here; a live run with another lr is no twin."""
+    sweep = tmp_path / "sweep"
+    for seed in ("0", "1"):
+        assert distill(sweep / "live" / seed, "method=kd", f"trainer.seed={seed}") == 0
+        assert distill(sweep / "cached" / seed, "method=kd", f"trainer.seed={seed}", f"teacher_cache={exact}") == 0
+    assert distill(sweep / "other" / "0", "method=kd", "trainer.seed=0", "trainer.lr=0.01") == 0
+    capsys.readouterr()
+    assert egad("report", f"sweep_dir={sweep}") == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "cache deviation" in out and "measured from its cache" in out
+    md = (sweep / "report.md").read_text()
+    table = md.split("Cache deviation:")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "exact" in line]
+    assert len(rows) == 1, table  # one group: kd from this cache, over both seeds
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[1] == f"{exact.name} (exact)" and cells[2] == "2"
+    live, cached = float(cells[3]), float(cells[4])
+    assert cached == pytest.approx(live, rel=2e-3)  # what the per-step test allows the rounding
+    summaries = [json.loads((sweep / kind / seed / "summary.json").read_text())["kl_after"]
+                 for kind in ("live", "cached") for seed in ("0", "1")]
+    assert live == pytest.approx((summaries[0] + summaries[1]) / 2, abs=1e-4)
+    assert cached == pytest.approx((summaries[2] + summaries[3]) / 2, abs=1e-4)
+
+
 def _rewrite_head(cache: Path, head: torch.Tensor, meta: dict) -> None:
     """Put another head in the cache and re-record it in a re-sealed manifest (so the integrity check passes:
     the refusal must come from what the head is, not from its digest)."""

@@ -8,7 +8,9 @@ When the sweep varies trainer.seed, a second table gives per group of seeds (the
 only in their seed) the mean ± sample sd of the sort metric and the paired difference to the same
 group with method=<baseline> (default kd), seed by seed, with its 95 % t interval and "inconclusive"
 where the interval contains zero (``egad_cli.stats``), and how many seeds a comparison with the
-measured spread would need to resolve a difference of 1 % of the baseline's mean (80 % power). Then the pictures (``report_plots``): the
+measured spread would need to resolve a difference of 1 % of the baseline's mean (80 % power). When runs from
+a teacher cache have live twins in the sweep (the same config, seed and data without the cache), a table of
+the cache's deviation per group: cache − live paired by seed (``cache_twins``). Then the pictures (``report_plots``): the
 training loss against tokens, the metric per group with its interval, eval KL by teacher-entropy decile
 against the baseline; compactly in the terminal, as PNGs and report-plots.json in the sweep dir.
 
@@ -28,6 +30,7 @@ from omegaconf import DictConfig
 from rich.markup import escape
 from rich.text import Text
 
+from egad_cli.commands.cache_twins import cache_deviation
 from egad_cli.commands.common import json_safe, run_task
 from egad_cli.commands.report_plots import sweep_plot_data, terminal_rows, write_pngs
 from egad_cli.commands.sweep import (
@@ -133,6 +136,13 @@ def run_report(raw: DictConfig) -> int:
     seeds = seed_summary(runs, summary_metric, cfg.baseline) if summary_metric in available else None
     if seeds is not None:
         console.print(rich_table(seeds[0], seeds[1], title=f"over seeds: {summary_metric} (mean ± sample sd)"))
+    deviation = cache_deviation(runs, summary_metric) if summary_metric in available else None
+    if deviation is not None:
+        console.print(rich_table(*deviation, title=f"cache deviation: runs from a teacher cache against their live "
+                                                   f"twins (same config, seed and data), {summary_metric}"))
+        if not summary_metric.startswith("eval."):
+            console.print("[dim]a cached run's kl_after is measured from its cache; `egad eval` on every run and "
+                          "sort_by=eval.kl_forward compare both with the live teacher[/]")
     pictures = sweep_plot_data(runs, summary_metric, cfg.baseline)
     if pictures["curves"] or pictures["metric_by_group"]:
         console.print(rich_table(*terminal_rows(pictures), title="in brief: one row per group of seeds"))
@@ -149,6 +159,11 @@ def run_report(raw: DictConfig) -> int:
                    f"inconclusive where it contains 0; seeds to resolve 1 % of the baseline's mean with 80 % power, "
                    f"from the measured sd of the differences)\n\n")
             md += markdown_table(*seeds)
+        if deviation is not None:
+            md += (f"\n\nCache deviation: {summary_metric} of each run from a teacher cache against its live twin "
+                   f"(the same config, seed and data, without the cache), cache − live paired by seed, mean "
+                   f"[95 % t interval]\n\n")
+            md += markdown_table(*deviation)
         (out_dir / "report.md").write_text(md)
         written = [out_dir / "report.csv", out_dir / "report.md"]
         if cfg.plots:
