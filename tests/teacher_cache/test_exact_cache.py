@@ -187,6 +187,9 @@ def test_the_default_cache_is_exact_and_says_what_it_costs(tmp_path, capsys):
     error = manifest["format_error"]
     assert 0 <= error["kl_mean"] <= error["kl_max"] < 1e-3  # fp16 states: a rounding, not an approximation
     assert "KL(live ‖ cached)" in out and "recomputes the teacher's head" in out
+    final = manifest["final_layer"]
+    assert f"the final state (layer {final}: what the head reads, and the dual branch)" in out  # smoke: layers [1, 2]
+    assert "at layers [1] (state_pairs=0 leaves those out)" in out
     assert "sample_ids" not in json.dumps(manifest["splits"])  # nothing of the compact formats
 
 

@@ -195,6 +195,26 @@ def bytes_per_token(manifest: dict) -> tuple[float, float]:
     return total / max(tokens, 1), float(len(manifest["layers"]) * per_layer)
 
 
+def size_text(manifest: dict) -> str:
+    """The cache's bytes per token, and what the hidden states take of them."""
+    total, states = bytes_per_token(manifest)
+    layers = list(manifest["layers"])
+    if not states:
+        return f"{total:.0f} bytes/token"
+    per_layer = states / len(layers)
+    if manifest.get("kind") == "exact":
+        final = manifest["final_layer"]
+        branch = [layer for layer in layers if layer != final]
+        text = (f"{total:.0f} bytes/token, of which {per_layer:.0f} the final state (layer {final}: what the head "
+                f"reads{', and the dual branch' if branch else ''})")
+        if branch:
+            text += (f" and {per_layer * len(branch):.0f} the states the dual branch reads at layers {branch} "
+                     f"(state_pairs=0 leaves those out)")
+        return text
+    return (f"{total - states:.0f} bytes/token + {states:.0f} for the hidden states at layers {layers} "
+            f"(state_pairs=0 leaves them out: no dual branch from this cache)")
+
+
 def run(cfg: CacheCommandConfig) -> Path:
     started = time.perf_counter()
     runtime = runtime_of(cfg)
@@ -246,12 +266,8 @@ def run(cfg: CacheCommandConfig) -> Path:
     if runtime.is_main:
         manifest = finish(root, plan, splits, measured)
         blocks = ", ".join(f"{n}: {s['n_blocks']} blocks" for n, s in manifest["splits"].items())
-        total, states = bytes_per_token(manifest)
-        size = (f"{total - states:.0f} bytes/token + {states:.0f} for the hidden states at layers {plan['layers']} "
-                f"(state_pairs=0 leaves them out: no dual branch from this cache)" if states
-                else f"{total:.0f} bytes/token")
         console.print(f"teacher cache complete in {time.perf_counter() - started:.0f} s: {root}\n{blocks} of "
-                      f"{plan['block_size']} tokens · {describe_kind(plan)} · {size}")
+                      f"{plan['block_size']} tokens · {describe_kind(plan)} · {size_text(manifest)}")
         error = manifest.get("format_error")
         if error:  # measured on the first batch this build wrote (none when it only checked a complete cache)
             console.print(fidelity.describe(error, plan["kind"]))
