@@ -41,7 +41,7 @@ test-kernels: install
 	ATEN_CPU_CAPABILITY=$(KERNELS) MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -m "numerics or slow"
 
 # kd, egad, eakd and adakd × 3 seeds at the demo's budget, from one teacher cache (the teacher runs once; the
-# default sampled format, with the states egad's dual branch reads), then the exact held-out metrics of every
+# default exact format, with the states egad's dual branch reads), then the exact held-out metrics of every
 # job with the live teacher (`egad eval`; without generations or the on-policy metric, which the table does not
 # show and which took 35 % of an eval) and one table with mean ± sd per method, paired differences to kd with
 # their 95 % intervals, and the pictures (docs/results.md).

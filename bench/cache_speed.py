@@ -2,12 +2,13 @@
 it against one with the live teacher.
 
 In one process, on the same models and batches:
-* build vs forward: for each cache kind (sampled, the default, and topk), the seconds per batch of
+* build vs forward: for each cache kind (exact, the default; sampled; topk), the seconds per batch of
   `egad cache`'s per-batch work (``teacher_rows``: the forward, then one log-softmax per chunk feeding
-  the entropies, top-k, tail sums and draws; no states) against the teacher's plain forward with its
-  logits (``teacher(input_ids).logits``), taking turns batch by batch; the median ratio;
+  the entropies, and for the compact kinds the top-k, tail sums and draws; exact: its final states, the
+  only ones here) against the teacher's plain forward with its logits (``teacher(input_ids).logits``),
+  taking turns batch by batch (so a load on the machine falls on both alike); the median ratio;
 * `egad cache` end to end over the first --blocks training blocks of the embedded corpus (SmolLM2
-  teacher, the default settings: sampled, with the states egad's dual branch reads);
+  teacher, the default settings: exact, with the states egad's dual branch reads);
 * for kd and egad the median seconds of a full engine step (plan, loss, backward, AdamW) with the live
   teacher and with the cache.
 Usage: python bench/cache_speed.py [--blocks 64] [--steps 8] [--build-batches 8]
@@ -34,6 +35,7 @@ from egad_cli.models import load_models
 from egad_cli.teacher_cache.use import open_cached_teacher
 
 METHODS = ("kd", "egad")
+KINDS = ("exact", "sampled", "topk")
 
 
 def main() -> None:
@@ -99,10 +101,12 @@ def build_vs_forward(ccfg: CacheCommandConfig, n_batches: int) -> None:
     vocab = len(tok)
     data = build_splits(ccfg.dataset, tok, cache_dir(ccfg.cache_dir)).train
     bs, length = ccfg.batch_size, data.ids.shape[1]
-    plans = {kind: {"kind": kind, "k": ccfg.head_k(vocab) if kind == "sampled" else 48,
+    final = teacher.config.num_hidden_layers
+    plans = {kind: {"kind": kind, "k": 4 if kind == "sampled" else 48,
                     "exponents": list(ccfg.exponents), "entropy_temps": list(ccfg.entropy_temps), "layers": [],
-                    "draws": ccfg.draws, "seed": 0} for kind in ("sampled", "topk")}
-    times: dict[str, list[float]] = {"forward": [], "sampled": [], "topk": []}
+                    "draws": ccfg.draws, "seed": 0} for kind in KINDS}
+    plans["exact"].update(layers=[final], final_layer=final, state_quant="none")
+    times: dict[str, list[float]] = {"forward": [], **{kind: [] for kind in KINDS}}
     for b in range(n_batches + 1):  # the first batch warms up (allocator, kernels) and is not counted
         ids = data.ids[b * bs:(b + 1) * bs]
         uniforms = torch.stack([block_uniforms(0, "train", b * bs + j, length - 1, ccfg.draws) for j in range(bs)])
@@ -118,7 +122,7 @@ def build_vs_forward(ccfg: CacheCommandConfig, n_batches: int) -> None:
     print(f"build vs forward ({n_batches} batches of {bs}x{length} tokens, median s/batch): forward {fwd:.3f}; "
           + "; ".join(f"{kind} {statistics.median(times[kind]):.3f} "
                       f"({statistics.median(t / f for t, f in zip(times[kind], times['forward'])):.2f}x)"
-                      for kind in ("sampled", "topk")), flush=True)
+                      for kind in KINDS), flush=True)
     del teacher
 
 

@@ -3,7 +3,7 @@
     python bench/study.py [--out study] [--seeds 0,1,2,3,4] [--steps 1500] [--student small] [--smoke] …
 
 Per corpus (the embedded Python source, and English Wikipedia prose from bench/prose_corpus.py):
-  1. one teacher cache (`egad cache`, the default sampled format, with the states the dual branch reads for
+  1. one teacher cache (`egad cache`, the default exact format, with the states the dual branch reads for
      --student), holding the training blocks the runs read and the held-out split;
   2. `egad distill` from that cache: --methods × --seeds, at --steps optimizer steps of 4 × 128 tokens
      (1500: 768,000 tokens, 10× the demo), student --student. The methods: kd, egad, eakd, adakd, rkl, and
