@@ -267,6 +267,25 @@ def test_a_head_that_is_not_the_cache_teachers_is_refused(tmp_path, capsys, case
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_a_bf16_head_trains_and_evaluates(tmp_path):
+    """A head stored in bf16 (a teacher loaded in bf16, as on a GPU) meets the fp32 states in fp32: the held-out
+    KL before training and the steps run, and equal those from the same head in fp32 (the rounding of the head is
+    the only difference, so both runs read the same bf16 values)."""
+    from safetensors import safe_open
+
+    cache = build_cache(tmp_path / "c")
+    with safe_open(str(cache / "head.safetensors"), framework="pt") as f:
+        head, meta = f.get_tensor("weight"), dict(f.metadata())
+    rounded = head.to(torch.bfloat16)
+    _rewrite_head(cache, rounded, meta)
+    assert distill(tmp_path / "bf16", f"teacher_cache={cache}") == 0
+    _rewrite_head(cache, rounded.float(), meta)  # the same values, in fp32
+    assert distill(tmp_path / "fp32", f"teacher_cache={cache}") == 0
+    a = json.loads((tmp_path / "bf16" / "summary.json").read_text())
+    b = json.loads((tmp_path / "fp32" / "summary.json").read_text())
+    assert a["kl_before"] == pytest.approx(b["kl_before"], rel=1e-6) and a["kl_after"] == pytest.approx(b["kl_after"], rel=1e-6)
+
+
 def test_a_tampered_head_fails_the_integrity_check(tmp_path, capsys):
     cache = build_cache(tmp_path / "c")
     data = bytearray((cache / "head.safetensors").read_bytes())
@@ -306,3 +325,17 @@ def test_a_sampled_cache_of_format_2_is_read_as_before(tmp_path):
     assert distill(tmp_path / "run", "method=kd", f"teacher_cache={cache}") == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["kl_after_se"] > 0  # the sampled estimate, with its error bar
+
+
+def test_a_hint_for_a_compact_cache_keeps_its_kind_and_one_to_exact_drops_its_settings():
+    """Rebuild hints: a cache built when sampled was the default (no kind= in its command) is rebuilt sampled,
+    not as the new default; the hint to an exact cache drops the settings kind=exact refuses (k=…)."""
+    from egad_cli.teacher_cache.manifest import rebuild_hint
+    from egad_cli.teacher_cache.use import COMPACT_KEYS
+
+    old = {"kind": "sampled", "command": "egad cache k=8 draws=32 out_dir=/x"}
+    assert rebuild_hint(old, layers=[15, 30]) == "egad cache k=8 draws=32 kind=sampled 'layers=[15,30]'"
+    assert rebuild_hint(old, drop=COMPACT_KEYS, kind="exact") == "egad cache kind=exact"
+    assert rebuild_hint({"command": "egad cache"}, entropy_temps=[1.0, 2.0]) == \
+        "egad cache kind=topk 'entropy_temps=[1,2]'"  # format 1: top-k, saying nothing
+    assert rebuild_hint({"kind": "exact", "command": "egad cache"}, layers=[3]) == "egad cache 'layers=[3]'"

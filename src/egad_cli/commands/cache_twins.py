@@ -4,7 +4,8 @@ A sweep (or a folder of runs) that holds runs trained from a teacher cache and t
 says how far the cache moved the answer. A cached run's *live twin* is a run without a teacher cache whose
 resolved config (the run dir's ``config.yaml``: method, student, trainer, seed, and the teacher and dataset
 the cache was built from) equals the cached run's in every key that shapes training, all but ``NOT_TRAINING``
-(where files go, logging, checkpoint cadence, the distill-time eval settings). A cached run reads its
+(where files go, logging, checkpoint cadence, the distill-time eval settings but the held-out
+tokens ``kl_after`` averages over). A cached run reads its
 teacher and dataset from the cache, so the twin is the live run of the same teacher on the same data, as
 spelled (``dataset.paths`` compared as written).
 
@@ -29,8 +30,11 @@ from egad_cli.commands.sweep import SEED_KEY, Run, mean_sd
 from egad_cli.stats import paired_difference
 
 #: keys of a run's config that do not change what it trains (dotted; a key removes its whole subtree)
-NOT_TRAINING = ("teacher_cache", "run_dir", "cache_dir", "logging", "eval", "trainer.resume", "trainer.log_every",
+NOT_TRAINING = ("teacher_cache", "run_dir", "cache_dir", "logging", "trainer.resume", "trainer.log_every",
                 "trainer.ckpt_every", "trainer.keep_ckpts", "trainer.export", "trainer.threads")
+#: of the distill-time eval settings, the one that decides what kl_after averages over (the rest: when it runs,
+#: generations)
+EVAL_KEPT = ("max_tokens",)
 
 
 def training_config(run: Run) -> tuple[dict, str | None] | None:
@@ -50,6 +54,8 @@ def training_config(run: Run) -> tuple[dict, str | None] | None:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(leaf, None)
+    if isinstance(config.get("eval"), dict):
+        config["eval"] = {k: v for k, v in config["eval"].items() if k in EVAL_KEPT}
     return config, (str(cache) if cache else None)
 
 

@@ -141,7 +141,9 @@ class DistillUnit:
         # An exact teacher cache stores the teacher's final states: with its output head they give the live
         # teacher's logits, and the step takes the live path from there (``_cached_pass``).
         self.exact_cache = cache is not None and cache.exact
-        self._t_head = cache.head.to(runtime.device) if self.exact_cache else None  # [V, Dt]
+        # [V, Dt], once in the dtype the stored (fp32) states meet it in: not a copy per chunk and micro-batch
+        self._t_head = (cache.head.to(runtime.device, torch.promote_types(torch.float32, cache.head.dtype))
+                        if self.exact_cache else None)
         ctx = PolicyContext(vocab_size=vocab_size, total_steps=total_steps, student_vocab_size=self.s_vocab)
         built = build_policies(cfg, ctx)
         self.difficulty, self.curriculum, self.weighting = built["difficulty"], built["curriculum"], built["weighting"]

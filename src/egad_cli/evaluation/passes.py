@@ -146,6 +146,8 @@ def cached_heldout_kl(student, vocab: int, val, runtime: Runtime, batch_size: in
     n = heldout_blocks(val.n_blocks, val.block_size, max_tokens)
     data = val.packed()
     head = student.get_output_embeddings().weight[:vocab]
+    # an exact cache's head [V, Dt], once, in the dtype its stored fp32 states meet it in (as the chunked loss does)
+    t_head = val.head.to(runtime.device, torch.promote_types(torch.float32, val.head.dtype)) if val.exact else None
     was_training = student.training
     student.eval()
     values = []
@@ -162,8 +164,7 @@ def cached_heldout_kl(student, vocab: int, val, runtime: Runtime, batch_size: in
             r = torch.arange(c, min(c + chunk_size, hidden.shape[0]), device=hidden.device)  # [C]
             z = (hidden[r].to(dt) @ head.to(dt).T).float()  # [C, V]
             if val.exact:  # the live computation (token_metrics' kl_forward) on the stored states
-                t_head = val.head.to(runtime.device)
-                t_logits = rows["hidden"][r].to(torch.promote_types(dt, t_head.dtype)) @ t_head.T  # [C, V]
+                t_logits = rows["hidden"][r].to(t_head.dtype) @ t_head.T  # [C, V]
                 d = forward_kl(t_logits.float().log_softmax(-1), z.log_softmax(-1))  # [C]
             else:
                 d = rows["top"].rows(r).divergence(z, torch.ones(r.numel(), device=z.device), forward_kl)  # [C]

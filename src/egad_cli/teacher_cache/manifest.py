@@ -115,13 +115,16 @@ def describe_kind(plan: dict) -> str:
     return f"top-k: k={plan['k']} + tail bucket"
 
 
-def rebuild_hint(manifest: dict, **changes) -> str:
+def rebuild_hint(manifest: dict, drop: tuple[str, ...] = (), **changes) -> str:
     """The cache's own command with `changes` (key=value) in place of its values: what would build a
     cache that fits, quoted for a shell. Its out_dir is left out: that directory holds the cache with the
     old settings, which `egad cache` would refuse to overwrite; without it the new cache goes to the
     directory keyed by its settings, which the command prints."""
-    drop = {*changes, "out_dir", "+out_dir", "++out_dir"}
+    drop = {*drop, *changes, "out_dir", "+out_dir", "++out_dir"}  # drop: settings the new one must not carry
     words = [w for w in shlex.split(manifest.get("command", "egad cache")) if w.split("=")[0] not in drop]
+    kind = manifest.get("kind", "topk")  # format 1 caches are top-k and say nothing
+    if "kind" not in changes and kind != "exact" and not any(w.split("=")[0].lstrip("+") == "kind" for w in words):
+        changes = {"kind": kind, **changes}  # built when a compact kind was the default: keep its kind
     return shlex.join(words + [f"{k}={hydra_value(v)}" for k, v in changes.items()])
 
 
