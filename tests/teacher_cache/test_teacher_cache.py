@@ -328,7 +328,7 @@ def test_the_default_cache_serves_the_default_distill(tmp_path, capsys):
     assert egad("cache", *SMOKE, f"hydra.run.dir={tmp_path / 'log'}") == 0
     out = " ".join(capsys.readouterr().out.split())
     root = Path(out.split("use it with: egad distill teacher_cache=")[1].split()[0])
-    assert "for the hidden states at layers" in out and "exact" in out
+    assert "of which" in out and "the final state (layer" in out and "the dual branch reads at layers" in out
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["kind"] == "exact" and manifest["format_version"] == 3 and manifest["layers"]
     assert distill(tmp_path / "run", f"teacher_cache={root}") == 0
