@@ -7,6 +7,7 @@ a byte tokenizer) and the corpus is a few small local text files.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -21,6 +22,11 @@ _WORDS = ("def", "return", "import", "class", "self", "value", "for", "in", "ran
 # The models here are tiny: one intra-op thread is as fast as two, and it stays fast when other processes share
 # the (2-core) CPU, where oversubscribed torch threads slow tiny ops down by one or two orders of magnitude.
 torch.set_num_threads(1)
+
+# precision=auto is bf16 on a CPU with native bf16 matmuls: the tests must not depend on the CI machine's CPU, so
+# auto is fp32 here, set at import so that module- and session-scoped fixtures and subprocesses see it too;
+# tests/engine/test_precision.py covers the choice (with monkeypatch, which restores this value)
+os.environ["EGAD_CPU_BF16"] = "0"
 
 N_CORPUS_FILES = 40  #: text keys are file paths (which vary with tmp dirs): many files make both splits non-empty
 VAL_FRACTION = 0.3

@@ -226,6 +226,8 @@ def run(cfg: CacheCommandConfig) -> Path:
     splits = {name: getattr(packed, name) for name in ("train", "val") if name in cfg.splits}
     vocab = len(tokenizer)
     plan = make_plan(cfg, tokenizer, splits, vocab)
+    # what the teacher ran in (not a content key: a cache is the same cache at either precision)
+    plan["teacher_precision"] = runtime.precision.as_dict()
     root = resolve_root(cfg, plan)
     check_writable(root, "out_dir")
     check_same_plan(root, plan)
@@ -258,7 +260,8 @@ def run(cfg: CacheCommandConfig) -> Path:
         every = [root / shard_name(n, i) for n, p in splits.items() for i in range(n_shards(len(p), cfg.shard_blocks))]
         written = sum(is_complete_shard(path) for path in every)
         console.rule(f"egad cache · teacher={cfg.teacher.name} · dataset={cfg.dataset.name} · {describe_kind(plan)}")
-        console.print(f"{root}: {written} of {len(every)} shard(s) already written"
+        console.print(f"{root}: {written} of {len(every)} shard(s) already written · teacher on {runtime.device} in "
+                      f"{runtime.precision.describe()}"
                       + (f"; {runtime.world_size} ranks write the rest" if runtime.world_size > 1 else ""),
                       soft_wrap=True)
     measured = write_shards(cfg, plan, root, splits, todo, runtime, vocab) if todo else None

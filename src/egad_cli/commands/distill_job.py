@@ -153,7 +153,8 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
     if runtime.is_main:
         vocabs = f"vocab {vocab}" if s_tok is None else f"vocab {vocab} (teacher) / {len(s_tok)} (student)"
         console.print(f"{source} · student {n_params / 1e6:.2f}M · {vocabs} · {len(train_data)} train / "
-                      f"{n_val} held-out blocks of {cfg.dataset.block_size} · {steps} steps on {runtime.device}")
+                      f"{n_val} held-out blocks of {cfg.dataset.block_size} · {steps} steps on {runtime.device} in "
+                      f"{runtime.precision.describe()}")
 
     sampled_cache = teacher is None and cached.val is not None and cached.val.sampled
     exact_cache = teacher is None and cached.val is not None and cached.val.exact
@@ -205,7 +206,8 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
                    "tokens": result.tokens, "kl_before": kl_before, "kl_after": kl_after,
                    **({"kl_before_se": kl_before_se, "kl_after_se": kl_after_se} if sampled_cache else {}),
                    "final": result.last_logs, "student_dir": None,
-                   "teacher_cache": str(cached.root) if teacher is None else None}
+                   "teacher_cache": str(cached.root) if teacher is None else None,
+                   "precision": runtime.precision.as_dict()}
         if vmap is not None:
             summary["cross_tokenizer"] = {"student_vocab": len(s_tok), "shared_strings": int(vmap.t_ids.numel()),
                                           "aligned_share_train": aligned_share(train_data)}

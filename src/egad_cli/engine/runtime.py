@@ -12,18 +12,22 @@ import torch
 import torch.distributed as dist
 
 from egad_cli.config.schema import DISTRIBUTED, TrainerConfig, launch_problem
+from egad_cli.engine.precision import Precision, choose_precision
 from egad_cli.errors import UserError
+
+FP32 = Precision("fp32", "fp32", "as asked")
 
 
 @dataclass
 class Runtime:
     device: torch.device
-    autocast_dtype: torch.dtype | None  #: bf16 on CUDA (autocast), None = plain fp32
+    autocast_dtype: torch.dtype | None  #: bf16 (autocast), None = plain fp32
     teacher_dtype: torch.dtype  #: the teacher runs in the training dtype
     rank: int = 0  #: global rank (all nodes)
     world_size: int = 1
     strategy: str = "single"  #: single | ddp | fsdp
     local_rank: int = 0  #: rank on this node: picks the CUDA device
+    precision: Precision = FP32  #: what was chosen and why (the start line, summary.json)
 
     @property
     def is_main(self) -> bool:
@@ -64,6 +68,7 @@ class Runtime:
 
 def resolve_runtime(cfg: TrainerConfig, device_key: str = "trainer.device") -> Runtime:
     """Pick device and precision from trainer.device / trainer.precision; fail early on impossible asks.
+    Precision (engine.precision): auto is bf16 on CUDA and on a CPU with native bf16 matmuls, fp32 elsewhere.
 
     Under torchrun, RANK is the global rank (it decides who writes files) and LOCAL_RANK the rank on this
     node (it picks the GPU): on several nodes they differ."""
@@ -87,9 +92,15 @@ def resolve_runtime(cfg: TrainerConfig, device_key: str = "trainer.device") -> R
         torch.cuda.set_device(device)
     if cfg.strategy in DISTRIBUTED and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
-        return Runtime(device, torch.bfloat16, torch.bfloat16, rank, world, cfg.strategy, local)
-    return Runtime(device, None, torch.float32, rank, world, cfg.strategy, local)
+    key = device_key.replace("device", "precision")
+    precision = choose_precision(cfg.precision, device, key)
+    if precision.warning and rank == 0:
+        from egad_cli.ui.console import console
+
+        console.print(f"[yellow]warning:[/] {precision.warning}", soft_wrap=True)
+    if precision.name == "bf16":
+        return Runtime(device, torch.bfloat16, torch.bfloat16, rank, world, cfg.strategy, local, precision)
+    return Runtime(device, None, torch.float32, rank, world, cfg.strategy, local, precision)
 
 
 def check_device_available(device: str, device_key: str = "trainer.device") -> None:

@@ -44,12 +44,12 @@ def measure_format(teacher, ids: Tensor, rows: dict[str, Tensor], plan: dict, he
     t1 = time.perf_counter()
     n_all = hidden.shape[0] * hidden.shape[1]
     flat = hidden.reshape(n_all, -1)[:MEASURED_TOKENS]  # [n, Dt]: never [all tokens × V] (a 150k vocabulary)
-    dt = torch.promote_types(flat.dtype, head.dtype)
+    dt = torch.float32  # the reference is exact (as the stored statistics are) even for a teacher run in bf16
     head = head.to(device, dt)
     _sync(device)
     t2 = time.perf_counter()
     with torch.autocast(device_type=device.type, enabled=False):
-        logp = torch.log_softmax((flat @ head.T).float(), dim=-1)  # [n, V]
+        logp = torch.log_softmax(flat.to(dt) @ head.T, dim=-1)  # [n, V]
     _sync(device)
     t3 = time.perf_counter()
     n = flat.shape[0]

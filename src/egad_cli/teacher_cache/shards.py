@@ -128,7 +128,10 @@ class SplitReader:
         for b in blocks.tolist():
             shard, row = divmod(int(b), self.shard_blocks)
             parts.append(self._handles[shard].get_slice(name)[row:row + 1])
-        return torch.cat(parts)
+        # the step's plan runs under the run's autocast; CPU autocast's cat refuses fp16 (the stored dtype) in a
+        # bf16 run ("Unexpected floating ScalarType in at::autocast::prioritize"), and a read casts nothing
+        with torch.autocast(device_type="cpu", enabled=False):
+            return torch.cat(parts)
 
     def rows(self, blocks: torch.Tensor, device: torch.device, states: bool = False) -> dict:
         """The teacher's cached outputs for the predicting positions of `blocks` [B], flattened to N = B·(L-1):
