@@ -1,7 +1,8 @@
 """egad vs TRL's GKDTrainer on identical work: same teacher, same student init, same batches, same loss.
 
 Both do plain forward-KL distillation at T = 1 (egad `method=kd`; TRL GKDTrainer with lmbda = 0
-(never on-policy), beta = 0 (forward KL), temperature = 1, seq_kd off), batch 4 x 128 tokens, fp32,
+(never on-policy), beta = 0 (forward KL), temperature = 1, seq_kd off), batch 4 x 128 tokens, at the
+precision egad's trainer.precision resolves to (auto: bf16 on a CPU with native bf16 matmuls; TRL gets bf16=True then),
 grad clip 1.0, AdamW at the same lr/betas/weight decay. The two steps alternate in one process
 (egad, TRL, egad, TRL, ...) so that the shared machine's load hits both alike; each side's first
 step is a warm-up and is not timed.
@@ -15,7 +16,8 @@ What a step is, on each side:
 
 It also checks that the two compute the same loss at step 1 (printed), and prints a roofline line:
 the step's matmul FLOPs (teacher forward, student forward + backward, the lm_heads in the loss)
-divided by egad's step time, against this machine's measured fp32 (and bf16) matmul FLOP/s.
+divided by egad's step time, against this machine's measured matmul FLOP/s at the run's precision.
+Both precisions: run it with trainer.precision=fp32 and with trainer.precision=bf16.
 
 Needs the optional `bench` extra (`pip install -e '.[bench]'`, installs trl); skipped with a message
 when trl is not installed. Usage: python bench/peer_trl.py [--steps 10] [distill overrides...]
@@ -114,11 +116,14 @@ def main() -> None:
         return {"input_ids": mb["ids"], "attention_mask": torch.ones_like(mb["ids"]), "labels": labels}
 
     out_dir = tempfile.mkdtemp(prefix="egad-peer-trl-")
+    # the same precision on both sides: with trainer.precision=bf16 (or auto where it picks bf16) egad runs its
+    # teacher in bf16 under bf16 autocast; TRL gets that same bf16 teacher and its own bf16=True (autocast)
+    bf16 = runtime.precision.name == "bf16"
     trl_args = GKDConfig(
         output_dir=out_dir, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False,
         per_device_train_batch_size=tr.batch_size, learning_rate=tr.lr, weight_decay=tr.weight_decay,
         adam_beta1=tr.beta1, adam_beta2=tr.beta2, max_grad_norm=tr.grad_clip, max_steps=total,
-        warmup_steps=tr.warmup_steps, lr_scheduler_type="cosine", bf16=False, fp16=False,
+        warmup_steps=tr.warmup_steps, lr_scheduler_type="cosine", bf16=bf16, fp16=False,
         use_cpu=runtime.device.type == "cpu", report_to=[], logging_strategy="no", save_strategy="no",
         disable_dropout=True, seed=tr.seed, max_length=cfg.dataset.block_size)
     dummy = datasets.Dataset.from_dict({"input_ids": [[0]]})
@@ -156,7 +161,8 @@ def main() -> None:
     optim = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
     print(f"peer benchmark: teacher={cfg.teacher.name} student={cfg.student.name} batch={tr.batch_size}x"
           f"{cfg.dataset.block_size} device={runtime.device} torch={torch.__version__} trl={trl.__version__} "
-          f"threads={torch.get_num_threads()}, median of {args.steps} alternating steps")
+          f"threads={torch.get_num_threads()}, precision {runtime.precision.describe()} (TRL bf16={bf16}), "
+          f"median of {args.steps} alternating steps")
     print(f"step-1 loss: egad {first['egad']:.6f}, TRL {first['trl']:.6f} (same batch, same init; "
           f"TRL optimizer {type(optim).__name__} fused={optim.defaults.get('fused')})")
     print(f"{'trainer':<8}{'s/step':>10}{'tokens/s':>10}{'× TRL':>8}")
@@ -170,9 +176,12 @@ def main() -> None:
     peak32 = matmul_flops_per_s(torch.float32)
     peak16 = matmul_flops_per_s(torch.bfloat16)
     achieved = flops / med["egad"]
+    peak, name = (peak16, "bf16") if bf16 else (peak32, "fp32")
     print(f"roofline: {flops / 1e9:.1f} GFLOP per step (teacher fwd {t_fwd / 1e9:.1f}, student fwd+bwd "
           f"{s_all / 1e9:.1f}) / {med['egad']:.3f} s = {achieved / 1e9:.1f} GFLOP/s; measured matmul peak "
-          f"fp32 {peak32 / 1e9:.1f} GFLOP/s ({achieved / peak32:.0%} of it), bf16 {peak16 / 1e9:.1f} GFLOP/s")
+          f"fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s; at this run's precision ({name}) "
+          f"{achieved / peak:.0%} of its peak, {med['egad'] / (flops / peak):.1f}x its matmul limit "
+          f"({flops / peak:.3f} s)")
 
 
 if __name__ == "__main__":
