@@ -1,8 +1,9 @@
 """A teacher cache built in bf16 against one built in fp32: the stored values' error, and a kd student from each.
 
-    python bench/precision_cache.py [--out precision-cache] [--seeds 0] [cache/distill overrides…]
+    python bench/precision_cache.py [--out precision-cache] [--seeds 0] [egad cache overrides…]
+    e.g. dataset.max_train_tokens=76800 dataset.max_val_tokens=8192: one epoch of the demo's budget, as make compare
 
-1. ``egad cache precision=fp32`` and ``egad cache precision=bf16`` (the default exact kind) over the demo's data;
+1. ``egad cache precision=fp32`` and ``egad cache precision=bf16`` (the default exact kind) over the data;
    the teacher's forward runs in that precision, the statistics come from an fp32 head in both.
 2. The stored values compared on the held-out split (every token): the entropy at T = 1 (max |Δ|), and the
    teacher's distribution from the stored final states through the head in fp32 — max |Δ log p| on the fp32
@@ -50,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("precision-cache"))
     ap.add_argument("--seeds", default="0")
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("overrides", nargs="*", help="egad cache overrides (the data: the runs read the cache's)")
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
