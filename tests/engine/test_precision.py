@@ -1,7 +1,8 @@
 """precision=auto: bf16 where the CPU runs bf16 matmuls natively, fp32 elsewhere, and what stays exact under bf16.
 
 - the choice for each CPU capability, with the capability query stubbed (native AMX / AVX512-BF16, no bf16
-  instructions, kernels capped by ONEDNN_MAX_CPU_ISA or ATEN_CPU_CAPABILITY, the override) and on CUDA;
+  instructions, kernels capped by ONEDNN_MAX_CPU_ISA or ATEN_CPU_CAPABILITY, the override) and on CUDA; the
+  measuring commands (cache, eval, inspect-entropy) stay fp32 at auto on a CPU;
 - an explicit bf16 on an emulating CPU runs, with a warning that names the key and the measured slowdown;
 - the start line and summary.json name the choice and why;
 - under bf16 the exact statistics (a cache's log-probs and entropies, the eval's KL) match an fp64 reference
@@ -66,6 +67,28 @@ def test_auto_picks_bf16_on_a_native_cpu_and_fp32_elsewhere():
     emulated = choose_precision("auto", CPU, cpu=EMULATED)
     assert (emulated.name, emulated.dtype, emulated.warning) == ("fp32", torch.float32, None)
     assert emulated.why == EMULATED.why
+
+
+def test_auto_measures_in_fp32_on_any_cpu():
+    """egad cache, eval and inspect-entropy (measures=True): what they output is exact, so auto is fp32 on a CPU
+    even where bf16 is native; an explicit bf16 is still honoured; CUDA keeps bf16."""
+    got = choose_precision("auto", CPU, key="precision", cpu=NATIVE, measures=True)
+    assert (got.name, got.warning) == ("fp32", None) and "exact" in got.why
+    assert choose_precision("bf16", CPU, key="precision", cpu=NATIVE, measures=True).name == "bf16"
+    assert choose_precision("bf16", CPU, key="precision", cpu=EMULATED, measures=True).warning is not None
+    assert choose_precision("auto", CUDA, key="precision", cpu=NATIVE, measures=True).name == "bf16"
+
+
+def test_the_measuring_commands_say_fp32_at_auto(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EGAD_CPU_BF16", "1")
+    cache = tmp_path / "cache"
+    assert egad("cache", "debug=smoke", f"out_dir={cache}", f"hydra.run.dir={cache}-log") == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "teacher on cpu in fp32 (auto: exact statistics are measured in fp32 on a CPU)" in out
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["teacher_precision"]["name"] == "fp32"
+    assert egad("inspect-entropy", "debug=smoke", f"hydra.run.dir={tmp_path / 'inspect'}") == 0
+    assert "on cpu in fp32 (auto: exact statistics" in " ".join(capsys.readouterr().out.split())
 
 
 def test_auto_is_bf16_on_cuda_whatever_the_cpu():

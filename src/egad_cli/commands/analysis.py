@@ -26,7 +26,8 @@ def show_progress(enabled: bool) -> bool:
 
 def preflight(cfg) -> Runtime:
     """Device, model sources and data files, before anything expensive (cfg: an analysis command config)."""
-    runtime = resolve_runtime(TrainerConfig(device=cfg.device, precision=cfg.precision), device_key="device")
+    runtime = resolve_runtime(TrainerConfig(device=cfg.device, precision=cfg.precision), device_key="device",
+                              measures=True)
     check_writable(cache_dir(cfg.cache_dir), "cache_dir")
     preflight_model_source(cfg.teacher)
     preflight_student_source(cfg.student)

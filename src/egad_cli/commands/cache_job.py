@@ -65,7 +65,7 @@ EXACT_KEYS = ("kind", "final_layer", "state_quant")
 def runtime_of(cfg: CacheCommandConfig) -> Runtime:
     strategy = "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
     return resolve_runtime(TrainerConfig(device=cfg.device, precision=cfg.precision, strategy=strategy),
-                           device_key="device")
+                           device_key="device", measures=True)
 
 
 def barrier(runtime: Runtime) -> None:

@@ -75,7 +75,7 @@ class EvalCommandConfig:
     n_buckets: int = 10  #: teacher-entropy quantile buckets of the breakdown (10 = deciles)
     chunk_size: int = 1024  #: tokens per chunk when computing vocabulary-sized logits
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
-    precision: str = "auto"  #: auto (bf16 on CUDA and on a CPU with native bf16 matmuls: AMX, AVX512-BF16; else fp32) | fp32 | bf16
+    precision: str = "auto"  #: auto (bf16 on CUDA, fp32 on a CPU: the metrics are exact) | fp32 | bf16
     progress: bool = True  #: show progress bars
     out_dir: Optional[str] = None  #: where eval.json goes (default: run_dir, else this command's output dir)
     cache_dir: str = "~/.cache/egad"  #: dequantised teachers and tokenised corpora
@@ -135,7 +135,7 @@ class InspectEntropyConfig:
     out_dir: Optional[str] = None  #: where to save (setting it implies save=true); default: the output dir
     chunk_size: int = 1024  #: tokens per chunk when computing vocabulary-sized logits
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
-    precision: str = "auto"  #: auto (bf16 on CUDA and on a CPU with native bf16 matmuls: AMX, AVX512-BF16; else fp32) | fp32 | bf16
+    precision: str = "auto"  #: auto (bf16 on CUDA, fp32 on a CPU: the metrics are exact) | fp32 | bf16
     progress: bool = True  #: show progress bars
     cache_dir: str = "~/.cache/egad"  #: dequantised teachers and tokenised corpora
     output_dir: str = "."  #: this command's Hydra output dir (set by Hydra)
@@ -221,7 +221,7 @@ class CacheCommandConfig:
     batch_size: int = 4  #: sequences per teacher forward
     chunk_size: int = 1024  #: tokens per chunk when computing vocabulary-sized logits
     device: str = "auto"  #: auto | cpu | cuda | cuda:N (under torchrun: each rank its local GPU)
-    precision: str = "auto"  #: auto (bf16 on CUDA and on a CPU with native bf16 matmuls, else fp32) | fp32 | bf16: the teacher's forward (the stored statistics come from an fp32 head either way)
+    precision: str = "auto"  #: auto (bf16 on CUDA, fp32 on a CPU: the statistics are exact) | fp32 | bf16: the teacher's forward (the head is fp32 either way)
     progress: bool = True  #: show progress bars
     out_dir: Optional[str] = None  #: where the cache goes (default: <cache_dir>/teacher-cache/<key of the settings>)
     cache_dir: str = "~/.cache/egad"  #: dequantised teachers, tokenised corpora, and (by default) teacher caches

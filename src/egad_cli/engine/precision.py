@@ -89,13 +89,21 @@ class Precision:
 
 
 def choose_precision(asked: str, device: torch.device, key: str = "trainer.precision",
-                     cpu: CpuBf16 | None = None) -> Precision:
-    """fp32 or bf16 for ``asked`` (auto | fp32 | bf16) on ``device``; ``cpu``: the CPU's answer (tests)."""
+                     cpu: CpuBf16 | None = None, measures: bool = False) -> Precision:
+    """fp32 or bf16 for ``asked`` (auto | fp32 | bf16) on ``device``; ``cpu``: the CPU's answer (tests).
+
+    ``measures``: the command's output is a measurement egad calls exact (``egad cache``'s stored statistics,
+    ``egad eval``'s and ``inspect-entropy``'s metrics). On a CPU, auto is fp32 for those: the teacher's forward in
+    bf16 moved a cache's stored entropies by up to 0.70 nats and its distribution by 9e-4 nats/token of KL
+    (bench/precision_cache.py, docs/performance.md), 2,000x the fp16 storage's own error, and such a command runs
+    once, where a training run's steps repeat (and trained as well in bf16: bench/precision_quality.py)."""
     if device.type == "cuda":
         return Precision("bf16" if asked in ("auto", "bf16") else "fp32", asked,
                          "bf16 autocast on CUDA" if asked != "fp32" else "as asked")
     if asked == "fp32":
         return Precision("fp32", asked, "as asked")
+    if asked == "auto" and measures:
+        return Precision("fp32", asked, "exact statistics are measured in fp32 on a CPU")
     cpu = cpu if cpu is not None else cpu_bf16()
     if asked == "bf16":
         if cpu.native:

@@ -66,9 +66,10 @@ class Runtime:
         return {k: float(v) if k.startswith("loss") else float(v) / self.world_size for k, v in zip(keys, values)}
 
 
-def resolve_runtime(cfg: TrainerConfig, device_key: str = "trainer.device") -> Runtime:
+def resolve_runtime(cfg: TrainerConfig, device_key: str = "trainer.device", measures: bool = False) -> Runtime:
     """Pick device and precision from trainer.device / trainer.precision; fail early on impossible asks.
-    Precision (engine.precision): auto is bf16 on CUDA and on a CPU with native bf16 matmuls, fp32 elsewhere.
+    Precision (engine.precision): auto is bf16 on CUDA and on a CPU with native bf16 matmuls, fp32 elsewhere;
+    ``measures`` (egad cache, eval, inspect-entropy: what they output is exact): auto is fp32 on any CPU.
 
     Under torchrun, RANK is the global rank (it decides who writes files) and LOCAL_RANK the rank on this
     node (it picks the GPU): on several nodes they differ."""
@@ -93,7 +94,7 @@ def resolve_runtime(cfg: TrainerConfig, device_key: str = "trainer.device") -> R
     if cfg.strategy in DISTRIBUTED and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     key = device_key.replace("device", "precision")
-    precision = choose_precision(cfg.precision, device, key)
+    precision = choose_precision(cfg.precision, device, key, measures=measures)
     if precision.warning and rank == 0:
         from egad_cli.ui.console import console
 
