@@ -98,7 +98,8 @@ def main() -> None:
         sampled_module.importance_weights = hansen_hurwitz
         globals()["importance_weights"] = hansen_hurwitz
     register_schemas()
-    overrides = ["run_dir=/tmp/egad-bench"]
+    # fp32: the live reference is the exact distribution (auto would be bf16 on a CPU with native bf16)
+    overrides = ["run_dir=/tmp/egad-bench", "trainer.precision=fp32"]
     if args.student:
         overrides += ["student=hf", f"student.path={args.student}"]
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):

@@ -80,7 +80,7 @@ def main() -> None:
         rows.append((method, *medians))
     tokens = base.trainer.batch_size * (base.dataset.block_size - 1)
     print(f"cache speed: SmolLM2 teacher, tiny student, {base.trainer.batch_size}x{base.dataset.block_size} tokens a "
-          f"step, {runtime.device}, median of {args.steps} steps")
+          f"step, {runtime.device} {runtime.precision.describe()}, median of {args.steps} steps")
     print(f"build: {build_s:.1f} s for {n_tokens:,} tokens ({n_tokens / build_s:.0f} tokens/s, "
           f"{build_s / n_tokens * tokens:.2f} s per step's worth of tokens), {cache_job.describe_kind(cached.manifest)}, "
           f"states for {len(cached.manifest['layers'])} layers")

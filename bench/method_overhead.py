@@ -88,7 +88,8 @@ def main() -> None:
     ref = rows[0][1]
     tokens = base.trainer.batch_size * (base.dataset.block_size - 1)
     print(f"method overhead: teacher={base.teacher.name} student={base.student.name} batch={base.trainer.batch_size}"
-          f"x{base.dataset.block_size} device={runtime.device}, median of {args.steps} steps, variants taking turns")
+          f"x{base.dataset.block_size} device={runtime.device} {runtime.precision.describe()}, median of {args.steps} "
+          f"steps, variants taking turns")
     print(f"{'variant':<24}{'s/step':>10}{'tokens/s':>10}{'× kd':>8}")
     for name, sec in rows:
         print(f"{name:<24}{sec:>10.3f}{tokens / sec:>10.0f}{sec / ref:>8.2f}")

@@ -34,17 +34,39 @@ from egad_cli.teacher_cache.use import open_cached_teacher
 EVAL_ARGS = ["precision=fp32", "eval.max_new_tokens=0", "eval.onpolicy_prompts=0"]
 
 
-def stored_distribution(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-probs [N, V] from the stored final states through the fp32 head, the stored entropy at T = 1 [N]),
-    over the held-out split's valid tokens."""
+CHUNK = 512  #: tokens compared at a time: [CHUNK, V] fp32 per tensor, never [all held-out tokens, V]
+
+
+def stored_states(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the stored final states [N, D] fp32, the stored entropy at T = 1 [N], the head [V, D] fp32) over the
+    held-out split's valid tokens of an exact cache."""
     cached = open_cached_teacher(str(root))
     val = cached.val
-    blocks = torch.arange(val.n_blocks)
-    rows = val.rows(blocks, torch.device("cpu"))
+    if val is None or not val.exact:
+        raise SystemExit(f"precision_cache: {root} is not an exact cache with a val split (kind=exact, the default)")
+    rows = val.rows(torch.arange(val.n_blocks), torch.device("cpu"))
     valid = val.packed().mask[:, 1:].reshape(-1)
-    head = val.head.float()
-    logp = torch.log_softmax(rows["hidden"][valid] @ head.T, dim=-1)
-    return logp, rows["entropy"][1.0][valid]
+    return rows["hidden"][valid], rows["entropy"][1.0][valid], val.head.float()
+
+
+def compare(ref_root: Path, got_root: Path) -> dict[str, float]:
+    """Entropy, top-4 log p and KL differences between two exact caches of the same data, CHUNK tokens at a time."""
+    h_ref, e_ref, w_ref = stored_states(ref_root)
+    h_got, e_got, w_got = stored_states(got_root)
+    d_e = (e_got - e_ref).abs()
+    out = {"tokens": h_ref.shape[0], "entropy_max": float(d_e.max()), "entropy_mean": float(d_e.mean()),
+           "entropy_ref_mean": float(e_ref.mean()), "logp_max": 0.0, "logp_sum": 0.0, "kl_max": 0.0, "kl_sum": 0.0}
+    for start in range(0, h_ref.shape[0], CHUNK):
+        ref = torch.log_softmax(h_ref[start:start + CHUNK] @ w_ref.T, dim=-1)  # [C, V]
+        got = torch.log_softmax(h_got[start:start + CHUNK] @ w_got.T, dim=-1)  # [C, V]
+        top = ref.topk(4, dim=-1).indices  # [C, 4]
+        d_logp = (got.gather(1, top) - ref.gather(1, top)).abs()
+        kl = (ref.exp() * (ref - got)).sum(-1)  # [C]
+        out["logp_max"] = max(out["logp_max"], float(d_logp.max()))
+        out["logp_sum"] += float(d_logp.mean(-1).sum())
+        out["kl_max"] = max(out["kl_max"], float(kl.max()))
+        out["kl_sum"] += float(kl.sum())
+    return out
 
 
 def main() -> None:
@@ -75,21 +97,18 @@ def main() -> None:
             if not (run / "eval.json").is_file() and egad(["eval", f"run_dir={run}", *EVAL_ARGS], log, out) != 0:
                 raise SystemExit(f"eval failed: {log}")
             kl.setdefault(precision, {})[seed] = json.loads((run / "eval.json").read_text())["kl_forward"]
-    ref, ref_h = stored_distribution(caches["fp32"])
-    got, got_h = stored_distribution(caches["bf16"])
-    top = ref.topk(4, dim=-1).indices
-    d_logp = (got.gather(1, top) - ref.gather(1, top)).abs()
-    kl_tok = (ref.exp() * (ref - got)).sum(-1)
+    c = compare(caches["fp32"], caches["bf16"])
+    n = c["tokens"]
     diffs = [kl["bf16"][s] - kl["fp32"][s] for s in seeds]
     lines = [
-        (f"# A teacher cache built in bf16 against fp32 ({ref.shape[0]} held-out tokens; {torch.__version__}, "
+        (f"# A teacher cache built in bf16 against fp32 ({n} held-out tokens; {torch.__version__}, "
         f"ATen {torch.backends.cpu.get_cpu_capability()})"),
         "",
-        (f"- entropy at T = 1: max |Δ| {float((got_h - ref_h).abs().max()):.4g} nats "
-        f"(mean |Δ| {float((got_h - ref_h).abs().mean()):.3g}; mean entropy {float(ref_h.mean()):.3f})"),
-        (f"- log-probabilities of the fp32 cache's top-4 ids: max |Δ| {float(d_logp.max()):.4g}, "
-        f"mean |Δ| {float(d_logp.mean()):.3g}"),
-        f"- KL(fp32-built ‖ bf16-built) per token: mean {float(kl_tok.mean()):.3g}, max {float(kl_tok.max()):.3g} nats",
+        (f"- entropy at T = 1: max |Δ| {c['entropy_max']:.4g} nats "
+        f"(mean |Δ| {c['entropy_mean']:.3g}; mean entropy {c['entropy_ref_mean']:.3f})"),
+        (f"- log-probabilities of the fp32 cache's top-4 ids: max |Δ| {c['logp_max']:.4g}, "
+        f"mean |Δ| {c['logp_sum'] / n:.3g}"),
+        f"- KL(fp32-built ‖ bf16-built) per token: mean {c['kl_sum'] / n:.3g}, max {c['kl_max']:.3g} nats",
         (f"- kd student from each, held-out KL in fp32 with the live teacher: fp32-built "
         f"{statistics.mean(kl['fp32'].values()):.5f}, bf16-built {statistics.mean(kl['bf16'].values()):.5f}; "
         f"bf16 − fp32 per seed {', '.join(f'{d:+.5f}' for d in diffs)}"),

@@ -203,7 +203,7 @@ def test_a_bf16_teachers_cache_statistics_match_an_fp64_reference():
     teacher = _bf16_teacher()
     ids = torch.randint(0, 96, (2, 17), generator=torch.Generator().manual_seed(1))
     plan = {"kind": "topk", "k": 4, "layers": [], "exponents": [1.0], "entropy_temps": [1.0]}
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as `egad cache precision=bf16` runs it
         rows = teacher_rows(teacher, ids, 96, plan, torch.float32, 1024)
         hidden = base_forward(teacher, ids).last_hidden_state[:, :-1].reshape(-1, 64)  # [N, D] bf16
     head = teacher.lm_head.weight.detach()  # [V, D] bf16
@@ -215,6 +215,9 @@ def test_a_bf16_teachers_cache_statistics_match_an_fp64_reference():
     h_ref = -(ref.exp() * ref).sum(-1)  # [N]
     h_tol = tol * (float(h_ref.max()) + 1) + 8 * U32 * 96 * float((ref.exp() * ref.abs()).max())
     assert (rows["entropy"].reshape(-1).double() - h_ref).abs().max() <= h_tol
+    # the tail's power sum at a = 1 is log(1 − Σ top-k p): the same bound through the k terms it subtracts
+    tail_ref = torch.log1p(-ref.gather(1, ids_k).exp().sum(-1))
+    assert (rows["log_tail"].reshape(-1).double() - tail_ref).abs().max() <= tol * 4 / (-torch.expm1(tail_ref)).min()
     # the test can fail: a head run in bf16 (bf16 logits) is far outside the bound
     rounded = torch.log_softmax((hidden @ head.T).double(), dim=-1)
     assert (rounded - ref).abs().max() > 10 * tol
@@ -254,3 +257,17 @@ def test_the_eval_kl_under_bf16_matches_an_fp64_reference():
     # KL = Σ p (lp − lq): |Δ| ≤ ε_t·Σ p|lp − lq| (through p) + ε_t + ε_s, plus fp32's sum over V terms
     tol = eps_t * (1 + (lp.exp() * (lp - lq).abs()).sum(-1)) + eps_t + eps_s + 8 * U32 * 96 * (lp - lq).abs().max()
     assert ((got - ref).abs() <= tol).all()
+
+
+def test_a_cache_is_never_continued_in_another_precision(tmp_path, capsys):
+    """The teacher's precision is recorded in the plan; a second `egad cache` into the same out_dir at another
+    precision is refused by name before anything is written (a resumed build would mix the two)."""
+    cache = tmp_path / "cache"
+    assert egad("cache", "debug=smoke", f"out_dir={cache}", f"hydra.run.dir={cache}-log") == 0  # fp32 (auto, CPU)
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert egad("cache", "debug=smoke", "precision=bf16", f"out_dir={cache}", f"hydra.run.dir={cache}-log2") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "precision:" in err and "ran in fp32" in err and "precision=fp32" in err
+    assert before == {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    assert egad("cache", "debug=smoke", "precision=fp32", f"out_dir={cache}", f"hydra.run.dir={cache}-log3") == 0

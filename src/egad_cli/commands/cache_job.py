@@ -181,6 +181,13 @@ def check_same_plan(root: Path, plan: dict) -> None:
                 raise UserError(f"out_dir: {root} already holds a teacher cache with other {', '.join(differ)} "
                                 f"(built by: {old.get('command', '?')}); nothing was changed. Choose another "
                                 f"out_dir, or remove that directory to rebuild it.")
+            # not a content key (a cache is the same cache at either precision), but one cache must not mix them
+            was = (old.get("teacher_precision") or {}).get("name")
+            now = (plan.get("teacher_precision") or {}).get("name")
+            if was and now and was != now:
+                raise UserError(f"precision: {root} holds a teacher cache (or the start of one) whose teacher ran in "
+                                f"{was}; this command would run it in {now}, and one cache must not mix the two. "
+                                f"Nothing was changed. Add precision={was}, or choose another out_dir.")
             return
 
 

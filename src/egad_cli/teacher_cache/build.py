@@ -105,23 +105,25 @@ def teacher_rows(teacher, ids: torch.Tensor, vocab: int, plan: dict, store_dtype
     budget = SMALL_TENSOR_BYTES if hidden.device.type == "cpu" else ACCELERATOR_TENSOR_BYTES
     rows_per_matmul = min(chunk_size, max(1, budget // per_row))
     rows_per_split = min(rows_per_matmul, max(1, budget // (per_row * SPLIT_BUFFER_ROWS)))
-    for start in range(0, hidden.shape[0], rows_per_matmul):
-        with torch.autocast(device_type=hidden.device.type, enabled=False):  # as the live loss computes them
+    # Everything stored is computed with autocast off: the caller's bf16 autocast (precision=bf16) would run the
+    # matmuls of split_tail's power sums in bf16 too, and refuses torch.cat of the fp16 fields
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        for start in range(0, hidden.shape[0], rows_per_matmul):
             logits = hidden[start:start + rows_per_matmul].float() @ head.T  # [C, V] fp32
-        torch.log_softmax(logits, dim=-1, out=logits)  # [C, V], in place: the one normalisation
-        for sub in range(0, logits.shape[0], rows_per_split):
-            logp = logits[sub:sub + rows_per_split]  # [c, V]
-            row = chunk_fields(logp, plan, store_dtype, id_dtype, draw_exponent,
-                               None if flat_uniforms is None else flat_uniforms[start + sub:start + sub + logp.shape[0]])
-            for name, value in row.items():  # on the device: one copy to the host at the end, not one per chunk
-                parts.setdefault(name, []).append(value)
-        del logits
-    fields = {name: torch.cat(chunks).reshape(b, length - 1, -1).cpu() for name, chunks in parts.items()}
-    quant = plan.get("state_quant", "none")
-    for layer in layers:
-        # exact: the final layer is the state the head reads (check_final_state: the same tensor)
-        state = out.last_hidden_state if exact and layer == plan["final_layer"] else out.hidden_states[layer]
-        fields.update(store_state(f"states.{layer}", state[:, :-1], quant, store_dtype))  # [B, L-1, Dt]
+            torch.log_softmax(logits, dim=-1, out=logits)  # [C, V], in place: the one normalisation
+            for sub in range(0, logits.shape[0], rows_per_split):
+                logp = logits[sub:sub + rows_per_split]  # [c, V]
+                uniforms_c = None if flat_uniforms is None else flat_uniforms[start + sub:start + sub + logp.shape[0]]
+                row = chunk_fields(logp, plan, store_dtype, id_dtype, draw_exponent, uniforms_c)
+                for name, value in row.items():  # on the device: one copy to the host at the end, not one per chunk
+                    parts.setdefault(name, []).append(value)
+            del logits
+        fields = {name: torch.cat(chunks).reshape(b, length - 1, -1).cpu() for name, chunks in parts.items()}
+        quant = plan.get("state_quant", "none")
+        for layer in layers:
+            # exact: the final layer is the state the head reads (check_final_state: the same tensor)
+            state = out.last_hidden_state if exact and layer == plan["final_layer"] else out.hidden_states[layer]
+            fields.update(store_state(f"states.{layer}", state[:, :-1], quant, store_dtype))  # [B, L-1, Dt]
     return fields
 
 
