@@ -164,7 +164,8 @@ def write_result(cfg: EvalCommandConfig, run_dir: Path | None, started: float, r
                   "teacher_path": cfg.teacher.path, "student": student_name, "dataset": cfg.dataset.name,
                   "split": cfg.split, "blocks": len(data), "block_size": int(data.ids.shape[1]),
                   "max_tokens": cfg.eval.max_tokens, "ece_bins": cfg.ece_bins, "n_buckets": cfg.n_buckets,
-                  "device": str(runtime.device), "precision": runtime.precision.as_dict(), "seconds": round(time.perf_counter() - started, 2)},
+                  "device": str(runtime.device), "precision": runtime.precision.as_dict(),
+                  "seconds": round(time.perf_counter() - started, 2)},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(json_safe(result), indent=2))

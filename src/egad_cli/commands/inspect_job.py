@@ -270,7 +270,8 @@ def run(cfg: InspectEntropyConfig, started: float, note: str | None = None) -> f
         m = token_pass(teacher, vocab, data, runtime, cfg.batch_size, cfg.chunk_size, student=student,
                        progress=show_progress(cfg.progress), console=console)
     block_size = int(data.ids.shape[1])
-    where = f"on {runtime.device} in {runtime.precision.describe()}" if runtime is not None else f"(read from the teacher cache {cfg.teacher_cache})"
+    where = (f"on {runtime.device} in {runtime.precision.describe()}" if runtime is not None
+             else f"(read from the teacher cache {cfg.teacher_cache})")
     console.print(f"{m['target'].numel():,} tokens from {len(data)} blocks of {block_size} (spread over the "
                   f"{cfg.split} split) · vocab {vocab} · pass {time.perf_counter() - t0:.1f} s {where}")
     a = analyse(m, cfg, vocab, block_size)

@@ -99,9 +99,8 @@ def resolve_runtime(cfg: TrainerConfig, device_key: str = "trainer.device", meas
         from egad_cli.ui.console import console
 
         console.print(f"[yellow]warning:[/] {precision.warning}", soft_wrap=True)
-    if precision.name == "bf16":
-        return Runtime(device, torch.bfloat16, torch.bfloat16, rank, world, cfg.strategy, local, precision)
-    return Runtime(device, None, torch.float32, rank, world, cfg.strategy, local, precision)
+    autocast = precision.dtype if precision.name == "bf16" else None  # the teacher runs in that same dtype
+    return Runtime(device, autocast, precision.dtype, rank, world, cfg.strategy, local, precision)
 
 
 def check_device_available(device: str, device_key: str = "trainer.device") -> None:
