@@ -28,6 +28,7 @@ BOUNDED = {
     "temperature.base": (["method=kd"], 0),
     "temperature.t_min": (["temperature=entropy"], 0),
     "temperature.t_max": (["temperature=idts"], 0.1),
+    "temperature.target": (["temperature=target_entropy"], -1),
     "curriculum.rho": (["curriculum=linear"], 0),
     "curriculum.gamma": (["curriculum=cosine"], -1),
     "curriculum.c0": (["curriculum=sqrt"], 1.5),

@@ -145,7 +145,15 @@ PRESETS = {
     "egad_no_curriculum": ("forward_kl", "entropy", "none", "dual", "uniform"),
     "egad_no_temperature": ("forward_kl", "fixed", "linear", "dual", "uniform"),
     "egad_no_branch": ("forward_kl", "entropy", "linear", "logits_only", "uniform"),
+    # the temperature study's arms: egad with another temperature design
+    "egad_inverse_temperature": ("forward_kl", "entropy", "linear", "dual", "uniform"),
+    "egad_unweighted_temperature": ("forward_kl", "entropy", "linear", "dual", "uniform"),
+    "egad_target_entropy": ("forward_kl", "target_entropy", "linear", "dual", "uniform"),
 }
+#: what the temperature study's presets set beyond their groups
+TEMPERATURE_KNOBS = {"egad_inverse_temperature": {"kappa": -0.5, "scale": "tau2"},
+                     "egad_unweighted_temperature": {"kappa": 0.5, "scale": "none"},
+                     "egad_target_entropy": {"target": None, "scale": "none"}, "egad": {"kappa": 0.5, "scale": "tau2"}}
 #: the on-policy share each preset sets (every other preset: 0, off-policy)
 LMBDA = {"gkd": 0.5, "onpolicy": 1.0, "eopd": 1.0}
 
@@ -165,6 +173,8 @@ def test_method_preset_sets_its_groups(method):
     assert cfg.branch.name == branch
     assert cfg.weighting.name == weighting
     assert cfg.onpolicy.lmbda == LMBDA.get(method, 0.0)
+    for key, value in TEMPERATURE_KNOBS.get(method, {}).items():
+        assert getattr(cfg.temperature, key) == value, f"{method}: temperature.{key}"
 
 
 def test_gkd_is_symmetric_jsd_sampled_at_unit_temperature_and_lambda_wins_from_the_command_line():

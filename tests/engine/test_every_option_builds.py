@@ -80,6 +80,8 @@ def test_every_policy_option_builds_and_runs_a_step(group, option):
     ("egad", {DIFFICULTY, teacher_entropy(1.0)}, False),
     ("eakd", {teacher_entropy(2.0), student_entropy(2.0)}, True),
     ("adakd", {HELLINGER}, True),
+    # the target-entropy temperature reads the teacher's entropy on its grid; the curriculum and branch at T = 1
+    ("egad_target_entropy", {DIFFICULTY, *(teacher_entropy(t) for t in (0.5, 0.7071, 1.0, 1.4142, 2.0))}, False),
 ])
 def test_the_statistics_pass_computes_exactly_what_the_policies_declare(monkeypatch, method, needs, student_pass):
     unit, vocab = build([f"method={method}"])

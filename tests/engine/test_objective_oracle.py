@@ -2,7 +2,8 @@
 
 One optimizer step of two micro-batches (grad accumulation 2, prompt tokens masked): entropy, percentile
 rank u, soft linear curriculum weights, entropy temperature, top-q hard tokens with the cosine feature loss
-through the unit's projectors, forward KL at τ_i scaled by τ_i², and α·CE — normalised by the step's global
+through the unit's projectors, forward KL at τ_i scaled by τ_i² (or 1, or τ_i² over its step mean:
+temperature.scale), and α·CE — normalised by the step's global
 Σw and token count. The engine's summed micro-batch losses and its gradients (student and projectors) must
 match the oracle's.
 """
@@ -25,7 +26,7 @@ OVERRIDES = ["debug=smoke", "method=egad", f"temperature.kappa={KAPPA}", f"curri
              f"branch.mu={MU}", f"method.ce_weight={ALPHA}", f"branch.q={Q}", "trainer.grad_accum=2"]
 
 
-def oracle(unit: DistillUnit, micro: list[dict], s: float) -> torch.Tensor:
+def oracle(unit: DistillUnit, micro: list[dict], s: float, scale: str = "tau2") -> torch.Tensor:
     """L of DESIGN §3 for the step, differentiable w.r.t. the student and the projectors."""
     cfg, vocab = unit.cfg, unit.vocab
     t_logits, s_logits, valid, targets = [], [], [], []
@@ -77,7 +78,8 @@ def oracle(unit: DistillUnit, micro: list[dict], s: float) -> torch.Tensor:
         phi = phi + 1 - (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
 
     ce = -torch.log_softmax(S, -1).gather(1, targets[:, None]).squeeze(1)
-    distill = (w * (tau**2 * D + MU * hard * phi)).sum() / w.sum()
+    factor = {"tau2": tau**2, "none": torch.ones_like(tau), "mean1": tau**2 / (tau**2)[valid].mean()}[scale]
+    distill = (w * (factor * D + MU * hard * phi)).sum() / w.sum()
     return distill + ALPHA * (ce * valid).sum() / n
 
 
@@ -85,8 +87,10 @@ def grads(unit) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in unit.train_modules.named_parameters() if p.grad is not None}
 
 
-def test_engine_loss_and_gradient_equal_the_oracle():
-    cfg = typed_config(OVERRIDES)
+@pytest.mark.parametrize("scale", ["tau2", "none", "mean1"])
+def test_engine_loss_and_gradient_equal_the_oracle(scale):
+    """Each temperature.scale: what multiplies a token's divergence (τ², 1, τ² over its mean), value and gradient."""
+    cfg = typed_config([*OVERRIDES, f"temperature.scale={scale}"])
     teacher, student, _, vocab = tiny_models(cfg)
     unit = DistillUnit(teacher, student, vocab, cfg, cpu_runtime(), total_steps=10)
     micro = []
@@ -105,7 +109,7 @@ def test_engine_loss_and_gradient_equal_the_oracle():
     engine_grads = grads(unit)
     unit.train_modules.zero_grad(set_to_none=True)
 
-    want = oracle(unit, micro, PROGRESS)
+    want = oracle(unit, micro, PROGRESS, scale)
     want.backward()
     oracle_grads = grads(unit)
 

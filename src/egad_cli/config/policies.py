@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
 
 from omegaconf import MISSING
 
@@ -205,6 +205,7 @@ class AdaKDWeightingConfig(WeightingConfig):
 # ============================================================================ temperature
 
 TEMPERATURES = Registry("temperature", "temperature policy")
+TEMPERATURE_SCALES = ("tau2", "none", "mean1")  #: as ``policies.temperature.SCALES`` (no torch import here)
 
 
 @dataclass
@@ -213,16 +214,24 @@ class TemperatureConfig:
 
     name: str = MISSING  #: the option (set by the group choice)
     base: float = 1.0  #: τ_base
+    #: what multiplies token i's divergence: tau2 (τ_i², Hinton), none (1: τ shapes the targets only), mean1
+    #: (τ_i² / its mean over the step's tokens)
+    scale: str = "tau2"
     one_vocabulary: ClassVar[bool] = False  #: as ``WeightingConfig.one_vocabulary``
 
     def problems(self, out: Problems) -> None:
         out.check(self.base > 0, "temperature.base", f"must be > 0 (got {self.base})")
+        out.check(self.scale in TEMPERATURE_SCALES, "temperature.scale",
+                  f"must be one of {', '.join(TEMPERATURE_SCALES)} (got {self.scale!r})")
 
     def tau_range(self) -> tuple[float, float]:
         """The smallest and largest τ_i this policy can set (a teacher cache must cover them)."""
         return self.base, self.base
 
-    def build(self, ctx: PolicyContext):  # pragma: no cover - every option overrides it
+    def build(self, ctx: PolicyContext):
+        return self.policy(ctx).with_scale(self.scale)
+
+    def policy(self, ctx: PolicyContext):  # pragma: no cover - every option overrides it
         raise NotImplementedError
 
 
@@ -233,7 +242,7 @@ class FixedTemperatureConfig(TemperatureConfig):
 
     name: str = "fixed"
 
-    def build(self, ctx: PolicyContext):
+    def policy(self, ctx: PolicyContext):
         from egad_cli.policies.temperature import FixedTemperature
 
         return FixedTemperature(self.base)
@@ -253,7 +262,7 @@ class EntropyTemperatureConfig(TemperatureConfig):
         super().problems(out)
         _temperature_range(out, self.t_min, self.t_max, "temperature")
 
-    def build(self, ctx: PolicyContext):
+    def policy(self, ctx: PolicyContext):
         from egad_cli.policies.temperature import EntropyTemperature
 
         return EntropyTemperature(self.base, self.kappa, self.t_min, self.t_max)
@@ -277,13 +286,44 @@ class IDTSTemperatureConfig(TemperatureConfig):
         super().problems(out)
         _temperature_range(out, self.t_min, self.t_max, "temperature")
 
-    def build(self, ctx: PolicyContext):
+    def policy(self, ctx: PolicyContext):
         from egad_cli.policies.temperature import IDTSTemperature
 
         return IDTSTemperature(self.base, self.c, self.t_min, self.t_max)
 
     def tau_range(self) -> tuple[float, float]:
         return self.t_min, self.t_max
+
+
+@TEMPERATURES.option
+@dataclass
+class TargetEntropyTemperatureConfig(TemperatureConfig):
+    """After CIST: per token the τ_i at which the tempered teacher's entropy H(p^{1/τ_i}) equals ``target``
+    (nats; null: the step's median teacher entropy at T = 1), found on ``grid`` and interpolated in log τ,
+    kept within the grid. Each grid temperature is one teacher entropy of the statistics pass."""
+
+    name: str = "target_entropy"
+    target: Optional[float] = None  #: nats; null = the step's median teacher entropy at T = 1
+    #: temperatures at which the teacher's entropy is measured; τ_i stays within [min, max] of them
+    grid: list[float] = field(default_factory=lambda: [0.5, 0.7071, 1.0, 1.4142, 2.0])
+
+    def problems(self, out: Problems) -> None:
+        super().problems(out)
+        grid = list(self.grid)
+        out.check(len(grid) >= 2 and all(t > 0 for t in grid) and len(set(grid)) == len(grid), "temperature.grid",
+                  f"must hold at least two distinct positive temperatures (got {grid})")
+        out.check(self.target is not None or 1.0 in grid, "temperature.grid",
+                  f"the median target (temperature.target=null) reads the entropy at T = 1: add 1.0 (got {grid})")
+        out.check(self.target is None or self.target >= 0, "temperature.target",
+                  f"must be an entropy >= 0 nats, or null for the step's median (got {self.target})")
+
+    def policy(self, ctx: PolicyContext):
+        from egad_cli.policies.temperature import TargetEntropyTemperature
+
+        return TargetEntropyTemperature(tuple(self.grid), self.target, self.base)
+
+    def tau_range(self) -> tuple[float, float]:
+        return min(self.grid), max(self.grid)
 
 
 # ============================================================================ curriculum

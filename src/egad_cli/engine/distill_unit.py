@@ -240,7 +240,14 @@ class DistillUnit:
         if DIFFICULTY in self.needs:
             stats.values[DIFFICULTY] = self.difficulty.of(stats)  # [N_world] in [0, 1]
         w = (self.curriculum(stats) * self.weighting(stats))[own]  # [N_step]
-        tau = self.temperature(stats)[own]  # [N_step]
+        tau_world = self.temperature(stats)  # [N_world]
+        tau = tau_world[own]  # [N_step]
+        # The losses multiply each token's divergence by τ²; another temperature.scale (none, mean1) is folded into
+        # the logit weight as f / τ², so that every loss path (chunked, cached, cross-vocabulary) sees it alike.
+        # tau2 leaves the weights untouched (bit for bit as before).
+        rescale = None
+        if self.temperature.scale != "tau2":
+            rescale = self.temperature.factor(tau_world, stats.valid)[own] / tau.square()  # [N_step]
         hard = self.routing(stats)[own]  # [N_step] bool
         stats = StepStats(valid, progress, {s: v[own] for s, v in stats.values.items()})
         n_valid = valid.sum().float()
@@ -249,6 +256,8 @@ class DistillUnit:
         den = step_denominators(w.sum() if self.cfg.weighting.norm == "sum_w" else n_valid, n_ce, self.runtime)
         # kd_weight = 0 (plain fine-tuning): zero logit weights let the chunked loss skip the divergence.
         w_logit = w if self.kd_weight > 0 else torch.zeros_like(w)
+        if rescale is not None:
+            w_logit = w_logit * rescale
         micro = []
         for p, mb_w, mb_logit, mb_tau, mb_hard in zip(parts, w.split(sizes), w_logit.split(sizes), tau.split(sizes),
                                                        hard.split(sizes)):
