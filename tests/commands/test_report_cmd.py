@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
+import re
 import shutil
 import sys
 import time
@@ -154,7 +156,7 @@ def hand_made_sweep(root, values, deciles):
             {"bucket": b + 1, "kl_forward": kl} for b, kl in enumerate(deciles[(method, seed)])]}))
 
 
-def test_report_pictures_hold_one_series_per_group_with_the_hand_computed_numbers(tmp_path, capsys):
+def test_report_pictures_hold_one_series_per_group_with_the_hand_computed_numbers(tmp_path, report_out):
     import json
     import statistics
 
@@ -164,8 +166,7 @@ def test_report_pictures_hold_one_series_per_group_with_the_hand_computed_number
                for m, s in values}
     sweep = tmp_path / "sweep"
     hand_made_sweep(sweep, values, deciles)
-    assert egad("report", f"sweep_dir={sweep}", "sort_by=eval.kl_forward") == 0
-    out = capsys.readouterr().out
+    out = "\n".join(report_out(sweep, "sort_by=eval.kl_forward", width=200, terminal=True))
     assert "in brief" in out and "method=egad" in out.split("in brief")[1]
     data = json.loads((sweep / "report-plots.json").read_text())
     assert set(data["curves"]) == {"method=kd", "method=egad"}  # one line per group
@@ -230,3 +231,204 @@ def test_a_resumed_run_stays_in_its_group(tmp_path):
     runs = [read_run(p, tmp_path) for p in find_runs(tmp_path)]
     _, rows = seed_summary(runs, "eval.kl_forward", "kd")
     assert [row[:2] for row in rows] == [["method=kd", 2], ["method=egad", 2]]
+
+
+# The layouts: today's table on a terminal wide enough for it, a compact one (groups and key metrics) in a log
+# or a narrow terminal. A rich Console stands in for stdout: force_terminal says which it is.
+
+EVAL_KEYS = ("bits_per_byte_student", "ppl_student", "kl_reverse", "top1_agreement", "ece", "kl_forward_top_decile")
+
+
+def full_sweep(root, methods=("kd", "egad", "egad_no_temperature"), seeds=4):
+    """hand_made_sweep with every default column of the report: 12 runs (3 methods × 4 seeds), numbers that
+    differ from run to run, so that the full table is as wide as a real one."""
+    import json
+
+    values = {(m, str(s)): 3.0 + 0.1 * i + 0.013 * s * (i + 1) for i, m in enumerate(methods) for s in range(seeds)}
+    hand_made_sweep(root, values, {k: [1.0 + v / 10, 2.0 + v / 10] for k, v in values.items()})
+    for run in root.iterdir():
+        summary, evaluation = json.loads((run / "summary.json").read_text()), json.loads((run / "eval.json").read_text())
+        value = evaluation["kl_forward"]
+        summary.update(kl_before=value + 1.5, final={"loss": value / 2 + 0.001 * len(run.name)})
+        evaluation.update({k: value * (i + 2) / 7 for i, k in enumerate(EVAL_KEYS)})
+        (run / "summary.json").write_text(json.dumps(summary))
+        (run / "eval.json").write_text(json.dumps(evaluation))
+        job = run.name.split("_")[0]  # as Hydra leaves it: the job column is its number
+        (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    name: distill\n    config_name: distill\n"
+                                                   f"    num: {job}\n")
+    return values
+
+
+@pytest.fixture
+def report_out(monkeypatch):
+    """report_out(sweep_dir, *overrides, width=80, terminal=False) -> the lines `egad report` printed."""
+    from rich.console import Console
+
+    from egad_cli.commands import report
+
+    def run(sweep_dir, *overrides, width=80, terminal=False):
+        out = Console(width=width, file=io.StringIO(), force_terminal=terminal, color_system=None, highlight=False)
+        monkeypatch.setattr(report, "console", out)
+        assert egad("report", f"sweep_dir={sweep_dir}", *overrides) == 0
+        return out.file.getvalue().splitlines()
+
+    return run
+
+
+GROUP = re.compile(r"^(\S.*) · (\d+) runs?( · reference)?$")
+METRIC = re.compile(r"^  (\S+) +(-?\d+\.\d{4}) ± (\d+\.\d{4})$")
+DELTA = re.compile(r"^    Δ vs kd +([+-]\d+\.\d{4}) \[([+-]\d+\.\d{4}), ([+-]\d+\.\d{4})\] \(n=(\d+)\) (\w+)$")
+DECILES = re.compile(r"^  Δ KL by decile +((?:[+-]\d+ ?)+) %$")
+
+
+def parse_compact(lines):
+    """{group label: {"runs": n, "reference": bool, metric: (mean, sd), "delta": (mean, low, high, n, verdict),
+    "deciles": [%…]}} in the printed order; every indented line belongs to the group above it."""
+    groups, group = {}, None
+    for line in lines:
+        if m := GROUP.match(line):
+            group = groups.setdefault(m[1], {"runs": int(m[2]), "reference": bool(m[3])})
+        elif group is not None and (m := METRIC.match(line)):
+            group[m[1]] = (float(m[2]), float(m[3]))
+        elif group is not None and (m := DELTA.match(line)):
+            group["delta"] = (float(m[1]), float(m[2]), float(m[3]), int(m[4]), m[5])
+        elif group is not None and (m := DECILES.match(line)):
+            group["deciles"] = [int(v) for v in m[1].split()]
+        elif line.startswith("  "):
+            raise AssertionError(f"unparsed line in a group: {line!r}")
+        else:
+            group = None
+    return groups
+
+
+def test_compact_layout_in_a_log_shows_each_group_and_its_key_metrics(tmp_path, report_out):
+    import json
+    import statistics
+
+    from rich.console import Console
+
+    from egad_cli.commands.report import build_table, gather
+    from egad_cli.commands.sweep import sort_runs
+    from egad_cli.config.commands import ReportConfig
+    from egad_cli.ui.tables import rich_table
+
+    sweep = tmp_path / "sweep"
+    full_sweep(sweep)
+    lines = report_out(sweep)
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    facts = "12 runs (12 done) · sorted by kl_after ↑"
+    title = f"{sweep} · {facts}"
+    assert lines[0] == title if len(title) <= 80 else lines[:2] == [str(sweep), facts]  # a long path: on its own
+    assert lines[-1] == "full table (12 runs × 15 columns): report.md, report.csv"
+    groups = parse_compact(lines)
+    assert list(groups) == ["method=kd", "method=egad", "method=egad_no_temperature"]  # by mean kl_after, ↑
+
+    # the numbers, from the runs' own files
+    data: dict[str, dict[str, list[float]]] = {}
+    for run in sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name.split("_")[0])):
+        summary, evaluation = json.loads((run / "summary.json").read_text()), json.loads((run / "eval.json").read_text())
+        mine = data.setdefault(f"method={summary['method']}", {"kl_after": [], "eval.kl_forward": [], "final.loss": [],
+                                                              "deciles": []})
+        mine["kl_after"].append(summary["kl_after"])
+        mine["final.loss"].append(summary["final"]["loss"])
+        mine["eval.kl_forward"].append(evaluation["kl_forward"])
+        mine["deciles"].append([row["kl_forward"] for row in evaluation["by_entropy_decile"]])
+    t3 = 3.182446305284263  # t_{.975, 3}: four seeds
+    for label, group in groups.items():
+        assert group["runs"] == 4 and group["reference"] == (label == "method=kd")
+        for metric in ("kl_after", "eval.kl_forward", "final.loss"):
+            want = data[label][metric]
+            assert group[metric] == (round(statistics.mean(want), 4), round(statistics.stdev(want), 4)), (label, metric)
+        if label == "method=kd":
+            assert "delta" not in group and "deciles" not in group
+            continue
+        diffs = [a - b for a, b in zip(data[label]["kl_after"], data["method=kd"]["kl_after"])]  # seed by seed
+        mean, half = statistics.mean(diffs), t3 * statistics.stdev(diffs) / 2
+        assert group["delta"][:3] == pytest.approx((mean, mean - half, mean + half), abs=6e-5)
+        assert group["delta"][3:] == (4, "higher")
+        change = [statistics.mean(a[i] / b[i] - 1 for a, b in zip(data[label]["deciles"], data["method=kd"]["deciles"]))
+                  for i in range(2)]
+        assert group["deciles"] == [round(100 * c) for c in change]
+    # the same text as the seed table of report.md
+    md = (sweep / "report.md").read_text()
+    assert "| method=egad | 4 | " + " ± ".join(f"{v:.4f}" for v in groups["method=egad"]["kl_after"]) in md
+
+    # much shorter than the full table was at 80 columns
+    runs = sort_runs(gather(sweep), "kl_after")
+    columns, rows, _, _ = build_table(runs, [c for c in ReportConfig().columns if c != "eval.kl_forward_top_decile"]
+                                      + ["eval.kl_forward_top_decile"])
+    old = Console(width=80, file=io.StringIO(), color_system=None)
+    old.print(rich_table([c.replace(".", "\n", 1) for c in columns], rows))
+    assert len(lines) <= 25 and 3 * len(lines) < len(old.file.getvalue().splitlines())
+
+
+def test_compact_layout_key_metrics_follow_the_sort_metric_and_columns(tmp_path, report_out):
+    sweep = tmp_path / "sweep"
+    full_sweep(sweep, methods=("kd", "egad"), seeds=2)
+    groups = parse_compact(report_out(sweep, "sort_by=eval.ece", "export=false"))
+    assert list(groups["method=kd"]) == ["runs", "reference", "eval.ece", "eval.kl_forward", "kl_after"]
+    assert list(groups) == ["method=kd", "method=egad"]
+    lines = report_out(sweep, "sort_by=eval.top1_agreement", "columns=[eval.ppl_student]", "export=false")
+    groups = parse_compact(lines)
+    assert list(groups["method=kd"]) == ["runs", "reference", "eval.top1_agreement", "eval.ppl_student"]
+    assert list(groups) == ["method=egad", "method=kd"]  # agreement: higher first
+    assert lines[-1] == "full table (4 runs × 6 columns): report.md, report.csv with export=true"
+
+
+def test_group_labels_leave_out_the_keys_a_group_never_sets(tmp_path, report_out):
+    """A sweep mixing runs from a teacher cache (no dataset override) with live ones (no teacher_cache)."""
+    import json
+
+    values = {("kd", "0"): 3.0, ("kd", "1"): 3.4, ("egad", "0"): 2.9, ("egad", "1"): 3.3}
+    sweep = tmp_path / "sweep"
+    hand_made_sweep(sweep, values, {key: [1.0, 2.0] for key in values})
+    for run in sweep.iterdir():
+        overrides = run / ".hydra" / "overrides.yaml"
+        live = "method:kd" in run.name
+        extra = ["- dataset=text\n", "- dataset.paths=[a.txt]\n"] if live else ["- teacher_cache=/caches/c\n"]
+        overrides.write_text("".join(extra) + overrides.read_text())
+    groups = parse_compact(report_out(sweep))
+    assert {frozenset(label.split()) for label in groups} == {
+        frozenset({"dataset=text", "dataset.paths=[a.txt]", "method=kd"}),
+        frozenset({"teacher_cache=/caches/c", "method=egad"})}
+    assert "None" not in "\n".join(report_out(sweep, "export=false"))
+    assert "=None" not in (sweep / "report.md").read_text()
+    assert set(json.loads((sweep / "report-plots.json").read_text())["curves"]) == set(groups)
+
+
+def test_wide_terminal_keeps_the_full_table(tmp_path, report_out):
+    from rich.console import Console
+    from rich.text import Text
+
+    from egad_cli.commands.report import STATUS_STYLE, build_table, gather
+    from egad_cli.commands.sweep import differing_overrides, sort_runs
+    from egad_cli.config.commands import ReportConfig
+    from egad_cli.ui.tables import rich_table
+
+    sweep = tmp_path / "sweep"
+    full_sweep(sweep)
+    lines = report_out(sweep, width=250, terminal=True)
+    runs = sort_runs(gather(sweep), "kl_after")
+    columns, rows, _, _ = build_table(runs, [c for c in ReportConfig().columns if c in {m for r in runs for m in r.metrics}])
+    _, common = differing_overrides(runs)
+    want = Console(width=250, file=io.StringIO(), force_terminal=True, color_system=None)
+    want.print(rich_table([c.replace(".", "\n", 1) for c in columns],
+                          [[Text(str(c), style=STATUS_STYLE.get(c, "")) if i == 1 else c for i, c in enumerate(r)]
+                           for r in rows],
+                          caption="common overrides: " + " ".join(f"{k}={v}" for k, v in common.items()) if common
+                          else None, title=f"{sweep} · 12 runs (12 done) · sorted by kl_after ↑"))
+    table = want.file.getvalue().splitlines()
+    assert lines[:len(table)] == table and len(table) == 12 + 6  # a row per run, unfolded
+    text = "\n".join(lines)
+    assert "over seeds: kl_after" in text and "in brief" in text and "full table (" not in text
+    # a terminal too narrow for it: the compact layout, with styles but every line within the width
+    narrow = report_out(sweep, "export=false", width=80, terminal=True)
+    assert all(len(line) <= 80 for line in narrow) and set(parse_compact(narrow)) == {
+        "method=kd", "method=egad", "method=egad_no_temperature"}
+
+
+def test_narrow_terminal_with_few_runs_shows_one_column_per_job(tmp_path, report_out):
+    sweep = tmp_path / "sweep"
+    full_sweep(sweep, methods=("kd", "egad"), seeds=1)
+    lines = report_out(sweep, "export=false", width=80, terminal=True)
+    assert "one column per job" in " ".join(lines).replace("\n", "") and all(len(line) <= 80 for line in lines)

@@ -242,10 +242,18 @@ SEED_KEY = "trainer.seed"
 class SeedGroup:
     """The runs of a sweep that differ only in trainer.seed."""
 
-    label: str  #: the group's other overrides, as key=value
+    label: str  #: the group's other overrides, as key=value (``group_label``: the unset ones left out)
     key: tuple  #: the group's other overrides, as sorted (key, value) pairs
     values: dict[str, float]  #: seed -> metric
     runs: dict[str, Run] = field(default_factory=dict)  #: seed -> the finished run
+
+
+def group_label(key: tuple) -> str:
+    """A group's overrides as key=value, without the keys its runs leave unset: in a sweep mixing runs from a
+    teacher cache with live ones, the cached runs have no dataset override and the live ones no teacher_cache,
+    and neither label should say ``=None``. Two groups still get two labels: a key they set differently is
+    shown in at least one of them."""
+    return " ".join(f"{k}={v}" for k, v in key if v is not None) or "(all runs)"
 
 
 def run_groups(runs: list[Run]) -> list[SeedGroup]:
@@ -258,7 +266,7 @@ def run_groups(runs: list[Run]) -> list[SeedGroup]:
         if run.status != "done":
             continue
         key = tuple((k, run.overrides.get(k)) for k in others)
-        label = " ".join(f"{k}={v}" for k, v in key) or "(all runs)"
+        label = group_label(key)
         group = groups.setdefault(key, SeedGroup(label, key, {}))
         seed, n = str(run.overrides.get(SEED_KEY)), 1
         while (seed if n == 1 else f"{seed}#{n}") in group.runs:  # the same seed twice (runs linked in from two
