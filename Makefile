@@ -58,19 +58,23 @@ compare: install
 		eval.onpolicy_prompts=0
 	$(VENV)/bin/egad report sweep_dir=$(COMPARE_DIR) sort_by=eval.kl_forward
 
-# Does entropy guidance help, and which mechanism? kd, egad, eakd, adakd, rkl and egad with each mechanism alone
-# and removed, 5 seeds, on the embedded corpus and on English Wikipedia prose (bench/prose_corpus.py, from gensim's
-# wheel: only its data file is read, so --no-deps), from one teacher cache per corpus, plus the live cross-check
-# and the knob sensitivity sweep (bench/study.py; docs/results.md). Sized for a GPU: at the default budget
-# (1500 steps, student=small) it is days of CPU. Scale it with STUDY_ARGS, e.g.
-#   make study STUDY_ARGS="--steps 150 --student tiny --corpora embedded"
+# Which EGAD should `egad distill` run? kd, egad, egad_no_temperature and egad with each new temperature design
+# (target entropy, no τ², inverse direction), 5 seeds, on three corpora: the embedded Python source, English
+# Wikipedia prose (bench/prose_corpus.py, from gensim's wheel) and chit-chat dialogue as prompt/response jsonl
+# (bench/dialogue_corpus.py, from chitchat-dataset's wheel; for both only a data file is read, so --no-deps), from
+# one exact teacher cache per corpus with a live kd twin each, then the decision rule of docs/results.md and a
+# longer point (4× the steps, 3 seeds). The default is sized to about 2 hours of a 2-core CPU (bench/study.py);
+# the demo's budget is STUDY_ARGS="--steps 150", the GPU design STUDY_ARGS="--steps 1500 --student small".
 # Interrupted? Run it again with the same STUDY_ARGS: finished runs are kept, a cut-off run resumes from its checkpoint.
 GENSIM_SPEC ?= gensim==4.4.0
+CHITCHAT_SPEC ?= chitchat-dataset==0.9.0
 STUDY_DIR ?= study
 STUDY_ARGS ?=
 study: install
 	$(PY) -c "import importlib.metadata as m; m.distribution('gensim')" 2>/dev/null || \
 		$(PY) -m pip install -q --no-deps "$(GENSIM_SPEC)"
+	$(PY) -c "import importlib.metadata as m; m.distribution('chitchat-dataset')" 2>/dev/null || \
+		$(PY) -m pip install -q --no-deps "$(CHITCHAT_SPEC)"
 	$(PY) bench/study.py --out $(STUDY_DIR) $(STUDY_ARGS)
 
 lint: install

@@ -1,39 +1,41 @@
-"""`make study`: does entropy guidance help, and which of EGAD's mechanisms? One command, resumable.
+"""`make study`: which EGAD should `egad distill` run? The temperature designs against kd, one command, resumable.
 
-    python bench/study.py [--out study] [--seeds 0,1,2,3,4] [--steps 1500] [--student small] [--smoke] …
+    python bench/study.py [--out study] [--seeds 0,1,2,3,4] [--steps 40] [--corpora embedded,enwiki,dialogue] …
 
-Per corpus (the embedded Python source, and English Wikipedia prose from bench/prose_corpus.py):
-  1. one teacher cache (`egad cache`, the default exact format, with the states the dual branch reads for
-     --student), holding the training blocks the runs read and the held-out split;
-  2. `egad distill` from that cache: --methods × --seeds, at --steps optimizer steps of 4 × 128 tokens
-     (1500: 768,000 tokens, 10× the demo), student --student. The methods: kd, egad, eakd, adakd, rkl, and
-     egad with each mechanism alone (egad_only_curriculum / _temperature / _branch: kd plus one) and with
-     each one removed (egad_no_…: egad minus one), presets in conf/method/;
-  3. exact `egad eval` of every run on the held-out split (live teacher; by-decile metrics and calibration
-     included; generations and the on-policy metric left out);
-  4. `egad report` of the sweep: mean ± sd per method, the paired difference to kd with its 95 % t interval,
-     the seeds needed to resolve 1 %, and the pictures.
-On the embedded corpus only:
-  5. the live cross-check: --live methods (kd, egad) on the first seed without the cache, evaluated the same
-     way; the table compares each with its cache-trained twin and the ranking of the two;
-  6. the sensitivity of EGAD's knobs: one knob at a time around its default (--knobs: γ, κ, ρ, q, μ at
-     half and double, ρ at 0.5 and 1), method=egad, on the first --sensitivity-seeds seeds, each value paired
-     by seed with egad at the defaults (a grid, one knob at a time: 10 points instead of 3^5 = 243).
+Per corpus (the embedded Python source; English Wikipedia prose from bench/prose_corpus.py; chit-chat dialogue as
+prompt/response jsonl from bench/dialogue_corpus.py, where the loss counts response tokens only), in this order,
+so that an interrupted study leaves whole corpora behind:
+  1. one teacher cache (`egad cache`, the exact format: the teacher's final states through its head, within
+     0.01-0.1 % of live on the embedded corpus and on prose, docs/teacher-cache.md), holding the training
+     blocks the runs read and the held-out split;
+  2. `egad distill` from that cache: --methods × --seeds at --steps optimizer steps of 4 × 128 tokens. The
+     arms: kd; egad (today's: entropy temperature κ = 0.5 with τ²); egad_no_temperature; and egad with each
+     new temperature design: egad_target_entropy (τ per token to the step's median entropy, no τ²),
+     egad_unweighted_temperature (today's τ without τ²), egad_inverse_temperature (κ = −0.5);
+  3. the live twin: --live methods (kd) on the first seed without the cache: the cache's distance to live on
+     this corpus, so that the runs that decide are shown exact where they ran;
+  4. exact `egad eval` of every run on the held-out split (live teacher; by-decile metrics included);
+  5. `egad report` of the sweep: mean ± sd per arm, paired differences to kd with 95 % t intervals, pictures.
+Then:
+  6. the decision (docs/results.md, written before the runs): per corpus the arms ranked by mean held-out KL;
+     an arm is eligible when, on no corpus, its paired 95 % interval against kd lies wholly above zero; the
+     default is the eligible arm with the best mean rank across the corpora. Also each arm against
+     egad_no_temperature.
+  7. the longer point: --long-factor × --steps (4×), --long-seeds (3), kd / egad / the arm chosen in 6 (or the
+     best egad arm when that is kd), on --long-corpus, from its own cache: does the ranking hold?
+Optional, off by default (the GPU-sized design of the mechanism study): --knobs, the sensitivity of EGAD's knobs.
 
-Every egad command runs in OUT (the prose corpus is addressed as data/enwiki/*.txt, so its held-out split,
-which follows each file's path as spelled, does not depend on where OUT lies). Each run is its own `egad
-distill` with its own dir (OUT/<corpus>/runs/method:kd__trainer.seed:0 …). Running the command again goes on
-where it stopped: finished runs are kept, a run cut off with a checkpoint resumes from it, a failed run is
-retried; a study dir holds one design (other arguments are refused: use another --out). A stage that finished
-leaves OUT/.done/<stage> and is skipped after; a stage with failed runs or evals stops the study, listing them,
-unless --keep-going. Writes OUT/study.md (the stage times, the share of runs that finished and were
-evaluated, the cross-check and the sensitivity tables; the method tables are in OUT/<corpus>/runs/report.md
-with the pictures) and OUT/study.json (the same numbers).
+Every egad command runs in OUT (corpora under OUT/data/, addressed relative to it, so their held-out splits do
+not depend on where OUT lies). Each run is its own `egad distill` with its own dir (OUT/<corpus>/runs/
+method:kd__trainer.seed:0 …). Running the command again goes on where it stopped: finished runs are kept, a run
+cut off with a checkpoint resumes from it, a failed run is retried; a study dir holds one design (other
+arguments are refused: use another --out). A stage that finished leaves OUT/.done/<stage> and is skipped after;
+a stage with failed runs or evals stops the study, listing them, unless --keep-going. Writes OUT/study.md (stage
+times, counts, the live twins, the decision table, the longer point) and OUT/study.json (the same numbers).
 
-Cost on this 2-core CPU (measured, see docs/results.md): one run of the `small` student from the cache takes
-~1.2 s per step, so the default study (11 methods × 5 seeds × 2 corpora + 2 live + 30 sensitivity runs at
-1500 steps) is a multi-day CPU job; it is sized for a GPU. --steps, --seeds, --methods and --corpora scale it
-down. --smoke runs the same sequence on debug=smoke (tiny random models) in 1–2 minutes: the test.
+Cost: the default is sized to finish in about 2 hours on a 2-core CPU (docs/results.md gives the measured
+estimate); --steps 150 is the demo's budget (about 4 hours there), --steps 1500 --student small the GPU design.
+--smoke runs the same sequence on debug=smoke (tiny random models) in a few minutes: the test.
 """
 
 from __future__ import annotations
@@ -48,12 +50,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import dialogue_corpus
 import prose_corpus
 
 from egad_cli.config import conf_dir
 
-METHODS = ("kd", "egad", "eakd", "adakd", "rkl", "egad_only_curriculum", "egad_only_temperature",
-           "egad_only_branch", "egad_no_curriculum", "egad_no_temperature", "egad_no_branch")
+METHODS = ("kd", "egad", "egad_no_temperature", "egad_target_entropy", "egad_unweighted_temperature",
+           "egad_inverse_temperature")
+CORPORA = ("embedded", "enwiki", "dialogue")
+#: the arms every decision is paired against
+BASELINE, NO_TEMPERATURE = "kd", "egad_no_temperature"
 #: one knob at a time around its default (conf/method/egad.yaml and the group defaults): γ 1, κ 0.5, ρ 0.8, q 0.3, μ 1
 KNOBS = ("curriculum.gamma=0.5,2", "temperature.kappa=0.25,1", "curriculum.rho=0.5,1",
          "branch.q=0.15,0.6", "branch.mu=0.5,2")
@@ -120,15 +126,17 @@ class Study:
         self.state_file.write_text(json.dumps(self.state, indent=2) + "\n")
 
     # ------------------------------------------------------------------ corpora
-    def data_args(self, corpus: str) -> list[str]:
+    def data_args(self, corpus: str, steps: int | None = None) -> list[str]:
         """The dataset overrides of a corpus (the cache records them: the runs from it need none)."""
         if self.args.smoke:
             budget = []  # the smoke config's own
         else:  # the cache holds what the runs read (a corpus with fewer tokens is read in several epochs)
-            budget = [f"dataset.max_train_tokens={self.args.steps * BLOCK * BATCH}",
+            budget = [f"dataset.max_train_tokens={(steps or self.args.steps) * BLOCK * BATCH}",
                       f"dataset.max_val_tokens={self.args.val_tokens}"]
         if corpus == "embedded":
             return budget
+        if corpus == "dialogue":  # records are split by the hash of their line (5 %: ~6,500 records)
+            return ["dataset=jsonl", f"dataset.paths=[data/dialogue/{dialogue_corpus.OUT_FILE}]", *budget]
         # articles are long and few (92): 5 % of them by hash is 1 article (~14k tokens); 10 % is 7 (~60k tokens).
         # The smoke corpus has fewer: half, so that its held-out split is never empty
         share = [f"dataset.val_fraction={0.5 if self.args.smoke else 0.1}"]
@@ -145,22 +153,31 @@ class Study:
         prose_corpus.main(argv)
         return None
 
+    def dialogue(self) -> str | None:
+        target = self.out / "data" / "dialogue"
+        if target.is_dir():
+            shutil.rmtree(target)
+        source = self.args.dialogue_source
+        dialogue_corpus.main([str(target)] + (["--source", str(source)] if source else []))
+        return None
+
     # ------------------------------------------------------------------ per corpus
-    def cache(self, corpus: str) -> str | None:
-        cache = self.out / corpus / "teacher-cache"
+    def cache(self, area: str, corpus: str, steps: int | None = None) -> str | None:
+        cache = self.out / area / "teacher-cache"
         student = [] if self.args.smoke else [f"student={self.args.student}"]  # smoke: its own tiny student
-        code = egad(["cache", *self.data_args(corpus), *student, f"out_dir={cache}", *self.debug],
-                    self.out / corpus / "cache.log", self.out)
+        code = egad(["cache", *self.data_args(corpus, steps), *student, f"out_dir={cache}", *self.debug],
+                    self.out / area / "cache.log", self.out)
         return None if code == 0 else f"egad cache exited {code}"
 
-    def train(self, corpus: str, sweep: str, points: list[list[str]], source: list[str]) -> str | None:
+    def train(self, area: str, sweep: str, points: list[list[str]], source: list[str], steps: int | None = None
+              ) -> str | None:
         """One `egad distill` per point (its own overrides), into its own dir: a run that finished is kept, one
         cut off with a checkpoint is resumed from it (trainer.resume), one without is set aside under
         OUT/.attempts/ and started again; a finished run's checkpoints are deleted (its student is exported;
         at `small` a checkpoint with its optimizer state is ~340 MB)."""
         from egad_cli.engine.checkpoint import list_checkpoints
 
-        sweep_dir, log = self.out / corpus / sweep, self.out / corpus / f"{sweep.replace('/', '-')}.log"
+        sweep_dir, log = self.out / area / sweep, self.out / area / f"{sweep.replace('/', '-')}.log"
         failed = []
         for point in points:
             run_dir = point_dir(sweep_dir, point)
@@ -173,7 +190,7 @@ class Study:
                 aside = self.out / ".attempts" / f"{run_dir.relative_to(self.out)}.{time.strftime('%Y%m%d-%H%M%S')}"
                 aside.parent.mkdir(parents=True, exist_ok=True)
                 run_dir.rename(aside)
-            code = egad(["distill", *source, *point, *self.train_args(), *resume, f"hydra.run.dir={run_dir}",
+            code = egad(["distill", *source, *point, *self.train_args(steps), *resume, f"hydra.run.dir={run_dir}",
                          *self.debug], log, self.out)
             if code == 0 and (run_dir / "summary.json").is_file():
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -191,24 +208,26 @@ class Study:
             return None
         return f"{message}; run the study again to retry just those, or pass --keep-going to go on without them"
 
-    def cached(self, corpus: str) -> list[str]:
-        return [f"teacher_cache={self.out / corpus / 'teacher-cache'}"]
+    def cached(self, area: str) -> list[str]:
+        return [f"teacher_cache={self.out / area / 'teacher-cache'}"]
 
     def runs(self, corpus: str) -> str | None:
-        points = [[f"method={m}", f"trainer.seed={s}"] for m in self.args.methods for s in self.seeds]
+        # seed by seed, every arm on a seed before the next seed: a study cut short still pairs every arm with kd
+        points = [[f"method={m}", f"trainer.seed={s}"] for s in self.seeds for m in self.args.methods]
         return self.train(corpus, "runs", points, self.cached(corpus))
 
-    def train_args(self) -> list[str]:
+    def train_args(self, steps: int | None = None) -> list[str]:
         if self.args.smoke:
             return []
-        warmup = max(1, self.args.steps // 10)
-        return [f"student={self.args.student}", f"trainer.max_steps={self.args.steps}",
-                f"trainer.warmup_steps={warmup}", f"trainer.ckpt_every={max(50, self.args.steps // 5)}",
+        steps = steps or self.args.steps
+        warmup = max(1, steps // 10)
+        return [f"student={self.args.student}", f"trainer.max_steps={steps}",
+                f"trainer.warmup_steps={warmup}", f"trainer.ckpt_every={max(50, steps // 5)}",
                 "trainer.keep_ckpts=1", f"trainer.batch_size={BATCH}"]
 
-    def live(self) -> str | None:
+    def live(self, corpus: str) -> str | None:
         points = [[f"method={m}", f"trainer.seed={self.seeds[0]}"] for m in self.args.live]
-        return self.train("embedded", "live", points, self.data_args("embedded"))
+        return self.train(corpus, "live", points, self.data_args(corpus))
 
     def sensitivity(self) -> str | None:
         seeds = self.seeds[: self.args.sensitivity_seeds]
@@ -220,21 +239,33 @@ class Study:
                 problems.append(problem)
         return "; ".join(problems) or None
 
-    def evaluate(self, corpus: str) -> str | None:
-        pending = [p for p in self.run_dirs(self.out / corpus) if (p / "summary.json").is_file()
+    def evaluate(self, area: str) -> str | None:
+        pending = [p for p in self.run_dirs(self.out / area) if (p / "summary.json").is_file()
                    and not (p / "eval.json").is_file()]
         if not pending:
             return None
-        log = self.out / corpus / "eval.log"
+        log = self.out / area / "eval.log"
         egad(["eval", "-m", f"run_dir={','.join(str(p) for p in pending)}", "eval.max_new_tokens=0",
-              "eval.onpolicy_prompts=0", f"hydra.sweep.dir={self.out / corpus / 'eval'}", *self.debug], log, self.out)
+              "eval.onpolicy_prompts=0", f"hydra.sweep.dir={self.out / area / 'eval'}", *self.debug], log, self.out)
         failed = [p.name for p in pending if not (p / "eval.json").is_file()]
         return self.failures(failed, len(pending), "evals", log)
 
-    def report(self, corpus: str) -> str | None:
-        code = egad(["report", f"sweep_dir={self.out / corpus / 'runs'}", f"sort_by=eval.{METRIC}"],
-                    self.out / corpus / "report.log", self.out)
+    def report(self, area: str) -> str | None:
+        code = egad(["report", f"sweep_dir={self.out / area / 'runs'}", f"sort_by=eval.{METRIC}"],
+                    self.out / area / "report.log", self.out)
         return None if code == 0 else f"egad report exited {code}"
+
+    # ------------------------------------------------------------------ the longer point
+    def long_methods(self) -> list[str]:
+        """kd, egad and the arm the decision chose, without repeats."""
+        decision = self.decision()
+        pick = decision["default"]
+        return list(dict.fromkeys(m for m in (BASELINE, "egad", pick) if m and m in self.args.methods))
+
+    def long_runs(self) -> str | None:
+        steps = self.args.steps * self.args.long_factor
+        points = [[f"method={m}", f"trainer.seed={s}"] for m in self.long_methods() for s in self.long_seeds]
+        return self.train("long", "runs", points, self.cached("long"), steps)
 
     # ------------------------------------------------------------------ reading the runs
     @staticmethod
@@ -248,46 +279,91 @@ class Study:
 
         return [read_run(p, root) for p in self.run_dirs(root)]
 
+    def metric_table(self, root: Path) -> dict[str, dict[str, float]]:
+        """method -> seed -> the held-out metric, over the evaluated runs under root."""
+        table: dict[str, dict[str, float]] = {}
+        for run in self.read(root):
+            if f"eval.{METRIC}" in run.metrics:
+                table.setdefault(run.overrides.get("method"), {})[run.overrides.get("trainer.seed")] = \
+                    run.metrics[f"eval.{METRIC}"]
+        return table
+
     def counts(self) -> dict[str, dict[str, int]]:
-        """Per corpus: runs planned, finished (summary.json) and evaluated (eval.json)."""
+        """Per corpus (and the longer point): runs planned, finished (summary.json) and evaluated (eval.json)."""
         out = {}
         for corpus in self.args.corpora:
-            planned = len(self.args.methods) * len(self.seeds)
+            planned = len(self.args.methods) * len(self.seeds) + len(self.args.live)
             if corpus == "embedded":
-                values = sum(len(v) for _, v in self.args.knobs)
-                planned += len(self.args.live) + values * len(self.seeds[: self.args.sensitivity_seeds])
+                planned += sum(len(v) for _, v in self.args.knobs) * len(self.seeds[: self.args.sensitivity_seeds])
             runs = self.read(self.out / corpus)
             out[corpus] = {"planned": planned, "finished": sum(r.status == "done" for r in runs),
+                           "evaluated": sum(f"eval.{METRIC}" in r.metrics for r in runs)}
+        if self.args.long_factor:
+            runs = self.read(self.out / "long")
+            out["long"] = {"planned": len(self.long_methods()) * len(self.long_seeds), "finished": sum(r.status == "done" for r in runs),
                            "evaluated": sum(f"eval.{METRIC}" in r.metrics for r in runs)}
         return out
 
     def crosscheck(self) -> list[dict]:
-        """Each live run beside its cache-trained twin (same method and seed)."""
-        cached = {(r.overrides.get("method"), r.overrides.get("trainer.seed")): r
-                  for r in self.read(self.out / "embedded" / "runs")}
+        """Each live run beside its cache-trained twin (same corpus, method and seed)."""
         rows = []
-        for run in self.read(self.out / "embedded" / "live"):
-            key = (run.overrides.get("method"), run.overrides.get("trainer.seed"))
-            live, cache = run.metrics.get(f"eval.{METRIC}"), getattr(cached.get(key), "metrics", {}).get(f"eval.{METRIC}")
-            rows.append({"method": key[0], "seed": key[1], "live": live, "cache": cache,
-                         "relative": (cache / live - 1) if live and cache is not None else None})
+        for corpus in self.args.corpora:
+            cached = self.metric_table(self.out / corpus / "runs")
+            for method, seeds in self.metric_table(self.out / corpus / "live").items():
+                for seed, live in seeds.items():
+                    cache = cached.get(method, {}).get(seed)
+                    rows.append({"corpus": corpus, "method": method, "seed": seed, "live": live, "cache": cache,
+                                 "relative": (cache / live - 1) if cache is not None else None})
         return rows
 
-    @staticmethod
-    def same_ranking(rows: list[dict]) -> bool | None:
-        """Whether the live runs rank the methods as their cache-trained twins do (None: fewer than two pairs)."""
-        pairs = [r for r in rows if r["live"] is not None and r["cache"] is not None]
-        if len(pairs) < 2:
-            return None
-        return (sorted(pairs, key=lambda r: r["live"]) == sorted(pairs, key=lambda r: r["cache"]))
+    def decision(self) -> dict:
+        """The rule of docs/results.md on the evaluated runs: per corpus the arms ranked by mean held-out KL (1 =
+        lowest); eligible = on no corpus is the paired 95 % interval of (arm − kd) wholly above zero; the default
+        = the eligible arm other than kd with the best mean rank (ties: the lower mean of the per-corpus relative
+        differences to kd), or, with none eligible, the best arm other than kd. Only arms evaluated on every corpus
+        with at least two seeds paired with kd take part."""
+        from egad_cli.stats import paired_difference
+
+        tables = {c: self.metric_table(self.out / c / "runs") for c in self.args.corpora}
+        arms = [m for m in self.args.methods
+                if all(len(set(tables[c].get(m, {})) & set(tables[c].get(BASELINE, {}))) >= 2 for c in tables)]
+        rows: dict[str, dict] = {m: {"corpora": {}} for m in arms}
+        for corpus, table in tables.items():
+            means = {m: sum(table[m].values()) / len(table[m]) for m in arms}
+            for rank, m in enumerate(sorted(arms, key=lambda m: means[m]), start=1):
+                versus = {ref: paired_difference(table[m], table.get(ref, {})) if m != ref else None
+                          for ref in (BASELINE, NO_TEMPERATURE, "egad")}
+                rows[m]["corpora"][corpus] = {
+                    "mean": means[m], "rank": rank, "n": len(table[m]),
+                    "relative_to_kd": means[m] / means[BASELINE] - 1 if BASELINE in means else None,
+                    **{f"vs_{ref}": None if d is None else {"mean": d.mean, "low": d.low, "high": d.high,
+                                                            "text": d.text()} for ref, d in versus.items()}}
+        for m, row in rows.items():
+            per = row["corpora"].values()
+            row["mean_rank"] = sum(c["rank"] for c in per) / len(per) if per else None
+            row["worse_than_kd_on"] = [c for c, v in row["corpora"].items()
+                                       if v["vs_kd"] and v["vs_kd"]["low"] is not None and v["vs_kd"]["low"] > 0]
+            row["better_than_kd_on"] = [c for c, v in row["corpora"].items()
+                                        if v["vs_kd"] and v["vs_kd"]["high"] is not None and v["vs_kd"]["high"] < 0]
+            row["eligible"] = not row["worse_than_kd_on"]
+
+        def key(m: str) -> tuple:
+            rel = [v["relative_to_kd"] or 0.0 for v in rows[m]["corpora"].values()]
+            return (rows[m]["mean_rank"], sum(rel) / max(1, len(rel)))
+
+        candidates = sorted((m for m in arms if m != BASELINE), key=key)  # what `method=egad` can become
+        eligible = [m for m in candidates if rows[m]["eligible"]]
+        egad_arms = candidates
+        default = eligible[0] if eligible else (candidates[0] if candidates else None)
+        return {"arms": rows, "default": default, "best_egad": egad_arms[0] if egad_arms else None,
+                "beats_kd_everywhere": [m for m in arms if len(rows[m]["better_than_kd_on"]) == len(tables)],
+                "complete": len(arms) == len(self.args.methods)}
 
     def sensitivity_table(self) -> list[dict]:
         """Each knob value against egad at the defaults, paired by seed (mean difference, 95 % t interval)."""
         from egad_cli.stats import paired_difference
 
-        default = {r.overrides.get("trainer.seed"): r.metrics[f"eval.{METRIC}"]
-                   for r in self.read(self.out / "embedded" / "runs")
-                   if r.overrides.get("method") == "egad" and f"eval.{METRIC}" in r.metrics}
+        default = self.metric_table(self.out / "embedded" / "runs").get("egad", {})
         rows = []
         for key, _ in self.args.knobs:
             by_value: dict[str, dict[str, float]] = {}
@@ -301,10 +377,33 @@ class Study:
                              "vs_default": None if diff is None else diff.text()})
         return rows
 
+    def decision_lines(self, decision: dict) -> list[str]:
+        corpora = self.args.corpora
+        lines = ["", (f"Decision (docs/results.md): held-out {METRIC} per corpus, mean over seeds (rank); Δ vs kd and "
+                 "vs egad_no_temperature: paired by seed, mean [95 % t]; eligible = never worse than kd with the "
+                 "interval clear of zero."), "",
+                 "| arm | " + " | ".join(corpora) + " | mean rank | eligible |", "|---|" + "---|" * (len(corpora) + 2)]
+        for m, row in sorted(decision["arms"].items(), key=lambda kv: kv[1]["mean_rank"]):
+            cells = [f"{row['corpora'][c]['mean']:.4f} ({row['corpora'][c]['rank']})" for c in corpora]
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {row['mean_rank']:.2f} | "
+                         f"{'yes' if row['eligible'] else 'no: worse on ' + ', '.join(row['worse_than_kd_on'])} |")
+        for ref in (BASELINE, NO_TEMPERATURE):
+            lines += ["", f"Δ vs {ref}:", "", "| arm | " + " | ".join(corpora) + " |", "|---|" + "---|" * len(corpora)]
+            for m, row in decision["arms"].items():
+                if m != ref:
+                    cells = [(row["corpora"][c][f"vs_{ref}"] or {}).get("text", "—") for c in corpora]
+                    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines += ["", f"Default by the rule: {decision['default']}; best egad arm: {decision['best_egad']}; beats kd "
+                  f"on every corpus (interval clear of zero): {', '.join(decision['beats_kd_everywhere']) or 'none'}"
+                  + ("" if decision["complete"] else " (not every arm is evaluated on every corpus yet)")]
+        return lines
+
     def summary(self) -> None:
         counts = self.counts()
-        crosscheck = self.crosscheck() if "embedded" in self.args.corpora else []
-        self.state.update(counts=counts, crosscheck=crosscheck, same_ranking=self.same_ranking(crosscheck),
+        crosscheck = self.crosscheck()
+        decision = self.decision()
+        long_table = self.metric_table(self.out / "long" / "runs") if self.args.long_factor else {}
+        self.state.update(counts=counts, crosscheck=crosscheck, decision=decision, long=long_table,
                           sensitivity=self.sensitivity_table() if "embedded" in self.args.corpora else [])
         self.save()
         budget = ("debug=smoke (its tiny models and steps)" if self.args.smoke else
@@ -314,14 +413,22 @@ class Study:
         lines += [f"| {name} | {s['seconds']:.0f} |" for name, s in self.state["stages"].items()]
         lines += ["", "| corpus | runs planned | finished | evaluated |", "|---|---|---|---|"]
         lines += [f"| {c} | {n['planned']} | {n['finished']} | {n['evaluated']} |" for c, n in counts.items()]
-        if self.state["crosscheck"]:
-            lines += ["", f"Live cross-check (exact eval {METRIC}):", "",
-                      "| method | seed | live | from the cache | cache / live − 1 |", "|---|---|---|---|---|"]
-            lines += [f"| {r['method']} | {r['seed']} | {fmt(r['live'])} | {fmt(r['cache'])} | "
-                      f"{pct(r['relative'])} |"
-                      for r in self.state["crosscheck"]]
-            if self.state["same_ranking"] is not None:
-                lines += ["", f"Live and from the cache, the methods rank {'the same' if self.state['same_ranking'] else 'differently'}."]
+        if crosscheck:
+            lines += ["", f"Live twins (exact eval {METRIC}):", "",
+                      "| corpus | method | seed | live | from the cache | cache / live − 1 |", "|---|---|---|---|---|---|"]
+            lines += [f"| {r['corpus']} | {r['method']} | {r['seed']} | {fmt(r['live'])} | {fmt(r['cache'])} | "
+                      f"{pct(r['relative'])} |" for r in crosscheck]
+        if decision["arms"]:
+            lines += self.decision_lines(decision)
+        if long_table:
+            lines += ["", (f"Longer point ({self.args.long_corpus}, {self.args.steps * self.args.long_factor} steps): "
+                      f"{METRIC} mean over seeds"), "", "| arm | seeds | mean | Δ vs kd |", "|---|---|---|---|"]
+            from egad_cli.stats import paired_difference
+
+            for m, seeds in sorted(long_table.items(), key=lambda kv: sum(kv[1].values()) / len(kv[1])):
+                d = paired_difference(seeds, long_table.get(BASELINE, {})) if m != BASELINE else None
+                lines.append(f"| {m} | {len(seeds)} | {sum(seeds.values()) / len(seeds):.4f} | "
+                             f"{d.text() if d else '—'} |")
         if self.state["sensitivity"]:
             lines += ["", (f"Sensitivity (method=egad, one knob at a time; Δ {METRIC} vs the defaults, paired by seed, "
                           "95 % t interval):"), "", "| knob | value | seeds | mean | Δ vs defaults |", "|---|---|---|---|---|"]
@@ -330,12 +437,16 @@ class Study:
         (self.out / "study.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines), flush=True)
 
+    @property
+    def long_seeds(self) -> list[str]:
+        return [s for s in self.args.long_seeds.split(",") if s]
+
     def settings(self) -> dict:
         a = self.args
         return {"steps": a.steps, "tokens_per_run": a.steps * BLOCK * BATCH, "student": a.student,
                 "seeds": self.seeds, "methods": a.methods, "corpora": a.corpora, "live": a.live,
                 "knobs": [[k, v] for k, v in a.knobs], "sensitivity_seeds": a.sensitivity_seeds,
-                "val_tokens": a.val_tokens, "smoke": a.smoke}
+                "val_tokens": a.val_tokens, "smoke": a.smoke, "long": [a.long_factor, a.long_corpus, self.long_seeds]}
 
     def check_settings(self) -> None:
         """A study dir holds one design: going on with other settings would mix budgets in one table."""
@@ -353,19 +464,25 @@ class Study:
         self.check_settings()
         self.out.mkdir(parents=True, exist_ok=True)
         self.save()
-        if "enwiki" in self.args.corpora:
-            self.stage("prose-corpus", self.prose)
-        for corpus in self.args.corpora:
-            self.stage(f"{corpus}/cache", lambda c=corpus: self.cache(c))
+        for corpus in self.args.corpora:  # whole corpora, one after the other
+            if corpus == "enwiki":
+                self.stage("prose-corpus", self.prose)
+            if corpus == "dialogue":
+                self.stage("dialogue-corpus", self.dialogue)
+            self.stage(f"{corpus}/cache", lambda c=corpus: self.cache(c, c))
             self.stage(f"{corpus}/runs", lambda c=corpus: self.runs(c))
-        if "embedded" in self.args.corpora:
             if self.args.live:
-                self.stage("embedded/live", self.live)
-            if self.args.knobs and self.args.sensitivity_seeds:
+                self.stage(f"{corpus}/live", lambda c=corpus: self.live(c))
+            if corpus == "embedded" and self.args.knobs and self.args.sensitivity_seeds:
                 self.stage("embedded/sensitivity", self.sensitivity)
-        for corpus in self.args.corpora:
             self.stage(f"{corpus}/eval", lambda c=corpus: self.evaluate(c))
             self.stage(f"{corpus}/report", lambda c=corpus: self.report(c))
+        if self.args.long_factor:
+            steps = self.args.steps * self.args.long_factor
+            self.stage("long/cache", lambda: self.cache("long", self.args.long_corpus, steps))
+            self.stage("long/runs", self.long_runs)
+            self.stage("long/eval", lambda: self.evaluate("long"))
+            self.stage("long/report", lambda: self.report("long"))
         self.summary()
 
 
@@ -381,16 +498,23 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("study"))
     ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--steps", type=int, default=1500, help="optimizer steps of 4 × 128 tokens per run")
-    ap.add_argument("--student", default="small", help="a student preset (conf/student/)")
+    ap.add_argument("--steps", type=int, default=40, help="optimizer steps of 4 × 128 tokens per run (150: the "
+                    "demo's budget)")
+    ap.add_argument("--student", default="tiny", help="a student preset (conf/student/)")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--corpora", default="embedded,enwiki")
-    ap.add_argument("--live", default="kd,egad", help="methods trained live on the first seed ('' for none)")
-    ap.add_argument("--knobs", default=";".join(KNOBS), help="';'-separated key=v1,v2 sweeps ('' for none)")
+    ap.add_argument("--corpora", default=",".join(CORPORA))
+    ap.add_argument("--live", default="kd", help="methods trained live on the first seed of each corpus ('' for none)")
+    ap.add_argument("--knobs", default="", help="';'-separated key=v1,v2 sweeps around method=egad on the embedded "
+                    f"corpus ('' for none; the GPU design's: {';'.join(KNOBS)!r})")
+    ap.add_argument("--long-factor", type=int, default=4, help="the longer point's budget in --steps (0: none)")
+    ap.add_argument("--long-seeds", default="0,1,2")
+    ap.add_argument("--long-corpus", default="embedded", choices=CORPORA)
     ap.add_argument("--sensitivity-seeds", type=int, default=3)
-    ap.add_argument("--val-tokens", type=int, default=16384, help="held-out tokens of each corpus")
+    ap.add_argument("--val-tokens", type=int, default=4096, help="held-out tokens of each corpus")
     ap.add_argument("--prose-dump", type=Path, default=None, help="a MediaWiki export instead of gensim's")
     ap.add_argument("--prose-min-chars", type=int, default=prose_corpus.MIN_CHARS)
+    ap.add_argument("--dialogue-source", type=Path, default=None, help="a conversations file in chitchat-dataset's "
+                    "format instead of the installed package's")
     ap.add_argument("--smoke", action="store_true", help="debug=smoke: tiny random models, a few steps")
     ap.add_argument("--keep-going", action="store_true", help="go on to the next stage when runs or evals failed "
                     "(they are listed; a rerun without it retries them)")
@@ -403,9 +527,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if bad_knobs:
         ap.error(f"--knobs: each must be key=v1[,v2…] (got {bad_knobs})")
     args.knobs = [(k.split("=", 1)[0], [v for v in k.split("=", 1)[1].split(",") if v]) for k in knobs]
-    unknown = [c for c in args.corpora if c not in ("embedded", "enwiki")]
+    unknown = [c for c in args.corpora if c not in CORPORA]
     if unknown:
-        ap.error(f"--corpora: unknown {unknown} (embedded, enwiki)")
+        ap.error(f"--corpora: unknown {unknown} ({', '.join(CORPORA)})")
+    if BASELINE not in args.methods:
+        ap.error(f"--methods: every decision is paired against {BASELINE}: keep it")
+    if args.long_factor < 0:
+        ap.error("--long-factor must be >= 0")
+    if args.long_factor and args.long_corpus not in args.corpora:
+        ap.error(f"--long-corpus {args.long_corpus} is not among --corpora")
+    if args.long_factor and not all(s.isdigit() for s in args.long_seeds.split(",") if s):
+        ap.error(f"--long-seeds: comma-separated non-negative integers (got {args.long_seeds!r})")
     presets = sorted(p.stem for p in (conf_dir() / "method").glob("*.yaml"))
     for flag, names in (("--methods", args.methods), ("--live", args.live)):
         wrong = [m for m in names if m not in presets]
