@@ -255,7 +255,8 @@ def test_unknown_key_of_a_policy_group_lists_the_fields_by_option(capsys, tmp_pa
     assert code == 2
     assert "temperature.kapa" in err and "temperature=fixed" in err
     assert "kappa" in err  # the near miss
-    for line in ("fixed: base", "entropy: base, kappa, t_min, t_max", "idts: base, c, t_min, t_max"):
+    for line in ("fixed: base, scale", "entropy: base, scale, kappa, t_min, t_max", "idts: base, scale, c, t_min, t_max",
+                 "target_entropy: base, scale, target, grid"):
         assert line in err, line
     assert "+temperature.kapa" not in err
     assert_cheap_failure(tmp_path / "run", loads)

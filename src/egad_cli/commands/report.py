@@ -206,7 +206,8 @@ def compact_lines(runs: list[Run], metrics: list[str], summary_metric: str, base
 def compact_deviation(deviation: tuple[list[str], list[list]], metric: str) -> list[Text]:
     """The cache-deviation table (``cache_deviation``) as lines: per group of pairs, its cache, the live and
     cached means and the paired difference."""
-    lines = [Text(f"teacher cache against live twins (same config, seed and data), {metric}, paired by seed:",
+    lines = [Text(f"cache deviation: teacher cache against live twins (same config, seed and data), {metric}, "
+                  "paired by seed:",
                   style="dim")]
     for label, cache, n, live, cached, diff, relative in deviation[1]:
         lines.append(Text(f"{label} · {cache} · {n} seed{'s' * (n != 1)}", style="bold"))
