@@ -38,8 +38,10 @@ import json
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for its helpers when run as a script
+from wheel_data import wheel_file
 
 DIST = "chitchat-dataset"
 SPEC = "chitchat-dataset==0.9.0"
@@ -54,16 +56,7 @@ MAX_TURN_CHARS = 1000  #: a longer turn is no record and cuts the conversation
 
 def installed_source() -> Path:
     """The conversations file inside the installed chitchat-dataset distribution (not imported)."""
-    hint = f"pip install --no-deps {SPEC} (or pass --source FILE)"
-    try:
-        dist = metadata.distribution(DIST)
-    except metadata.PackageNotFoundError:
-        raise SystemExit(f"error: the dialogue corpus is read from {DIST}'s wheel, which is not installed: "
-                         f"{hint}") from None
-    path = Path(dist.locate_file(DATA_FILE))
-    if not path.is_file():
-        raise SystemExit(f"error: {path} is missing from the installed {DIST} {dist.version}: {hint}")
-    return path
+    return wheel_file(DIST, DATA_FILE, SPEC, "dialogue corpus", "--source FILE")
 
 
 class Malformed(ValueError):

@@ -27,8 +27,10 @@ import re
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
-from importlib import metadata
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for its helpers when run as a script
+from wheel_data import wheel_file
 
 DUMP = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 GENSIM_SPEC = "gensim==4.4.0"
@@ -40,16 +42,7 @@ MIN_CHARS = 2000  #: articles shorter than this once cleaned (stubs, lists) are 
 
 def installed_dump() -> Path:
     """The Wikipedia dump inside the installed gensim distribution (not imported)."""
-    try:
-        dist = metadata.distribution("gensim")
-    except metadata.PackageNotFoundError:
-        raise SystemExit(f"error: the prose corpus is read from gensim's wheel, which is not installed: "
-                         f"pip install --no-deps {GENSIM_SPEC} (or pass --dump FILE)") from None
-    path = Path(dist.locate_file(DUMP))
-    if not path.is_file():
-        raise SystemExit(f"error: {path} is missing from the installed gensim {dist.version}: "
-                         f"pip install --no-deps {GENSIM_SPEC} (or pass --dump FILE)")
-    return path
+    return wheel_file("gensim", DUMP, GENSIM_SPEC, "prose corpus", "--dump FILE")
 
 
 def wiki_pages(xml_text: bytes) -> Iterator[tuple[str, str]]:

@@ -96,6 +96,6 @@ def test_without_gensim_the_error_says_what_to_install(prose, monkeypatch):
     def missing(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(prose.metadata, "distribution", missing)
+    monkeypatch.setattr(metadata, "distribution", missing)  # what bench/wheel_data.py asks
     with pytest.raises(SystemExit, match=r"pip install --no-deps gensim==4\.4\.0"):
         prose.installed_dump()

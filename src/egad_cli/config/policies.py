@@ -205,7 +205,7 @@ class AdaKDWeightingConfig(WeightingConfig):
 # ============================================================================ temperature
 
 TEMPERATURES = Registry("temperature", "temperature policy")
-TEMPERATURE_SCALES = ("tau2", "none", "mean1")  #: as ``policies.temperature.SCALES`` (no torch import here)
+TEMPERATURE_SCALES = ("tau2", "none", "mean1")  #: what multiplies a token's divergence (``policies.temperature``)
 
 
 @dataclass

@@ -32,6 +32,8 @@ import math
 
 import torch
 
+from egad_cli.config.policies import TEMPERATURE_SCALES
+
 from .base import TokenPolicy
 from .stats import DIFFICULTY, HELLINGER, StepStats, teacher_entropy
 
@@ -51,8 +53,9 @@ __all__ = [
 ]
 
 
-#: what multiplies token i's divergence: τ_i², 1, or τ_i² over its mean on the step's valid tokens
-SCALES = ("tau2", "none", "mean1")
+#: what multiplies token i's divergence: τ_i², 1, or τ_i² over its mean on the step's valid tokens (the one list
+#: lives beside the config node, which must not import torch)
+SCALES = TEMPERATURE_SCALES
 
 
 def _check_base(base: float) -> None:
