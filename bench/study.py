@@ -14,7 +14,9 @@ so that an interrupted study leaves whole corpora behind:
      egad_unweighted_temperature (today's τ without τ²), egad_inverse_temperature (κ = −0.5);
   3. the live twin: --live methods (kd) on the first seed without the cache: the cache's distance to live on
      this corpus, so that the runs that decide are shown exact where they ran;
-  4. exact `egad eval` of every run on the held-out split (live teacher; by-decile metrics included);
+  4. exact `egad eval` of every run on the held-out split (by-decile metrics included): the runs from the cache
+     against the cache (`egad eval teacher_cache=…`: no teacher pass, within ~1e-6 of the live eval), the live
+     twin with the live teacher;
   5. `egad report` of the sweep: mean ± sd per arm, paired differences to kd with 95 % t intervals, pictures.
 Then:
   6. the decision (docs/results.md, written before the runs): per corpus the arms ranked by mean held-out KL;
@@ -240,13 +242,23 @@ class Study:
         return "; ".join(problems) or None
 
     def evaluate(self, area: str) -> str | None:
+        """Exact `egad eval` of every finished run not yet evaluated: the runs trained from a cache against that
+        (exact) cache, its stored states through the teacher's head, with no teacher pass (within ~1e-6 of the
+        live eval); the live twins with the live teacher, so that each corpus keeps one fully live measurement."""
+        from omegaconf import OmegaConf
+
         pending = [p for p in self.run_dirs(self.out / area) if (p / "summary.json").is_file()
                    and not (p / "eval.json").is_file()]
         if not pending:
             return None
         log = self.out / area / "eval.log"
-        egad(["eval", "-m", f"run_dir={','.join(str(p) for p in pending)}", "eval.max_new_tokens=0",
-              "eval.onpolicy_prompts=0", f"hydra.sweep.dir={self.out / area / 'eval'}", *self.debug], log, self.out)
+        by_cache: dict[str | None, list[Path]] = {}
+        for p in pending:
+            by_cache.setdefault(OmegaConf.load(p / "config.yaml").get("teacher_cache"), []).append(p)
+        for n, (cache, runs) in enumerate(sorted(by_cache.items(), key=lambda kv: str(kv[0]))):
+            egad(["eval", "-m", f"run_dir={','.join(str(p) for p in runs)}", "eval.max_new_tokens=0",
+                  "eval.onpolicy_prompts=0", *([f"teacher_cache={cache}"] if cache else []),
+                  f"hydra.sweep.dir={self.out / area / 'eval' / str(n)}", *self.debug], log, self.out)
         failed = [p.name for p in pending if not (p / "eval.json").is_file()]
         return self.failures(failed, len(pending), "evals", log)
 

@@ -77,6 +77,13 @@ def test_the_study_runs_end_to_end_on_smoke_and_resumes_by_stage(tmp_path):
         ("embedded", "kd", "0"), ("enwiki", "kd", "0"), ("dialogue", "kd", "0")]
     for row in state["crosscheck"]:
         assert row["relative"] == pytest.approx(row["cache"] / row["live"] - 1)
+    # the runs from a cache are evaluated against it (no teacher pass), each live twin with the live teacher
+    for corpus in ("embedded", "enwiki", "dialogue"):
+        for p in (out / corpus / "runs").iterdir():
+            setup = json.loads((p / "eval.json").read_text())["setup"]
+            assert setup["teacher_cache"] == str(out / corpus / "teacher-cache"), p
+        twin = json.loads((out / corpus / "live" / "method:kd__trainer.seed:0" / "eval.json").read_text())
+        assert twin["setup"]["teacher_cache"] is None
     # the decision, recomputed from the runs' eval.json: ranks by mean, eligibility from the paired interval
     decision = state["decision"]
     assert set(decision["arms"]) == {"kd", "egad"} and decision["complete"]

@@ -3,6 +3,7 @@
     egad eval run_dir=outputs/2025-01-01/12-00-00_egad        # a distill run: its teacher, data, student/
     egad eval student.path=/models/my-student teacher=hf teacher.path=/models/teacher
     egad eval -m run_dir=multirun/…/0_method:kd,multirun/…/1_method:egad
+    egad eval run_dir=… teacher_cache=<exact cache>   # the teacher read from the cache's states: no teacher pass
 
 Metrics over the held-out tokens (see ``egad_cli.evaluation.metrics`` for the definitions):
 perplexity of student and teacher, forward and reverse KL, top-1 agreement, expected
@@ -18,7 +19,14 @@ import hydra
 from omegaconf import DictConfig
 
 from egad_cli.commands.common import run_task
-from egad_cli.commands.runs import check_run_dir, sets_group, task_overrides, with_run_dir
+from egad_cli.commands.runs import (
+    check_run_dir,
+    check_run_fits_cache,
+    sets_group,
+    task_overrides,
+    with_run_dir,
+    with_teacher_cache,
+)
 from egad_cli.config import conf_dir, register_schemas, validate
 from egad_cli.config.commands import EvalCommandConfig
 
@@ -35,6 +43,10 @@ def run_eval(raw: DictConfig) -> float:
         overrides = task_overrides()
         run_dir = check_run_dir(raw.run_dir, need_student=not sets_group(overrides, "student"))
         raw = with_run_dir(raw, run_dir, RUN_GROUPS, overrides)
+    if raw.teacher_cache:  # the teacher and dataset are the cache's (a run's must agree)
+        if run_dir is not None:
+            check_run_fits_cache(raw, run_dir)
+        raw = with_teacher_cache(raw, task_overrides())
     cfg: EvalCommandConfig = validate(raw, EvalCommandConfig)
     from egad_cli.commands.evaluate_job import run
 

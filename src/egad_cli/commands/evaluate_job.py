@@ -14,16 +14,24 @@ from egad_cli.commands.analysis import load, preflight, show_progress, split_of
 from egad_cli.commands.common import json_safe
 from egad_cli.config import cache_dir
 from egad_cli.config.commands import EvalCommandConfig
+from egad_cli.config.schema import TrainerConfig
+from egad_cli.data import Packed
+from egad_cli.engine.runtime import resolve_runtime
+from egad_cli.errors import UserError
 from egad_cli.evaluation.cross import bits_per_byte, cross_token_pass, target_bytes
 from egad_cli.evaluation.entropy import printable
 from egad_cli.evaluation.generation import side_by_side
 from egad_cli.evaluation.metrics import by_entropy_bucket, calibration_bins, pair_summary
 from egad_cli.evaluation.onpolicy import onpolicy_metrics
-from egad_cli.evaluation.passes import spread_blocks, token_pass
+from egad_cli.evaluation.passes import cached_pair_pass, spread_blocks, spread_index, token_pass
 from egad_cli.losses.cross_vocab import vocab_map
-from egad_cli.models import check_context
+from egad_cli.models import check_context, preflight_student_source
 from egad_cli.models.loading import load_teacher_tokenizer
-from egad_cli.models.setup import student_tokenizer_of
+from egad_cli.models.setup import apply_document_masks, student_tokenizer_of
+from egad_cli.models.students import build_student
+from egad_cli.models.vocab import check_shared_vocab
+from egad_cli.teacher_cache.manifest import cache_kind, rebuild_hint
+from egad_cli.teacher_cache.use import COMPACT_KEYS, open_cached_teacher
 from egad_cli.ui.console import console
 from egad_cli.ui.progress import pass_progress
 from egad_cli.ui.tables import rich_table
@@ -77,10 +85,12 @@ def generations_table(rows: list[dict]):
 
 def run(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
     torch.set_float32_matmul_precision("high")
-    runtime = preflight(cfg)
-    student_name = cfg.student.path if cfg.student.init == "hf" else cfg.student.name
+    student_name = student_name_of(cfg)
     console.rule(escape(f"egad eval · teacher={cfg.teacher.name} · student={student_name} · "
                         f"dataset={cfg.dataset.name}"))
+    if cfg.teacher_cache:
+        return run_from_cache(cfg, run_dir, started)
+    runtime = preflight(cfg)
     t_tok = load_teacher_tokenizer(cfg.teacher, cache_dir(cfg.cache_dir), console)
     s_tok = student_tokenizer_of(cfg, t_tok)  # None: the student shares the teacher's tokenizer
     if s_tok is not None:
@@ -95,11 +105,7 @@ def run(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
 
     metrics = token_pass(teacher, vocab, data, runtime, cfg.eval.batch_size, cfg.chunk_size, student=student,
                          progress=show_progress(cfg.progress), console=console, description="held-out pass")
-    summary = pair_summary(metrics, cfg.ece_bins)
-    n_bytes = int(target_bytes(data, metrics, tokenizer).sum())  # the held-out text's own bytes
-    for side in ("student", "teacher"):
-        summary[f"bits_per_byte_{side}"] = bits_per_byte(float(metrics[f"nll_{side}"].double().sum()), n_bytes)
-    buckets = by_entropy_bucket(metrics, cfg.n_buckets, cfg.ece_bins)
+    summary, buckets = summarise(cfg, data, metrics, tokenizer)
 
     onpolicy = {}
     if cfg.eval.onpolicy_prompts > 0:  # the teacher grades what the student writes (evaluation.onpolicy)
@@ -128,6 +134,65 @@ def run(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
     return write_result(cfg, run_dir, started, runtime, student_name, data, summary, buckets, metrics, generations)
 
 
+def summarise(cfg: EvalCommandConfig, data, metrics: dict, tokenizer) -> tuple[dict, list[dict]]:
+    """(the summary metrics with bits per byte of both models, the by-entropy buckets) of one held-out pass."""
+    summary = pair_summary(metrics, cfg.ece_bins)
+    n_bytes = int(target_bytes(data, metrics, tokenizer).sum())  # the held-out text's own bytes
+    for side in ("student", "teacher"):
+        summary[f"bits_per_byte_{side}"] = bits_per_byte(float(metrics[f"nll_{side}"].double().sum()), n_bytes)
+    return summary, by_entropy_bucket(metrics, cfg.n_buckets, cfg.ece_bins)
+
+
+def run_from_cache(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
+    """``run`` with the teacher read from an exact teacher cache (teacher_cache=DIR; ``evaluation.passes.
+    cached_pair_pass``): its stored final states through its head are the teacher's distribution on the cache's
+    held-out blocks, so the student's pass is the only model pass. The teacher and dataset are the cache's (the
+    config stage checked that a run_dir's agree). Generations and the on-policy metric feed new tokens to the
+    teacher, which a cache cannot: they are left out, and said so. Bits per byte count what each target id
+    spells (the cache stores ids, not the text's offsets)."""
+    runtime = resolve_runtime(TrainerConfig(device=cfg.device, precision=cfg.precision), device_key="device",
+                              measures=True)
+    preflight_student_source(cfg.student)
+    cached = open_cached_teacher(cfg.teacher_cache)
+    kind = cache_kind(cached.manifest)
+    if kind != "exact":
+        raise UserError(f"teacher_cache: {cached.root} is a {kind} cache, which holds estimates of the teacher's "
+                        f"distribution; egad eval measures against the distribution itself. Drop teacher_cache to "
+                        f"run the teacher, or build an exact cache: "
+                        f"{rebuild_hint(cached.manifest, drop=COMPACT_KEYS, kind='exact')}")
+    reader = cached.val if cfg.split == "val" else cached.train
+    if reader is None:
+        raise UserError(f"split=val: the teacher cache {cached.root} was built without the val split; use "
+                        f"split=train, drop teacher_cache, or build the cache with splits='[train,val]'")
+    tokenizer = cached.tokenizer
+    student, s_tok = build_student(cfg.student, None, tokenizer,
+                                   vocab_rows=int(cached.manifest["teacher_facts"]["vocab_rows"]))
+    vocab = check_shared_vocab(None, student, tokenizer, s_tok)
+    apply_document_masks(cfg, tokenizer, student)
+    student = student.to(runtime.device)
+    check_context(reader.block_size, "dataset.block_size", student=student)
+    index = spread_index(reader.n_blocks, reader.block_size, cfg.eval.max_tokens)
+    packed = reader.packed()
+    data = Packed(ids=packed.ids[index], mask=packed.mask[index])
+    console.print(f"{len(data)} {cfg.split} blocks of {data.ids.shape[1]} tokens · vocab {vocab} · teacher read "
+                  f"from the exact cache {escape(str(cached.root))} · {runtime.device} · "
+                  f"{runtime.precision.describe()}")
+    metrics = cached_pair_pass(student, vocab, reader, index, runtime, cfg.eval.batch_size, cfg.chunk_size,
+                               progress=show_progress(cfg.progress), console=console)
+    summary, buckets = summarise(cfg, data, metrics, tokenizer)
+    console.print(summary_table(summary, cfg.ece_bins))
+    console.print(bucket_table(buckets, cfg.n_buckets))
+    if cfg.eval.onpolicy_prompts > 0 or (cfg.eval.prompts and cfg.eval.max_new_tokens > 0):
+        console.print("[dim]teacher_cache: generations and the on-policy metric feed new tokens to the teacher, "
+                      "which a cache cannot: not run (drop teacher_cache to run them)[/]")
+    return write_result(cfg, run_dir, started, runtime, student_name_of(cfg), data, summary, buckets, metrics, [],
+                        teacher_cache=str(cached.root))
+
+
+def student_name_of(cfg: EvalCommandConfig) -> str:
+    return cfg.student.path if cfg.student.init == "hf" else cfg.student.name
+
+
 def run_cross(cfg: EvalCommandConfig, run_dir: Path | None, started: float, runtime, student_name: str, t_tok,
               s_tok) -> float:
     """``run`` for a student with its own tokenizer: the metrics of ``evaluation.cross`` (bits per byte of the
@@ -151,7 +216,8 @@ def run_cross(cfg: EvalCommandConfig, run_dir: Path | None, started: float, runt
 
 
 def write_result(cfg: EvalCommandConfig, run_dir: Path | None, started: float, runtime, student_name: str, data,
-                 summary: dict, buckets: list[dict], metrics: dict, generations: list[dict]) -> float:
+                 summary: dict, buckets: list[dict], metrics: dict, generations: list[dict],
+                 teacher_cache: str | None = None) -> float:
     """eval.json (the summary, the deciles, the calibration bins, the generations, the setup); returns the KL."""
     out_dir = Path(cfg.out_dir or run_dir or cfg.output_dir).expanduser()
     result = {
@@ -161,7 +227,7 @@ def write_result(cfg: EvalCommandConfig, run_dir: Path | None, started: float, r
         "calibration": calibration_bins(metrics["confidence"], metrics["correct"], cfg.ece_bins),
         "generations": generations,
         "setup": {"run_dir": str(run_dir) if run_dir else None, "teacher": cfg.teacher.name,
-                  "teacher_path": cfg.teacher.path, "student": student_name, "dataset": cfg.dataset.name,
+                  "teacher_path": cfg.teacher.path, "teacher_cache": teacher_cache, "student": student_name, "dataset": cfg.dataset.name,
                   "split": cfg.split, "blocks": len(data), "block_size": int(data.ids.shape[1]),
                   "max_tokens": cfg.eval.max_tokens, "ece_bins": cfg.ece_bins, "n_buckets": cfg.n_buckets,
                   "device": str(runtime.device), "precision": runtime.precision.as_dict(),

@@ -142,6 +142,26 @@ def with_run_dir(raw: DictConfig, run_dir: Path, groups: tuple[str, ...], overri
 CACHE_GROUPS = ("teacher", "dataset")
 
 
+def check_run_fits_cache(raw: DictConfig, run_dir: Path) -> None:
+    """A run evaluated against a teacher cache (``egad eval run_dir=… teacher_cache=…``) must have been trained on
+    the cache's teacher and data (raw: composed from the run's config.yaml): otherwise its metrics would be
+    against another teacher, or on another corpus's held-out split. Compared key by key over what the manifest
+    records (how to run the teacher, trust_remote_code and dtype, aside)."""
+    from egad_cli.teacher_cache.manifest import open_manifest
+
+    root, manifest = open_manifest(raw.teacher_cache)
+    differ = []
+    for group in CACHE_GROUPS:
+        mine = OmegaConf.to_container(raw[group], resolve=True) if raw.get(group) is not None else {}
+        for key, there in manifest[group].items():
+            if key not in ("trust_remote_code", "dtype") and mine.get(key) != there:
+                differ.append(f"{group}.{key}={mine.get(key)!r} (the cache has {there!r})")
+    if differ:
+        raise UserError(f"teacher_cache: {root} was built from another teacher or dataset than the run {run_dir} "
+                        f"was trained on: {'; '.join(differ)}. Evaluate it against its own teacher (drop "
+                        f"teacher_cache), or pass the cache it was trained from")
+
+
 def with_teacher_cache(raw: DictConfig, overrides: list[str]) -> DictConfig:
     """``teacher_cache=DIR``: the teacher and dataset groups come from the cache's manifest (what it was
     built from). A value set on the command line must agree with the cache: another tokenizer, block

@@ -70,6 +70,9 @@ class EvalCommandConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)  #: token budget, batch size, prompts, max_new_tokens
     onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)  #: the on-policy metric's sampling (from run_dir)
     run_dir: Optional[str] = None  #: a distill run dir (has config.yaml and student/)
+    #: an exact teacher cache dir (`egad cache`): the teacher's distribution read from its stored final states
+    #: through its head, so no teacher runs (teacher and dataset: the cache's)
+    teacher_cache: Optional[str] = None
     split: str = "val"  #: val (held-out, the default) | train | all (every block: your own held-out files)
     ece_bins: int = 15  #: equal-width confidence bins of the expected calibration error
     n_buckets: int = 10  #: teacher-entropy quantile buckets of the breakdown (10 = deciles)
@@ -94,6 +97,9 @@ class EvalCommandConfig:
         if self.eval.onpolicy_prompts > 0:
             self.onpolicy.problems(self.dataset.block_size, out)
         out.choice(self.split, "split", SPLITS)
+        out.check(not (self.teacher_cache and self.split == "all"), "split",
+                  "split=all reads every block of the files, and a teacher cache holds its train and val splits: "
+                  "use split=val (or train) with teacher_cache, or drop teacher_cache")
         out.check(self.ece_bins >= 1, "ece_bins", "must be >= 1")
         out.check(self.n_buckets >= 1, "n_buckets", "must be >= 1")
         out.check(self.chunk_size > 0, "chunk_size", "must be positive")
