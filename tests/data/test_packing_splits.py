@@ -71,6 +71,21 @@ def test_same_jsonl_document_gets_the_same_split_wherever_it_is(tmp_path):
         assert split_of(docs_b[prompt].key, 0.3) == split_of(doc.key, 0.3)
 
 
+def test_jsonl_records_end_at_newlines_only(tmp_path):
+    """JSON written with ensure_ascii=False keeps U+2028, U+0085 and friends raw inside its strings: they are
+    text, not line ends (str.splitlines would cut the record there). A CRLF file reads as its LF twin, with the
+    same document keys (so the same splits)."""
+    rows = [{"prompt": "a\u2028b\u0085c\x1cd", "response": "e\u2029f\x0bg"}, {"prompt": "p", "response": "r"}]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    assert "\u2028" in text  # raw in the file
+    lf, crlf = tmp_path / "lf.jsonl", tmp_path / "crlf.jsonl"
+    lf.write_text(text, encoding="utf-8")
+    crlf.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))
+    docs = list(iter_documents(jsonl_cfg([lf])))
+    assert [(d.prompt, d.text) for d in docs] == [(r["prompt"], r["response"]) for r in rows]
+    assert [d.key for d in iter_documents(jsonl_cfg([crlf]))] == [d.key for d in docs]
+
+
 def test_adding_documents_does_not_move_existing_ones(tmp_path, tok):
     rows = [{"prompt": f"question {i}: ", "response": f"answer number {i} " * 3} for i in range(60)]
     path = write_jsonl(tmp_path / "d.jsonl", rows)

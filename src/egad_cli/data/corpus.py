@@ -108,7 +108,10 @@ def iter_documents(cfg: DatasetConfig) -> Iterator[Document]:
             yield Document(key=key, text=_read(path, strict=root is None))
     elif cfg.kind == "jsonl":
         for path in source_files(cfg):
-            for lineno, line in enumerate(_read(path, strict=True).splitlines(), 1):
+            # JSON Lines ends a record at "\n" only: str.splitlines would also cut at U+2028, U+0085, \x1c … that
+            # JSON written with ensure_ascii=False keeps raw inside its strings (a CRLF file's "\r" is dropped)
+            for lineno, line in enumerate(_read(path, strict=True).split("\n"), 1):
+                line = line.removesuffix("\r")
                 if not line.strip():
                     continue
                 try:
