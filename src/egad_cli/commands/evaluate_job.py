@@ -23,7 +23,7 @@ from egad_cli.evaluation.entropy import printable
 from egad_cli.evaluation.generation import side_by_side
 from egad_cli.evaluation.metrics import by_entropy_bucket, calibration_bins, pair_summary
 from egad_cli.evaluation.onpolicy import onpolicy_metrics
-from egad_cli.evaluation.passes import cached_pair_pass, spread_blocks, spread_index, token_pass
+from egad_cli.evaluation.passes import StoredTeacher, spread_blocks, spread_index, token_pass
 from egad_cli.losses.cross_vocab import vocab_map
 from egad_cli.models import check_context, preflight_student_source
 from egad_cli.models.loading import load_teacher_tokenizer
@@ -145,7 +145,7 @@ def summarise(cfg: EvalCommandConfig, data, metrics: dict, tokenizer) -> tuple[d
 
 def run_from_cache(cfg: EvalCommandConfig, run_dir: Path | None, started: float) -> float:
     """``run`` with the teacher read from an exact teacher cache (teacher_cache=DIR; ``evaluation.passes.
-    cached_pair_pass``): its stored final states through its head are the teacher's distribution on the cache's
+    StoredTeacher``): its stored final states through its head are the teacher's distribution on the cache's
     held-out blocks, so the student's pass is the only model pass. The teacher and dataset are the cache's (the
     config stage checked that a run_dir's agree). Generations and the on-policy metric feed new tokens to the
     teacher, which a cache cannot: they are left out, and said so. Bits per byte count what each target id
@@ -177,8 +177,9 @@ def run_from_cache(cfg: EvalCommandConfig, run_dir: Path | None, started: float)
     console.print(f"{len(data)} {cfg.split} blocks of {data.ids.shape[1]} tokens · vocab {vocab} · teacher read "
                   f"from the exact cache {escape(str(cached.root))} · {runtime.device} · "
                   f"{runtime.precision.describe()}")
-    metrics = cached_pair_pass(student, vocab, reader, index, runtime, cfg.eval.batch_size, cfg.chunk_size,
-                               progress=show_progress(cfg.progress), console=console)
+    metrics = token_pass(StoredTeacher(reader, index), vocab, data, runtime, cfg.eval.batch_size, cfg.chunk_size,
+                         student=student, progress=show_progress(cfg.progress), console=console,
+                         description="held-out pass")
     summary, buckets = summarise(cfg, data, metrics, tokenizer)
     console.print(summary_table(summary, cfg.ece_bins))
     console.print(bucket_table(buckets, cfg.n_buckets))

@@ -50,11 +50,34 @@ def _teacher_top1(t_logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
             "correct_teacher": (t_pred == targets).float()}
 
 
+class StoredTeacher:
+    """An exact teacher cache's split as ``token_pass``'s teacher: the final states it stored for the blocks
+    `index` [B] of the split (reader: an exact ``teacher_cache.SplitReader``), and its head. token_pass is then
+    given those blocks (``data`` = the split's blocks `index`), and the teacher is read, not run."""
+
+    def __init__(self, reader, index: Tensor):
+        if not reader.exact:
+            raise UserError("a compact (sampled or top-k) teacher cache holds estimates of the teacher's "
+                            "distribution, not the distribution: use an exact cache or the live teacher")
+        self.reader, self.index = reader, index
+
+    def final_states(self, sl: slice, ids: Tensor, device) -> Tensor:
+        """[b, L-1, D] fp32: the stored final states of blocks sl of `index` (ids: their tokens [b, L])."""
+        b, length = ids.shape
+        return self.reader.rows(self.index[sl], device)["hidden"].reshape(b, length - 1, -1)
+
+    def head(self, vocab: int, device) -> Tensor:
+        """[vocab, D] in the dtype the stored fp32 states meet it in (as the chunked loss and cached_heldout_kl)."""
+        head = self.reader.head
+        return head[:vocab].to(device, torch.promote_types(torch.float32, head.dtype))
+
+
 @torch.no_grad()
 def token_pass(teacher, vocab: int, data: Packed, runtime: Runtime, batch_size: int, chunk_size: int = 1024,
                student=None, progress: bool = True, console=None, description: str = "teacher pass"
                ) -> dict[str, Tensor]:
-    """Every valid token's values, concatenated on the CPU: {name: [N]}.
+    """Every valid token's values, concatenated on the CPU: {name: [N]}. teacher: a model, or a
+    ``StoredTeacher`` (an exact cache's final states for exactly the blocks of ``data``: no teacher runs).
 
     Always: ``block``, ``position`` (index of the context's last token in its block; the model saw
     position + 1 tokens), ``target`` (the next-token label), ``entropy_teacher``, ``nll_teacher``,
@@ -73,8 +96,9 @@ def token_pass(teacher, vocab: int, data: Packed, runtime: Runtime, batch_size: 
     student_was_training = student.training if student is not None else False
     if student is not None:
         student.eval()
+    stored = isinstance(teacher, StoredTeacher)
     # lm_head rows sliced to the shared vocabulary, fp32 once (a no-op for fp32 weights)
-    t_w = teacher.get_output_embeddings().weight[:vocab].float()
+    t_w = teacher.head(vocab, runtime.device) if stored else teacher.get_output_embeddings().weight[:vocab].float()
     s_w = student.get_output_embeddings().weight[:vocab].float() if student is not None else None
     bar = pass_progress(description, n_blocks, enabled=progress, console=console)
     with bar:
@@ -86,7 +110,8 @@ def token_pass(teacher, vocab: int, data: Packed, runtime: Runtime, batch_size: 
             cpu_valid, valid = valid, valid.to(runtime.device)
             targets = ids[:, 1:].reshape(-1)[valid]
             with runtime.autocast():
-                t_h = base_forward(teacher, ids).last_hidden_state[:, :-1]
+                t_h = teacher.final_states(sl, ids, runtime.device) if stored else \
+                    base_forward(teacher, ids).last_hidden_state[:, :-1]
                 s_h = base_forward(student, ids).last_hidden_state[:, :-1] \
                     if student is not None else None
             t_h = t_h.reshape(-1, t_h.shape[-1])[valid]
@@ -113,58 +138,6 @@ def token_pass(teacher, vocab: int, data: Packed, runtime: Runtime, batch_size: 
         raise UserError("the selected blocks hold no valid (loss) tokens: every token is masked out "
                         "(for dataset=jsonl, check that the responses are not empty)")
     return result
-
-
-@torch.no_grad()
-def cached_pair_pass(student, vocab: int, reader, index: Tensor, runtime: Runtime, batch_size: int,
-                     chunk_size: int = 1024, progress: bool = True, console=None) -> dict[str, Tensor]:
-    """``token_pass`` with a student, its teacher read from an exact teacher cache instead of run: the blocks
-    `index` [B] of the cache's split (reader: an exact ``teacher_cache.SplitReader``), the teacher's logits its
-    stored final states through its head (fp32, as ``cached_heldout_kl`` and the chunked loss compute them),
-    the student's as ``token_pass`` computes them; the same keys, {name: [N]} on the CPU, ``block`` counting
-    positions in `index`."""
-    if not reader.exact:
-        raise UserError("a compact (sampled or top-k) teacher cache holds estimates of the teacher's distribution, "
-                        "not the distribution: the exact metrics need an exact cache or the live teacher")
-    data = reader.packed()
-    n_blocks, block = len(index), data.ids.shape[1]
-    positions = torch.arange(block - 1).expand(n_blocks, -1)
-    blocks = torch.arange(n_blocks)[:, None].expand(-1, block - 1)
-    was_training = student.training
-    student.eval()
-    s_w = student.get_output_embeddings().weight[:vocab].float()  # [V, Ds]
-    # the teacher's head [V, Dt] in the dtype its stored fp32 states meet it in (a no-op for an fp32 head)
-    t_w = reader.head[:vocab].to(runtime.device, torch.promote_types(torch.float32, reader.head.dtype))
-    out: dict[str, list[Tensor]] = {}
-    bar = pass_progress("held-out pass", n_blocks, enabled=progress, console=console)
-    with bar:
-        task = bar.add_task("held-out pass", total=n_blocks)
-        for start in range(0, n_blocks, batch_size):
-            sl = slice(start, min(n_blocks, start + batch_size))
-            ids = data.ids[index[sl]].to(runtime.device)  # [b, L]
-            cpu_valid = data.mask[index[sl], 1:].reshape(-1)  # [b(L-1)]
-            valid = cpu_valid.to(runtime.device)
-            targets = ids[:, 1:].reshape(-1)[valid]  # [n]
-            with runtime.autocast():
-                s_h = base_forward(student, ids).last_hidden_state[:, :-1]
-            s_h = s_h.reshape(-1, s_h.shape[-1])[valid]  # [n, Ds]
-            t_h = reader.rows(index[sl], runtime.device)["hidden"][valid]  # [n, Dt]
-            out.setdefault("block", []).append(blocks[sl].reshape(-1)[cpu_valid])
-            out.setdefault("position", []).append(positions[sl].reshape(-1)[cpu_valid])
-            out.setdefault("target", []).append(targets.cpu())
-            for c in range(0, s_h.shape[0], chunk_size):
-                cs = slice(c, c + chunk_size)
-                t_logits = (t_h[cs].to(t_w.dtype) @ t_w.T).float()  # [C, V]
-                metrics = token_metrics(t_logits, s_h[cs].float() @ s_w.T, targets[cs])
-                metrics.update(_teacher_top1(t_logits, targets[cs]))
-                for k, v in metrics.items():
-                    out.setdefault(k, []).append(v.float().cpu())
-            bar.update(task, advance=ids.shape[0])
-    student.train(was_training)
-    if not out or sum(t.numel() for t in out["target"]) == 0:
-        raise UserError("the selected blocks of the teacher cache hold no valid (loss) tokens: every token is "
-                        "masked out (raise eval.max_tokens, or 0 for every held-out block)")
-    return {k: torch.cat(v) for k, v in out.items()}
 
 
 def heldout_blocks(n_blocks: int, block_size: int, max_tokens: int) -> int:
