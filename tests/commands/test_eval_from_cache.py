@@ -40,6 +40,7 @@ def evaluate(run: Path, out: Path, *extra: str) -> int:
                 "eval.max_new_tokens=0", "eval.onpolicy_prompts=0", *extra)
 
 
+@pytest.mark.numerics
 def test_eval_from_the_exact_cache_equals_the_live_eval(trained, tmp_path, capsys):
     cache, run = trained
     assert evaluate(run, tmp_path / "live") == 0
