@@ -100,6 +100,24 @@ def test_a_run_of_another_corpus_is_refused(trained, tmp_path, capsys, corpus_di
     assert sorted(p.name for p in other.iterdir()) == before  # no eval.json, nothing else touched
 
 
+def test_a_run_with_another_training_budget_is_evaluated_on_the_same_held_out_split(trained, tmp_path):
+    """dataset.max_train_tokens trims the train split only: a longer run on the cache's data (live here) is
+    measured against the cache on the very blocks its own live eval reads."""
+    cache, _ = trained
+    longer = tmp_path / "longer"
+    budget = json.loads((cache / "manifest.json").read_text())["dataset"]["max_train_tokens"]
+    assert egad("distill", *SMOKE, f"hydra.run.dir={longer}", "trainer.max_steps=2",
+                f"dataset.max_train_tokens={2 * budget}", f"cache_dir={tmp_path / 'egad'}") == 0
+    assert evaluate(longer, tmp_path / "live", f"cache_dir={tmp_path / 'egad'}") == 0
+    assert evaluate(longer, tmp_path / "cached", f"teacher_cache={cache}") == 0
+    live = json.loads((tmp_path / "live" / "eval.json").read_text())
+    cached = json.loads((tmp_path / "cached" / "eval.json").read_text())
+    assert cached["n_tokens"] == live["n_tokens"]
+    assert cached["kl_forward"] == pytest.approx(live["kl_forward"], rel=2e-3)
+    # split=train depends on the budget: refused there
+    assert evaluate(longer, tmp_path / "train", f"teacher_cache={cache}", "split=train") == 2
+
+
 def test_a_compact_cache_is_refused_with_the_command_for_an_exact_one(trained, tmp_path, capsys):
     _, run = trained
     sampled = tmp_path / "sampled"

@@ -146,15 +146,18 @@ def check_run_fits_cache(raw: DictConfig, run_dir: Path) -> None:
     """A run evaluated against a teacher cache (``egad eval run_dir=… teacher_cache=…``) must have been trained on
     the cache's teacher and data (raw: composed from the run's config.yaml): otherwise its metrics would be
     against another teacher, or on another corpus's held-out split. Compared key by key over what the manifest
-    records (how to run the teacher, trust_remote_code and dtype, aside)."""
+    records (how to run the teacher, trust_remote_code and dtype, aside, and for split=val the training
+    budget dataset.max_train_tokens, which leaves the held-out split as it is)."""
     from egad_cli.teacher_cache.manifest import open_manifest
 
     root, manifest = open_manifest(raw.teacher_cache)
+    # how to run the teacher does not change it; the training budget only trims the train split
+    aside = {"trust_remote_code", "dtype"} | ({"max_train_tokens"} if raw.get("split") == "val" else set())
     differ = []
     for group in CACHE_GROUPS:
         mine = OmegaConf.to_container(raw[group], resolve=True) if raw.get(group) is not None else {}
         for key, there in manifest[group].items():
-            if key not in ("trust_remote_code", "dtype") and mine.get(key) != there:
+            if key not in aside and mine.get(key) != there:
                 differ.append(f"{group}.{key}={mine.get(key)!r} (the cache has {there!r})")
     if differ:
         raise UserError(f"teacher_cache: {root} was built from another teacher or dataset than the run {run_dir} "
