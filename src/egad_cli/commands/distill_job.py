@@ -26,15 +26,13 @@ from egad_cli.errors import UserError, check_writable
 from egad_cli.evaluation.passes import cached_heldout_kl, heldout_kl
 from egad_cli.losses.cross_vocab import vocab_map
 from egad_cli.models import (
-    build_student,
     check_context,
-    check_shared_vocab,
     load_models,
     preflight_model_source,
     preflight_student_source,
 )
 from egad_cli.models.loading import load_teacher_tokenizer
-from egad_cli.models.setup import apply_document_masks, student_tokenizer_of
+from egad_cli.models.setup import load_student_for_cache, student_tokenizer_of
 from egad_cli.models.students import student_layer_count
 from egad_cli.teacher_cache.manifest import describe_kind
 from egad_cli.teacher_cache.use import check_fits, fit_warnings, open_cached_teacher
@@ -112,16 +110,7 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
     s_tok = vmap = None  # the student's own tokenizer and the shared strings (cross-tokenizer runs)
     if cached is not None:
         teacher, tokenizer, train_data = None, cached.tokenizer, cached.train.packed()
-        student, s_tok = build_student(cfg.student, None, tokenizer, default_seed=cfg.trainer.seed,
-                                       vocab_rows=int(cached.manifest["teacher_facts"]["vocab_rows"]))
-        vocab = check_shared_vocab(None, student, tokenizer, s_tok)
-        apply_document_masks(cfg, tokenizer, student)
-        if vocab != int(cached.manifest["vocab_size"]):
-            raise UserError(f"teacher_cache: its tokenizer has {vocab} tokens but the cache was written for "
-                            f"{cached.manifest['vocab_size']}; the cache is damaged: rebuild it "
-                            f"({cached.manifest.get('command', 'egad cache …')})")
-        student = student.to(runtime.device)
-        check_context(cfg.dataset.block_size, "dataset.block_size", student=student)
+        student, s_tok, vocab = load_student_for_cache(cfg, cached, runtime, seed=cfg.trainer.seed)
         n_val = cached.val.n_blocks if cached.val is not None else 0
         source = f"teacher cache {cached.root} ({describe_kind(cached.manifest)})"
     else:

@@ -27,11 +27,8 @@ from egad_cli.evaluation.passes import StoredTeacher, spread_blocks, spread_inde
 from egad_cli.losses.cross_vocab import vocab_map
 from egad_cli.models import check_context, preflight_student_source
 from egad_cli.models.loading import load_teacher_tokenizer
-from egad_cli.models.setup import apply_document_masks, student_tokenizer_of
-from egad_cli.models.students import build_student
-from egad_cli.models.vocab import check_shared_vocab
-from egad_cli.teacher_cache.manifest import cache_kind, rebuild_hint
-from egad_cli.teacher_cache.use import COMPACT_KEYS, open_cached_teacher
+from egad_cli.models.setup import load_student_for_cache, student_tokenizer_of
+from egad_cli.teacher_cache.use import open_cached_teacher
 from egad_cli.ui.console import console
 from egad_cli.ui.progress import pass_progress
 from egad_cli.ui.tables import rich_table
@@ -154,30 +151,20 @@ def run_from_cache(cfg: EvalCommandConfig, run_dir: Path | None, started: float)
                               measures=True)
     preflight_student_source(cfg.student)
     cached = open_cached_teacher(cfg.teacher_cache)
-    kind = cache_kind(cached.manifest)
-    if kind != "exact":
-        raise UserError(f"teacher_cache: {cached.root} is a {kind} cache, which holds estimates of the teacher's "
-                        f"distribution; egad eval measures against the distribution itself. Drop teacher_cache to "
-                        f"run the teacher, or build an exact cache: "
-                        f"{rebuild_hint(cached.manifest, drop=COMPACT_KEYS, kind='exact')}")
     reader = cached.val if cfg.split == "val" else cached.train
     if reader is None:
         raise UserError(f"split=val: the teacher cache {cached.root} was built without the val split; use "
                         f"split=train, drop teacher_cache, or build the cache with splits='[train,val]'")
-    tokenizer = cached.tokenizer
-    student, s_tok = build_student(cfg.student, None, tokenizer,
-                                   vocab_rows=int(cached.manifest["teacher_facts"]["vocab_rows"]))
-    vocab = check_shared_vocab(None, student, tokenizer, s_tok)
-    apply_document_masks(cfg, tokenizer, student)
-    student = student.to(runtime.device)
-    check_context(reader.block_size, "dataset.block_size", student=student)
     index = spread_index(reader.n_blocks, reader.block_size, cfg.eval.max_tokens)
+    teacher = StoredTeacher(reader, index)  # refuses a compact cache (before the student loads)
+    student, _, vocab = load_student_for_cache(cfg, cached, runtime)
+    tokenizer = cached.tokenizer
     packed = reader.packed()
     data = Packed(ids=packed.ids[index], mask=packed.mask[index])
     console.print(f"{len(data)} {cfg.split} blocks of {data.ids.shape[1]} tokens · vocab {vocab} · teacher read "
                   f"from the exact cache {escape(str(cached.root))} · {runtime.device} · "
                   f"{runtime.precision.describe()}")
-    metrics = token_pass(StoredTeacher(reader, index), vocab, data, runtime, cfg.eval.batch_size, cfg.chunk_size,
+    metrics = token_pass(teacher, vocab, data, runtime, cfg.eval.batch_size, cfg.chunk_size,
                          student=student, progress=show_progress(cfg.progress), console=console,
                          description="held-out pass")
     summary, buckets = summarise(cfg, data, metrics, tokenizer)
@@ -228,7 +215,8 @@ def write_result(cfg: EvalCommandConfig, run_dir: Path | None, started: float, r
         "calibration": calibration_bins(metrics["confidence"], metrics["correct"], cfg.ece_bins),
         "generations": generations,
         "setup": {"run_dir": str(run_dir) if run_dir else None, "teacher": cfg.teacher.name,
-                  "teacher_path": cfg.teacher.path, "teacher_cache": teacher_cache, "student": student_name, "dataset": cfg.dataset.name,
+                  "teacher_path": cfg.teacher.path, "teacher_cache": teacher_cache, "student": student_name,
+                  "dataset": cfg.dataset.name,
                   "split": cfg.split, "blocks": len(data), "block_size": int(data.ids.shape[1]),
                   "max_tokens": cfg.eval.max_tokens, "ece_bins": cfg.ece_bins, "n_buckets": cfg.n_buckets,
                   "device": str(runtime.device), "precision": runtime.precision.as_dict(),

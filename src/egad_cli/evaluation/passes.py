@@ -11,6 +11,8 @@ from egad_cli.errors import UserError
 from egad_cli.evaluation.metrics import token_metrics
 from egad_cli.losses.divergences import entropy
 from egad_cli.models.documents import base_forward
+from egad_cli.teacher_cache.manifest import cache_kind
+from egad_cli.teacher_cache.use import exact_hint
 from egad_cli.ui.progress import pass_progress
 
 
@@ -57,8 +59,9 @@ class StoredTeacher:
 
     def __init__(self, reader, index: Tensor):
         if not reader.exact:
-            raise UserError("a compact (sampled or top-k) teacher cache holds estimates of the teacher's "
-                            "distribution, not the distribution: use an exact cache or the live teacher")
+            raise UserError(f"teacher_cache: {reader.root} is a {cache_kind(reader.manifest)} cache, which holds "
+                            f"estimates of the teacher's distribution, not the distribution: drop teacher_cache to "
+                            f"run the teacher, or build an exact cache: {exact_hint(reader.manifest)}")
         self.reader, self.index = reader, index
 
     def final_states(self, sl: slice, ids: Tensor, device) -> Tensor:

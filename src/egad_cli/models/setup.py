@@ -43,6 +43,24 @@ def load_models(cfg, runtime: Runtime, seed: int = 0, s_tok=None):
     return teacher, student.to(runtime.device), t_tok, vocab
 
 
+def load_student_for_cache(cfg, cached, runtime: Runtime, seed: int = 0):
+    """(student on the device, its tokenizer, shared vocabulary size) for a command that reads its teacher from a cache
+    (``teacher_cache.use.CachedTeacher``): ``load_models`` without the teacher, whose head rows and tokenizer the
+    cache records. seed: as in ``load_models``."""
+    manifest = cached.manifest
+    student, s_tok = build_student(cfg.student, None, cached.tokenizer, default_seed=seed,
+                                   vocab_rows=int(manifest["teacher_facts"]["vocab_rows"]))
+    vocab = check_shared_vocab(None, student, cached.tokenizer, s_tok)
+    apply_document_masks(cfg, cached.tokenizer, student)
+    if vocab != int(manifest["vocab_size"]):
+        raise UserError(f"teacher_cache: its tokenizer has {vocab} tokens but the cache was written for "
+                        f"{manifest['vocab_size']}; the cache is damaged: rebuild it "
+                        f"({manifest.get('command', 'egad cache …')})")
+    student = student.to(runtime.device)
+    check_context(int(manifest["block_size"]), "dataset.block_size", student=student)
+    return student, s_tok, vocab
+
+
 def apply_document_masks(cfg, tokenizer, *models) -> None:
     """dataset.document_masks=true: every pass of these models masks attention across documents."""
     if cfg.dataset.document_masks:

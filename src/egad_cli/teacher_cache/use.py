@@ -126,10 +126,15 @@ def fit_warnings(cfg, manifest: dict) -> list[str]:
              f"teacher rarely emits, which the teacher's draws cannot estimate stably (trained on the unbiased "
              f"estimate, rkl diverged), so this run compares the stored ids (head and draws) exactly and the rest "
              f"of the tail as one bucket, as a top-k cache does: stable, a lower bound (docs/teacher-cache.md). "
-             f"An exact cache gives this loss as the live teacher does: {rebuild_hint(manifest, drop=COMPACT_KEYS, kind='exact')}")]
+             f"An exact cache gives this loss as the live teacher does: {exact_hint(manifest)}")]
 
 #: `egad cache` settings of the compact kinds that kind=exact refuses or ignores
 COMPACT_KEYS = ("k", "draws", "draw_temperature", "exponents", "seed")
+
+
+def exact_hint(manifest: dict) -> str:
+    """The `egad cache` command that builds the exact cache of a compact cache's teacher and data."""
+    return rebuild_hint(manifest, drop=COMPACT_KEYS, kind="exact")
 
 
 def check_fits(cfg, manifest: dict, root: Path, needs, student_layers: int) -> None:
