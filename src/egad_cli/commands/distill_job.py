@@ -196,7 +196,7 @@ def run(cfg: DistillConfig, raw: DictConfig) -> float:
                    **({"kl_before_se": kl_before_se, "kl_after_se": kl_after_se} if sampled_cache else {}),
                    "final": result.last_logs, "student_dir": None,
                    "teacher_cache": str(cached.root) if teacher is None else None,
-                   "precision": runtime.precision.as_dict()}
+                   "precision": runtime.precision.as_dict(), "host_memory": runtime.host_memory}
         if vmap is not None:
             summary["cross_tokenizer"] = {"student_vocab": len(s_tok), "shared_strings": int(vmap.t_ids.numel()),
                                           "aligned_share_train": aligned_share(train_data)}

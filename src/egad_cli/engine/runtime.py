@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from egad_cli.config.schema import DISTRIBUTED, TrainerConfig, launch_problem
+from egad_cli.engine.host_memory import keep_freed_host_memory
 from egad_cli.engine.precision import Precision, choose_precision
 from egad_cli.errors import UserError
 
@@ -28,6 +29,7 @@ class Runtime:
     strategy: str = "single"  #: single | ddp | fsdp
     local_rank: int = 0  #: rank on this node: picks the CUDA device
     precision: Precision = FP32  #: what was chosen and why (the start line, summary.json)
+    host_memory: str = "C library defaults"  #: engine.host_memory: whether freed blocks stay for the next step
 
     @property
     def is_main(self) -> bool:
@@ -100,7 +102,9 @@ def resolve_runtime(cfg: TrainerConfig, device_key: str = "trainer.device", meas
 
         console.print(f"[yellow]warning:[/] {precision.warning}", soft_wrap=True)
     autocast = precision.dtype if precision.name == "bf16" else None  # the teacher runs in that same dtype
-    return Runtime(device, autocast, precision.dtype, rank, world, cfg.strategy, local, precision)
+    # On a CPU every step re-allocates its vocabulary-sized blocks: keep them instead of re-faulting their pages
+    host_memory = keep_freed_host_memory() if device.type == "cpu" else "C library defaults (CUDA device)"
+    return Runtime(device, autocast, precision.dtype, rank, world, cfg.strategy, local, precision, host_memory)
 
 
 def check_device_available(device: str, device_key: str = "trainer.device") -> None:
