@@ -188,14 +188,17 @@ def _chunk_loop(
         z = (h_s @ w_s.T).float()  # [C, V] student logits
 
         if use_ce:  # first, while z is still the logits at T = 1
-            ce_c, g = _cross_entropy(z, labels.index_select(0, r), ce_coef.index_select(0, r).float(), with_grads)
+            ce_c, g, row_scale = _cross_entropy(z, labels.index_select(0, r), ce_coef.index_select(0, r).float(),
+                                                with_grads)
             ce_sum += ce_c
             if with_grads:
-                _push(g, ce_grads, start, h_s, w_s)
+                _push(g, row_scale, ce_grads, start, h_s, w_s)
             del g
 
+        row_scale = None  # the autograd path's gradient is already weighted
         if analytic is not None:
-            div_c, g = _analytic_divergence(z, teacher_logits(start, r), tau_c, coef_c, unit_tau, analytic, with_grads)
+            div_c, g, row_scale = _analytic_divergence(z, teacher_logits(start, r), tau_c, coef_c, unit_tau, analytic,
+                                                       with_grads)
         else:
             if cached is None:
                 t_logp = torch.log_softmax(teacher_logits(start, r) / tau_c, dim=-1)  # [C, V]
@@ -210,7 +213,7 @@ def _chunk_loop(
             div_c, g = _autograd_divergence(z, per_token, tau_c, coef_c, with_grads)
         div_sum += div_c
         if with_grads:
-            _push(g, div_grads, start, h_s, w_s)
+            _push(g, row_scale, div_grads, start, h_s, w_s)
     return div_sum, ce_sum, rows, div_grads, ce_grads
 
 
@@ -220,12 +223,13 @@ def _weighted_sum(d: Tensor, coef_c: Tensor, tau_c: Tensor) -> Tensor:
 
 
 def _analytic_divergence(z: Tensor, t_logits: Tensor, tau_c: Tensor, coef_c: Tensor, unit_tau: bool,
-                         analytic, with_grads: bool) -> tuple[Tensor, Tensor | None]:
+                         analytic, with_grads: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """A built-in divergence with its analytic gradient, in place: 3 fp32 [C, V] tensors live for
     forward KL (z, the teacher's, the gradient; the mixture divergences a few more, briefly).
 
     z, t_logits: [C, V] fp32 scratch (both are overwritten). Returns (the chunk's weighted sum,
-    ∂sum/∂z [C, V] or None)."""
+    ∂d/∂z [C, V] unweighted, the rows' weights [C]), or (sum, None, None) without grads: the weights
+    are applied to the [C, Ds] products in ``_push``, not to the [C, V] gradient (one pass over it fewer)."""
     if not unit_tau:
         z.div_(tau_c)
         t_logits.div_(tau_c)
@@ -236,13 +240,21 @@ def _analytic_divergence(z: Tensor, t_logits: Tensor, tau_c: Tensor, coef_c: Ten
     d, g = analytic(t_logp, s_logp)  # [C], ∂d/∂s_logp [C, V] (t_logp is consumed)
     div_c = _weighted_sum(d, coef_c, tau_c)
     if not with_grads:
-        return div_c, None
+        return div_c, None, None
     # Through s_logp = log_softmax(z / τ) and the weight coef · τ²:  ∂/∂z = coef · τ · (g − q Σ_v g).
     g_sum = g.sum(dim=-1, keepdim=True)  # [C, 1]
     q = s_logp.exp_()  # [C, V], in place of s_logp
-    g.sub_(q.mul_(g_sum))
-    scale = torch.where(coef_c != 0, coef_c * tau_c.squeeze(1), 0.0).unsqueeze(1)  # [C, 1]
-    return div_c, g.mul_(scale).masked_fill_(scale == 0, 0.0)  # a coef-0 row gets exactly 0, even next to an inf
+    g.addcmul_(q, g_sum, value=-1.0)  # g − q Σg, one pass
+    scale = torch.where(coef_c != 0, coef_c * tau_c.squeeze(1), 0.0)  # [C]
+    return div_c, _zero_rows(g, scale), scale
+
+
+def _zero_rows(g: Tensor, scale: Tensor) -> Tensor:
+    """Rows of weight 0 get exactly 0 (an inf or nan beside a zero weight would survive the product)."""
+    off = (scale == 0).nonzero().squeeze(1)  # [Z], usually empty
+    if off.numel():
+        g.index_fill_(0, off, 0.0)
+    return g
 
 
 def _autograd_divergence(z: Tensor, per_token, tau_c: Tensor, coef_c: Tensor,
@@ -258,24 +270,30 @@ def _autograd_divergence(z: Tensor, per_token, tau_c: Tensor, coef_c: Tensor,
     return div_c.detach(), g
 
 
-def _cross_entropy(z: Tensor, labels: Tensor, ce_coef: Tensor, with_grads: bool) -> tuple[Tensor, Tensor | None]:
-    """Σ ce_coef · CE(z, label) at T = 1 and its gradient ce_coef · (softmax(z) − onehot) [C, V] (0 on
-    ignored rows). z is not modified."""
+def _cross_entropy(z: Tensor, labels: Tensor, ce_coef: Tensor,
+                   with_grads: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Σ ce_coef · CE(z, label) at T = 1, its unweighted gradient softmax(z) − onehot [C, V] (0 on ignored
+    rows) and the rows' weights [C] (0 where ignored), as ``_analytic_divergence``. z is not modified."""
     ce_tok = F.cross_entropy(z, labels, reduction="none", ignore_index=IGNORE_INDEX)  # [C]
     ce_c = torch.where(ce_coef != 0, ce_coef * ce_tok, 0.0).sum()
     if not with_grads:
-        return ce_c, None
+        return ce_c, None, None
     weight = torch.where((ce_coef != 0) & (labels != IGNORE_INDEX), ce_coef, 0.0)  # [C]
     g = torch.softmax(z, dim=-1)  # [C, V]
     hit = weight.nonzero().squeeze(1)
     g[hit, labels[hit]] -= 1.0
-    return ce_c, g.mul_(weight.unsqueeze(1))
+    return ce_c, _zero_rows(g, weight), weight
 
 
-def _push(g: Tensor, grads: _Grads, start: int, h_s: Tensor, w_s: Tensor) -> None:
-    """Through logits = h_s @ w_s.T by hand: dh = g @ w_s [C, Ds], dW += g.T @ h_s [V, Ds]."""
+def _push(g: Tensor, row_scale: Tensor | None, grads: _Grads, start: int, h_s: Tensor, w_s: Tensor) -> None:
+    """Through logits = h_s @ w_s.T by hand, with the rows' weights S = diag(row_scale) [C] (None: 1) applied to
+    the narrow side: dh = S (g @ w_s) [C, Ds], dW += g.T @ (S h_s) [V, Ds]."""
     g = g.to(w_s.dtype)  # [C, V]
-    grads.h[start : start + g.shape[0]] = g @ w_s
+    dh = g @ w_s  # [C, Ds]
+    if row_scale is not None:
+        dh = dh * row_scale.unsqueeze(1)  # fp32
+        h_s = (h_s * row_scale.unsqueeze(1)).to(h_s.dtype)
+    grads.h[start : start + g.shape[0]] = dh
     if w_s.dtype == torch.float32:
         grads.w.addmm_(g.T, h_s)  # in place, no [V, Ds] temporary
     else:

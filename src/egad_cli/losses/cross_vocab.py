@@ -186,7 +186,7 @@ def _loop(s_hidden, s_head, t_hidden, t_head, tau, coef, fn, vmap: VocabMap, uld
             sums[k] += term.detach()
             if with_grads and term.requires_grad:
                 (g,) = torch.autograd.grad(term, z, retain_graph=k == 0)
-                _push(g, grads[k], start, h_s, w_s)
+                _push(g, None, grads[k], start, h_s, w_s)  # autograd weighted it already
     return sums[0], sums[1], rows, grads
 
 

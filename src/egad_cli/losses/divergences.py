@@ -221,9 +221,12 @@ def hellinger(t_logp: Tensor, s_logp: Tensor) -> Tensor:
 
 def _forward_kl_grad(t_logp: Tensor, s_logp: Tensor) -> tuple[Tensor, Tensor]:
     p = t_logp.exp()  # [N, V]
-    outside = p <= 0  # [N, V] bool
-    diff = t_logp.sub_(s_logp).masked_fill_(outside, 0.0)  # in place of t_logp: log p − log q on the support
-    d = diff.mul_(p).sum(dim=-1)  # [N]; same operations, same value as forward_kl
+    terms = t_logp.sub_(s_logp).mul_(p)  # [N, V], in place of t_logp: p (log p − log q)
+    d = terms.sum(dim=-1)  # [N]
+    bad = torch.isnan(d)  # a row with p = 0 where log p = −inf (a masked id): 0 · −inf is nan there
+    if bad.any():  # 0 · log 0 = 0 on those entries only, as forward_kl takes it (one [N, V] pass fewer elsewhere)
+        rows = terms[bad]
+        d[bad] = torch.where(p[bad] > 0, rows, 0.0).sum(dim=-1)
     return d, p.neg_()
 
 
