@@ -19,6 +19,11 @@ the step's matmul FLOPs (teacher forward, student forward + backward, the lm_hea
 divided by egad's step time, against this machine's measured matmul FLOP/s at the run's precision.
 Both precisions: run it with trainer.precision=fp32 and with trainer.precision=bf16.
 
+The allocator setting egad makes on a CPU (engine.host_memory: glibc keeps freed blocks for the next step) is
+process-wide, so in this one process TRL gets it too, and TRL's step, which allocates many [B, L, V] tensors,
+gains more from it than egad's. The ratio printed is for the same allocator on both sides; for glibc's defaults on
+both, run it with EGAD_KEEP_FREED_MEMORY=0 (docs/performance.md gives both).
+
 Needs the optional `bench` extra (`pip install -e '.[bench]'`, installs trl); skipped with a message
 when trl is not installed. Usage: python bench/peer_trl.py [--steps 10] [distill overrides...]
 """
@@ -163,6 +168,7 @@ def main() -> None:
           f"{cfg.dataset.block_size} device={runtime.device} torch={torch.__version__} trl={trl.__version__} "
           f"threads={torch.get_num_threads()}, precision {runtime.precision.describe()} (TRL bf16={bf16}), "
           f"median of {args.steps} alternating steps")
+    print(f"host memory (one process, so both sides): {runtime.host_memory}")
     print(f"step-1 loss: egad {first['egad']:.6f}, TRL {first['trl']:.6f} (same batch, same init; "
           f"TRL optimizer {type(optim).__name__} fused={optim.defaults.get('fused')})")
     print(f"{'trainer':<8}{'s/step':>10}{'tokens/s':>10}{'× TRL':>8}")

@@ -10,7 +10,8 @@ Printed per arm: the median step, of it the plan (teacher) and the rest (the stu
 bf16 over fp32, and a roofline line: the step's matmul FLOPs (bench/peer_trl.model_flops: teacher forward,
 student forward + backward, lm_heads included) over the step time, against this machine's measured matmul peak
 at the arm's precision, and the step time that peak would allow (the "bf16 matmul limit").
-Also what ``precision=auto`` picks here and why.
+Also what ``precision=auto`` picks here and why, the median minor page faults of a step (engine.host_memory: with
+glibc's defaults every step faults its vocabulary-sized blocks in again) and the process's peak resident memory.
 
     python bench/precision_speed.py [--steps 8] [--methods kd,egad] [distill overrides…]
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import resource
 import statistics
 import sys
 from pathlib import Path
@@ -72,9 +74,11 @@ def main() -> None:
     for step in range(args.steps + 1):
         for arm, (unit, cfg, runtime, opt, sched, params, sampler, data) in arms.items():
             mb = [sampler.batch(data, step, runtime.device)]
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             logs, _ = train_step(unit, mb, step, args.steps + 1, opt, sched, params, cfg.trainer, runtime)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
             if step > 0:
-                times[arm].append((logs["time_plan_s"], logs["time_step_s"], logs["loss"]))
+                times[arm].append((logs["time_plan_s"], logs["time_step_s"], logs["loss"], faults))
     cfg = next(iter(arms.values()))[1]
     tokens = cfg.trainer.batch_size * (cfg.dataset.block_size - 1)
     teacher, student = models["fp32"]
@@ -84,11 +88,11 @@ def main() -> None:
     print(f"precision speed: teacher={cfg.teacher.name} student={cfg.student.name} batch={cfg.trainer.batch_size}"
           f"x{cfg.dataset.block_size}, median of {args.steps} steps, arms taking turns; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, ATen {torch.backends.cpu.get_cpu_capability()}")
-    print(f"precision=auto here: {auto.describe()}")
+    print(f"precision=auto here: {auto.describe()}; host memory: {runtime.host_memory}")
     print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
           f"({peak['bf16'] / peak['fp32']:.1f}x); {flops / 1e9:.1f} GFLOP per step")
     print(f"{'method':<8}{'precision':<11}{'s/step':>8}{'plan s':>8}{'student s':>11}{'tokens/s':>10}"
-          f"{'bf16 ×':>8}{'% peak':>8}{'× limit':>9}{'last loss':>11}")
+          f"{'bf16 ×':>8}{'% peak':>8}{'× limit':>9}{'last loss':>11}{'faults/step':>13}")
     for (method, precision), rows in times.items():
         step = statistics.median(r[1] for r in rows)
         plan = statistics.median(r[0] for r in rows)
@@ -96,7 +100,9 @@ def main() -> None:
         ref = statistics.median(r[1] for r in times[(method, "fp32")])
         limit = flops / peak[precision]
         print(f"{method:<8}{precision:<11}{step:>8.3f}{plan:>8.3f}{student_s:>11.3f}{tokens / step:>10.0f}"
-              f"{ref / step:>8.2f}{flops / step / peak[precision]:>8.0%}{step / limit:>9.1f}{rows[-1][2]:>11.4f}")
+              f"{ref / step:>8.2f}{flops / step / peak[precision]:>8.0%}{step / limit:>9.1f}{rows[-1][2]:>11.4f}"
+              f"{statistics.median(r[3] for r in rows):>13.0f}")
+    print(f"peak resident memory of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
 if __name__ == "__main__":
