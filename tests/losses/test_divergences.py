@@ -238,6 +238,21 @@ def test_analytic_gradient_matches_autograd(name, hp):
     torch.testing.assert_close(got_g, want_g, rtol=1e-10, atol=1e-12)  # infs where autograd's are
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_nan_teacher_row_stays_nan_in_the_analytic_value(name):
+    """0 · log 0 = 0 is for masked ids only: a broken teacher (nan logits) must give a nan loss, which the
+    trainer reports as a non-finite step, never a quiet 0 (forward KL fixes masked rows after its sum)."""
+    from egad_cli.losses.divergences import value_and_grad
+
+    t, s = _logps(n=4, v=11, seed=7)
+    t[0, [2, 5]] = -math.inf  # a masked row beside the broken one
+    t[2] = math.nan
+    t, s = t.log_softmax(-1), s.log_softmax(-1)
+    got, _ = value_and_grad(divergence(name))(t.clone(), s)
+    assert got[2].isnan()
+    assert not got[[0, 1, 3]].isnan().any()  # row 0 may be +inf (reverse KL where p = 0 < q), not nan
+
+
 def test_entropy_gated_kl_is_reverse_kl_plus_forward_kl_on_uncertain_teacher_rows():
     """EOPD: below the threshold the token gets reverse KL only, above it reverse + weight · forward KL;
     the gate follows the teacher's entropy alone. Thresholds at the ends give the two pure cases."""

@@ -225,8 +225,7 @@ def _forward_kl_grad(t_logp: Tensor, s_logp: Tensor) -> tuple[Tensor, Tensor]:
     d = terms.sum(dim=-1)  # [N]
     bad = torch.isnan(d)  # a row with p = 0 where log p = −inf (a masked id): 0 · −inf is nan there
     if bad.any():  # 0 · log 0 = 0 on those entries only, as forward_kl takes it (one [N, V] pass fewer elsewhere)
-        rows = terms[bad]
-        d[bad] = torch.where(p[bad] > 0, rows, 0.0).sum(dim=-1)
+        d[bad] = terms[bad].masked_fill_(p[bad] <= 0, 0.0).sum(dim=-1)  # a nan teacher (p nan) stays nan
     return d, p.neg_()
 
 
