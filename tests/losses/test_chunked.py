@@ -263,3 +263,26 @@ def test_token_stats_teacher_only_and_missing_student():
     torch.testing.assert_close(stats["teacher_entropy@1"], ref)
     with pytest.raises(ValueError, match="s_hidden"):
         chunked_token_stats(t_hidden, t_head, hellinger=True)
+
+
+@pytest.mark.parametrize("name", ["reverse_kl", "forward_kl", "jsd"])
+@pytest.mark.parametrize("chunk_size", [N, 3])
+def test_a_zero_weight_row_beside_an_inf_gives_exactly_nothing(name, chunk_size):
+    """Row 5 is active for CE only (coef 0); its teacher puts no mass on two ids, where reverse KL's gradient is
+    +inf. The weights scale the head's [C, Ds] products, so that row's [C, V] gradient must be zeroed first: the
+    values and gradients equal, bit for bit, those of the same problem with row 5's teacher finite."""
+    s_hidden, s_head, t_hidden, t_head, tau, coef, labels, ce_coef = _problem(with_inference_teacher=False)
+    assert coef[5] == 0 and ce_coef[5] != 0
+    finite = t_hidden @ t_head.T  # [N, V], handed over as the kept logits
+    masked = finite.clone()
+    masked[5, [3, 8]] = float("-inf")
+
+    def run(t_logits):
+        div, ce = chunked_distill_loss(s_hidden, s_head, t_hidden, t_head, tau, coef, divergence=divergence(name),
+                                       labels=labels, ce_coef=ce_coef, chunk_size=chunk_size, t_logits=t_logits)
+        return (div, ce, *_grads(div + ce, s_hidden, s_head))
+
+    want, got = run(finite.clone()), run(masked)
+    assert all(x.isfinite().all() for x in got)
+    for w, g in zip(want, got):
+        assert torch.equal(w, g)

@@ -250,7 +250,10 @@ def _analytic_divergence(z: Tensor, t_logits: Tensor, tau_c: Tensor, coef_c: Ten
 
 
 def _zero_rows(g: Tensor, scale: Tensor) -> Tensor:
-    """Rows of weight 0 get exactly 0 (an inf or nan beside a zero weight would survive the product)."""
+    """Rows of weight 0 get exactly 0 (an inf or nan beside a zero weight would survive the product). On a CPU only
+    those rows are written; on an accelerator a masked pass over [C, V] instead, which needs no host sync."""
+    if g.device.type != "cpu":
+        return g.masked_fill_((scale == 0).unsqueeze(1), 0.0)
     off = (scale == 0).nonzero().squeeze(1)  # [Z], usually empty
     if off.numel():
         g.index_fill_(0, off, 0.0)
