@@ -18,6 +18,7 @@ from conftest import egad
 
 from egad_cli.engine import host_memory
 from egad_cli.engine.host_memory import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, OVERRIDE, keep_freed_host_memory
+from egad_cli.errors import UserError
 
 
 class StubLibc:
@@ -39,6 +40,14 @@ def test_both_thresholds_are_raised():
 def test_the_override_leaves_the_defaults():
     libc = StubLibc()
     assert OVERRIDE in keep_freed_host_memory(env={OVERRIDE: "0"}, libc=libc)
+    assert libc.calls == []
+
+
+@pytest.mark.parametrize("value", ["false", "no", "2"])
+def test_an_unknown_override_value_is_an_error_naming_the_variable(value):
+    libc = StubLibc()
+    with pytest.raises(UserError, match=f"{OVERRIDE}='{value}': use 0"):
+        keep_freed_host_memory(env={OVERRIDE: value}, libc=libc)
     assert libc.calls == []
 
 
@@ -89,3 +98,11 @@ def test_freed_blocks_are_reused_without_page_faults():
     default, kept = faults("default"), faults("keep")
     assert default > 1000, f"glibc's defaults should re-fault freed 64 MB blocks, saw {default} faults in 4 steps"
     assert kept < default // 4, f"kept blocks re-faulted: {kept} faults in 4 steps (glibc's defaults: {default})"
+
+
+def test_a_bad_override_is_a_config_problem_before_any_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(OVERRIDE, "off")
+    assert egad("distill", "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_steps=1",
+                "trainer.warmup_steps=0") == 2
+    assert f"{OVERRIDE}='off': use 0" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "run" / "summary.json").exists()

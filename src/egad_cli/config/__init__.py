@@ -68,6 +68,7 @@ def validate(cfg: DictConfig, schema: type = DistillConfig):
     """Turn the composed config into typed dataclasses (`schema`: the command's top-level dataclass),
     or raise one error listing every problem."""
     from egad_cli.config.override_hints import added_key_problems  # here: override_hints reads the registries
+    from egad_cli.engine.host_memory import override_problem
 
     added = added_key_problems(cfg)  # before to_object, which drops them
     if added:
@@ -82,6 +83,9 @@ def validate(cfg: DictConfig, schema: type = DistillConfig):
     registry_problems(typed, checks)
     checks += typed.problems()
     problems += [p for p in checks if p.split(":")[0] not in reported]
+    environment = override_problem()  # the one environment variable that must hold a valid value
+    if environment:
+        problems.append(environment)
     if problems:
         raise ConfigError.listing(problems)
     return typed

@@ -4,22 +4,23 @@ A training step on a CPU allocates and frees the same few vocabulary-sized block
 [C, V] fp32 logits, log-probabilities and gradient: 100 MB each at 508 x 49,152). glibc's malloc serves a block
 above its mmap threshold (128 KiB, raised dynamically to at most 32 MiB) with a fresh ``mmap`` and unmaps it on
 ``free``, so each step faults every page of every such block in again: on a 2-core AMD EPYC a bf16 egad step took
-~171,000 minor page faults and 0.87 s; with the thresholds below, 0 faults and 0.70 s (bench/precision_speed.py,
-docs/performance.md). A fresh 100 MB ``torch.exp`` took 40 ms against 13 ms into a reused buffer.
+146,312 minor page faults and 0.987 s; with the thresholds below, 0 faults and 0.747 s (bench/precision_speed.py,
+docs/performance.md).
 
 Raising ``M_MMAP_THRESHOLD`` (blocks up to it come from the heap, where freed ones are reused) and
 ``M_TRIM_THRESHOLD`` (how much free memory the heap's top may keep before it is returned) fixes that without a
 different allocator. The cost: the process keeps up to its peak (the freed blocks stay mapped for reuse), so its
-resident memory does not fall after the peak; the peak itself is what it was (+7 % max RSS measured, fragmentation).
+resident memory does not fall after the peak; its peak grew by 6 % in that bench (fragmentation).
 ``EGAD_KEEP_FREED_MEMORY=0`` leaves glibc's defaults. Other C libraries (macOS, musl) are left alone."""
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 from collections.abc import Mapping
+
+from egad_cli.errors import UserError
 
 #: mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -45,14 +46,27 @@ def keep_freed_host_memory(env: Mapping[str, str] = os.environ, libc=None) -> st
     return answer
 
 
+def override_problem(env: Mapping[str, str] = os.environ) -> str | None:
+    """What is wrong with EGAD_KEEP_FREED_MEMORY, or None (config.validate lists it with the config's problems,
+    before any model loads)."""
+    asked = env.get(OVERRIDE, "").strip()
+    if asked in ("", "0", "1"):
+        return None
+    return (f"{OVERRIDE}={asked!r}: use 0 (leave the C library's defaults) or 1 / unset (keep freed blocks for the "
+            f"next step)")
+
+
 def _apply(env: Mapping[str, str], libc) -> str:
+    problem = override_problem(env)
+    if problem:
+        raise UserError(problem)
     if env.get(OVERRIDE, "").strip() == "0":
         return f"C library defaults ({OVERRIDE}=0)"
     if libc is None:
         if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
             return "C library defaults (not glibc)"
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            libc = ctypes.CDLL("libc.so.6")  # glibc's soname on every Linux it runs on: no library search
         except OSError:
             return "C library defaults (libc not loadable)"
     ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
